@@ -1,0 +1,60 @@
+"""Errors raised by Dispytch. Each says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class DispytchError(Exception):
+    """Base class of every error Dispytch raises on purpose."""
+
+
+class NotStartedError(DispytchError):
+    """A producer or consumer was used before ``start()`` or after ``stop()``.
+
+    Dispytch raises instead of dropping the event: an emit through a client that is not
+    running must never look like a success.
+    """
+
+
+class EmitError(DispytchError):
+    """The transport did not accept an event."""
+
+
+class EmitTimeoutError(EmitError):
+    """The broker did not confirm an event within the producer's delivery timeout."""
+
+
+class HandlerRegistrationError(DispytchError):
+    """A handler or one of its dependencies cannot be wired (reported at registration)."""
+
+
+class RouteParamError(DispytchError):
+    """A named route segment could not be converted to its annotated type."""
+
+
+class PayloadError(DispytchError):
+    """A payload could not be decoded or validated into the handler's event type."""
+
+
+class PluginError(DispytchError):
+    """A plugin could not be loaded, or two plugins claim the same name or scheme."""
+
+
+class TransportNotFoundError(PluginError):
+    """No installed plugin serves a URL scheme."""
+
+
+class RequeueMessage(DispytchError):  # noqa: N818 - it is a signal, not a failure
+    """Raised by middleware to hand the message back to the broker for redelivery.
+
+    The message is neither acknowledged nor rejected: the transport redelivers it (the
+    in-memory and RabbitMQ transports at once, Kafka from the last committed offset, Redis
+    Streams once the entry is reclaimed).
+    """
+
+
+class DeadLetterError(RequeueMessage):
+    """Publishing a failed message to its dead-letter route failed.
+
+    The original message is therefore not acknowledged: it stays with the broker and is
+    delivered again, so nothing is lost.
+    """

@@ -1,0 +1,272 @@
+"""The embedded in-memory transport: ``memory://`` (``memory://name`` for another broker).
+
+A :class:`MemoryBroker` lives in the process. Consumers join a *group*: every group whose
+subscriptions match a topic gets a copy of each message published to it, and consumers
+of one group compete for the group's messages. A message that was delivered but not
+acknowledged goes back to its group when it is nacked with ``requeue=True`` or when its
+consumer closes (as a broker does when a connection drops), with its attempt count
+raised; ``nack(requeue=False)`` rejects it into :attr:`MemoryBroker.rejected`.
+Messages published where no group listens are kept until a group subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from dispytch.errors import NotStartedError
+from dispytch.patterns import RoutePattern
+from dispytch.routes import EventRoute, EventSubscription, TopicRoute
+from dispytch.transport import Message, OutgoingMessage
+
+
+class _Group:
+    __slots__ = ("broker", "name", "patterns", "queue", "unacked")
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.patterns: set[RoutePattern] = set()
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.unacked: dict[int, tuple[Message, MemoryConsumer]] = {}
+
+    def matches(self, topic: str) -> bool:
+        return any(p.match(topic) is not None for p in self.patterns)
+
+
+class MemoryBroker:
+    """An in-process broker: topics, consumer groups, acknowledgements, redelivery.
+
+    Attributes:
+        rejected: Messages that were nacked without requeue, in order (for tests and
+            for inspecting what the failure policy gave up on).
+        published: How many messages were published in all.
+    """
+
+    _registry: dict[str, MemoryBroker] = {}
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        self._groups: dict[str, _Group] = {}
+        self._route_cache: dict[str, tuple[_Group, ...]] = {}
+        self._parked: dict[str, deque[Message]] = {}
+        self._ids = itertools.count(1)
+        self.rejected: list[Message] = []
+        self.published = 0
+
+    @classmethod
+    def named(cls, name: str = "default") -> MemoryBroker:
+        """The process-wide broker of that name (created on first use)."""
+        broker = cls._registry.get(name)
+        if broker is None:
+            broker = cls._registry[name] = cls(name)
+        return broker
+
+    def group(self, name: str) -> _Group:
+        grp = self._groups.get(name)
+        if grp is None:
+            grp = self._groups[name] = _Group(self, name)
+        return grp
+
+    def bind(self, group: _Group, pattern: RoutePattern) -> None:
+        if pattern in group.patterns:
+            return
+        group.patterns.add(pattern)
+        self._route_cache.clear()
+        for topic in list(self._parked):
+            if pattern.match(topic) is not None:
+                for msg in self._parked.pop(topic):
+                    group.queue.put_nowait(msg)
+
+    def publish(self, topic: str, payload: bytes, headers: dict[str, str], key: bytes | None) -> None:
+        """Deliver one message to every group subscribed to ``topic``."""
+        self.published += 1
+        groups = self._route_cache.get(topic)
+        if groups is None:
+            groups = tuple(g for g in self._groups.values() if g.matches(topic))
+            self._route_cache[topic] = groups
+        if not groups:
+            self._parked.setdefault(topic, deque()).append(
+                Message(payload, route=topic, headers=headers, key=key)
+            )
+            return
+        for grp in groups:
+            grp.queue.put_nowait(
+                Message(payload, route=topic, headers=dict(headers), key=key,
+                        metadata={"group": grp.name})
+            )
+
+    def pending(self, group: str) -> int:
+        """Messages waiting in a group's queue plus those delivered but not settled."""
+        grp = self.group(group)
+        return grp.queue.qsize() + len(grp.unacked)
+
+
+def _topic_of(route: EventRoute) -> str:
+    topic = getattr(route, "topic", None)
+    if not isinstance(topic, str):
+        raise TypeError(
+            f"The memory transport publishes to topics; {route!r} has none. "
+            "Use MemoryEventRoute(topic=...) or TopicRoute(topic=...)."
+        )
+    return topic
+
+
+class MemoryEventRoute(TopicRoute):
+    """A route on the memory transport (a topic name, placeholders allowed)."""
+
+
+class MemoryProducer:
+    """Publishes to a :class:`MemoryBroker`.
+
+    Args:
+        broker: The broker (default: the process-wide ``"default"`` one).
+    """
+
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        self.broker = broker or MemoryBroker.named()
+        self._running = False
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+
+    async def send(self, message: OutgoingMessage) -> None:
+        if not self._running:
+            raise NotStartedError(
+                "The memory producer is not started. Call `await emitter.start()` or use "
+                "`async with emitter:` before emitting."
+            )
+        self.broker.publish(_topic_of(message.route), message.payload, message.headers,
+                            message.key)
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
+        for m in messages:
+            await self.send(m)
+
+
+class MemoryConsumer:
+    """Consumes from a :class:`MemoryBroker` as a member of a consumer group.
+
+    Args:
+        broker: The broker (default: the process-wide ``"default"`` one).
+        group: The consumer group; groups each get every message, members of one group
+            share them.
+        ordered: Handle messages of one topic one at a time, in order.
+    """
+
+    def __init__(
+        self, broker: MemoryBroker | None = None, *, group: str = "default", ordered: bool = False
+    ) -> None:
+        self.broker = broker or MemoryBroker.named()
+        self._group = self.broker.group(group)
+        self._subscriptions: list[EventSubscription] = []
+        self._running = False
+        self._ordered = ordered
+        self._stopped: asyncio.Future[None] | None = None
+
+    def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
+        self._subscriptions.extend(subscriptions)
+        if self._running:
+            for sub in subscriptions:
+                self.broker.bind(self._group, sub.compiled)
+
+    async def start(self) -> None:
+        for sub in self._subscriptions:
+            self.broker.bind(self._group, sub.compiled)
+        self._running = True
+
+    async def listen(self) -> AsyncIterator[Message]:
+        if not self._running:
+            raise NotStartedError("The memory consumer is not started; call start() first.")
+        queue = self._group.queue
+        unacked = self._group.unacked
+        ids = self.broker._ids
+        ordered = self._ordered
+        while self._running:
+            try:
+                msg = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                got = await self._wait(queue)
+                if got is None:
+                    break
+                msg = got
+            token = next(ids)
+            msg.token = token
+            if ordered:
+                msg.lane = msg.route
+            unacked[token] = (msg, self)
+            yield msg
+
+    async def _wait(self, queue: asyncio.Queue[Message]) -> Message | None:
+        """Wait for a message or for stop(), whichever comes first."""
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        getter = loop.create_task(queue.get())
+        try:
+            await asyncio.wait((getter, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            msg = getter.result()
+            if not self._running:
+                queue.put_nowait(msg)  # not ours to take any more: keep it for the group
+                return None
+            return msg
+        return None
+
+    async def ack(self, message: Message) -> None:
+        self._group.unacked.pop(message.token, None)
+
+    async def nack(self, message: Message, *, requeue: bool) -> None:
+        if self._group.unacked.pop(message.token, None) is None:
+            return
+        if requeue:
+            self._requeue(message)
+        else:
+            self.broker.rejected.append(message)
+
+    def _requeue(self, message: Message) -> None:
+        message.attempt += 1
+        message.token = None
+        self._group.queue.put_nowait(message)
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def close(self) -> None:
+        """Hand every delivered-but-unsettled message of this consumer back to its group."""
+        await self.stop()
+        for token, (msg, owner) in list(self._group.unacked.items()):
+            if owner is self:
+                del self._group.unacked[token]
+                self._requeue(msg)
+
+
+def _broker_from_url(url: str) -> tuple[MemoryBroker, dict[str, str]]:
+    parts = urlsplit(url)
+    name = (parts.netloc + parts.path).strip("/") or "default"
+    return MemoryBroker.named(name), dict(parse_qsl(parts.query))
+
+
+def producer_from_url(url: str, **options: Any) -> MemoryProducer:
+    """Build a producer for ``memory://[name]``."""
+    broker, _ = _broker_from_url(url)
+    return MemoryProducer(broker, **options)
+
+
+def consumer_from_url(url: str, **options: Any) -> MemoryConsumer:
+    """Build a consumer for ``memory://[name][?group=g]``."""
+    broker, query = _broker_from_url(url)
+    if "group" in query:
+        options.setdefault("group", query["group"])
+    return MemoryConsumer(broker, **options)

@@ -1,0 +1,193 @@
+"""The contract between Dispytch and a transport.
+
+A transport knows bytes and its broker, nothing of pydantic or handlers. It supplies a
+:class:`Producer` that sends :class:`OutgoingMessage` records and a :class:`Consumer`
+that yields :class:`Message` objects and acknowledges them when the dispatcher says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dispytch.routes import EventRoute, EventSubscription
+
+#: Header names Dispytch itself writes. Transports carry them like any other header.
+HEADER_EVENT_TYPE = "dispytch-event-type"
+HEADER_CONTENT_TYPE = "dispytch-content-type"
+HEADER_EVENT_ID = "dispytch-event-id"
+HEADER_TIMESTAMP = "dispytch-timestamp"
+HEADER_ERROR_TYPE = "dispytch-error-type"
+HEADER_ERROR_MESSAGE = "dispytch-error-message"
+HEADER_ERROR_ATTEMPTS = "dispytch-error-attempts"
+HEADER_ORIGINAL_ROUTE = "dispytch-original-route"
+HEADER_DEAD_LETTERED_AT = "dispytch-dead-lettered-at"
+
+
+class Message:
+    """One delivery received from a broker.
+
+    Attributes:
+        payload: The raw bytes, exactly as published.
+        headers: Message headers as text (transports decode broker headers to ``str``).
+        route: The concrete address the message arrived on: a Kafka topic, a RabbitMQ
+            routing key, a Redis channel or stream. Subscriptions are matched against it.
+        key: The partitioning key, when the transport has one.
+        attempt: Delivery attempt, 1 for the first delivery (from the broker's redelivery
+            flag or delivery counter where it keeps one).
+        metadata: Transport details users may read (partition, offset, delivery tag, ...).
+        lane: Messages with the same non-``None`` lane are handled one after another, in
+            order (Kafka uses the partition). ``None`` lets the dispatcher run the message
+            concurrently with any other.
+        token: Whatever the transport needs to acknowledge this delivery. Opaque to core.
+    """
+
+    __slots__ = ("attempt", "headers", "key", "lane", "metadata", "payload", "route", "token")
+
+    def __init__(
+        self,
+        payload: bytes,
+        *,
+        route: str,
+        headers: Mapping[str, str] | None = None,
+        key: bytes | None = None,
+        attempt: int = 1,
+        metadata: Mapping[str, Any] | None = None,
+        lane: Hashable | None = None,
+        token: Any = None,
+    ) -> None:
+        self.payload = payload
+        self.route = route
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.key = key
+        self.attempt = attempt
+        self.metadata: Mapping[str, Any] = metadata if metadata is not None else {}
+        self.lane = lane
+        self.token = token
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(route={self.route!r}, {len(self.payload)} bytes, "
+            f"attempt={self.attempt}, metadata={dict(self.metadata)!r})"
+        )
+
+
+class OutgoingMessage:
+    """One event, serialised, on its way to a producer.
+
+    Attributes:
+        route: The event's route with every placeholder filled in (a transport's own route
+            type, or the transport-neutral :class:`~dispytch.routes.TopicRoute`).
+        payload: The encoded event.
+        headers: Headers to publish with it, Dispytch's own included.
+        key: Partitioning key as bytes, or ``None``.
+    """
+
+    __slots__ = ("headers", "key", "payload", "route")
+
+    def __init__(
+        self,
+        route: EventRoute,
+        payload: bytes,
+        headers: dict[str, str],
+        key: bytes | None = None,
+    ) -> None:
+        self.route = route
+        self.payload = payload
+        self.headers = headers
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"OutgoingMessage(route={self.route!r}, {len(self.payload)} bytes)"
+
+
+@runtime_checkable
+class Producer(Protocol):
+    """Sends serialised events to a broker.
+
+    ``send`` on a producer that is not started (or already stopped) must raise
+    :class:`~dispytch.errors.NotStartedError`; a delivery the broker did not confirm in
+    time raises :class:`~dispytch.errors.EmitTimeoutError`.
+    """
+
+    async def start(self) -> None:
+        """Connect (a no-op when the user passed a client they manage themselves)."""
+
+    async def stop(self) -> None:
+        """Flush what is pending and disconnect (only what this producer owns)."""
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Publish one message and return once the broker has it (confirm, ack)."""
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish many without waiting for each in turn; return once all are confirmed.
+
+        Raises the first delivery error after every message was attempted.
+        """
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Receives messages from a broker and settles them when told to.
+
+    Lifecycle, as driven by the dispatcher: ``subscribe`` (before ``start``), ``start``,
+    iterate ``listen()``, ``ack``/``nack`` each message once its handling is over,
+    ``stop`` (stop fetching: ``listen`` ends soon after), then ``close`` once in-flight
+    work has been settled (commit what is due, disconnect what this consumer owns).
+    """
+
+    def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
+        """Learn what to consume. A consumer built over a client the user already
+        subscribed may check these against it or ignore them."""
+
+    async def start(self) -> None:
+        """Connect and begin consuming."""
+
+    def listen(self) -> AsyncIterator[Message]:
+        """Yield messages until ``stop`` is called."""
+
+    async def ack(self, message: Message) -> None:
+        """The message is done with (handled, filtered or dead-lettered)."""
+
+    async def nack(self, message: Message, *, requeue: bool) -> None:
+        """The message was not handled.
+
+        ``requeue=True``: give it back for redelivery. ``requeue=False``: the failure
+        policy gave up on it; reject it (a broker dead-letter exchange receives it where
+        one is configured), or acknowledge it where the broker cannot reject. Each
+        transport documents which.
+        """
+
+    async def stop(self) -> None:
+        """Stop fetching new messages; ``listen`` returns once it notices."""
+
+    async def close(self) -> None:
+        """Release the connection after in-flight messages were settled."""
+
+
+class Acknowledger:
+    """Given to handlers under the manual acknowledgement policy.
+
+    Declare a handler parameter annotated ``Acknowledger`` and call :meth:`ack` or
+    :meth:`nack` yourself; Dispytch will not settle the message for you.
+    """
+
+    __slots__ = ("_consumer", "_message", "settled")
+
+    def __init__(self, consumer: Consumer, message: Message) -> None:
+        self._consumer = consumer
+        self._message = message
+        self.settled = False
+
+    async def ack(self) -> None:
+        """Acknowledge the message (it will not be delivered again)."""
+        if not self.settled:
+            self.settled = True
+            await self._consumer.ack(self._message)
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        """Hand the message back (``requeue=True``) or reject it (``requeue=False``)."""
+        if not self.settled:
+            self.settled = True
+            await self._consumer.nack(self._message, requeue=requeue)
