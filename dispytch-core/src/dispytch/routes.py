@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -147,7 +147,6 @@ class TopicSubscription(EventSubscription):
     """A transport-neutral subscription to a topic name or pattern."""
 
     topic: str
-    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def route_pattern(self) -> str:

@@ -1,0 +1,556 @@
+"""``EventDispatcher``: consume, route, run the middleware onion and the handler, settle.
+
+How one message travels::
+
+    Consumer.listen() -> route match (static routes O(1), patterns cached per route)
+      -> for each matching handler (filtered by event type):
+           dispatcher middlewares -> router middlewares -> handler middlewares
+           -> decode Event[T] straight from bytes -> dependencies -> handler
+      -> ack (handled / filtered / dead-lettered), nack(requeue) (asked for redelivery),
+         or the failure policy: logged at ERROR, then nack(requeue=False)
+
+Concurrency: at most ``max_in_flight`` messages are between ``listen()`` and their
+acknowledgement; the consumer is not read while that many are in flight (back-pressure).
+Messages that share a :attr:`~dispytch.Message.lane` (a Kafka partition) are handled one
+after another, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dispytch.errors import NotStartedError, RequeueMessage
+from dispytch.middleware.base import (
+    CallNext,
+    HandlerContext,
+    MessageState,
+    Middleware,
+    MiddlewareLike,
+    Outcome,
+    compose,
+    resolve_middleware,
+)
+from dispytch.patterns import RoutePattern
+from dispytch.router import HandlerSpec, Router
+from dispytch.routes import EventSubscription
+from dispytch.serialization import JSON_CONTENT_TYPE, Serializer
+from dispytch.transport import HEADER_EVENT_TYPE, Consumer, Message
+
+log = logging.getLogger("dispytch.dispatcher")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ROUTE_CACHE_LIMIT = 4096
+
+
+class AckPolicy(str, enum.Enum):
+    """When a message is acknowledged.
+
+    ``AFTER`` (default, at-least-once): once every handler finished, or the message was
+    dead-lettered. ``BEFORE`` (at-most-once): as soon as it is received; a crash or a
+    failure afterwards loses it. ``MANUAL``: never by Dispytch; handlers take an
+    :class:`~dispytch.Acknowledger` parameter and settle it themselves.
+    """
+
+    AFTER = "after"
+    BEFORE = "before"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class HandlerEntry:
+    """A handler as the dispatcher runs it: its spec plus the composed middleware chain."""
+
+    spec: HandlerSpec
+    chain: CallNext
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        return self.spec.func
+
+    @property
+    def subscription(self) -> EventSubscription:
+        return self.spec.subscription
+
+    @property
+    def plan(self) -> Any:
+        return self.spec.plan
+
+    @property
+    def event_type(self) -> str | None:
+        return self.spec.event_type
+
+
+_Match = tuple[tuple[HandlerEntry, dict[str, str]], ...]
+
+
+class EventDispatcher:
+    """Consumes messages and runs the handlers registered for them.
+
+    Example::
+
+        dispatcher = EventDispatcher(KafkaConsumer(raw_consumer))
+
+        @dispatcher.handler(KafkaEventSubscription(topic="user_events"))
+        async def on_user(event: Event[UserRegistered]): ...
+
+        async with dispatcher:          # start; stop gracefully on exit
+            await dispatcher.wait()     # until stopped or the consumer ends
+
+    Args:
+        consumer: The transport's consumer.
+        middlewares: Outermost middleware level, around every handler.
+        max_in_flight: Messages handled at once (and the back-pressure bound).
+        ack_policy: When messages are acknowledged (see :class:`AckPolicy`).
+        stop_timeout: On stop, how long in-flight work may take before it is cancelled
+            and handed back to the broker for redelivery.
+        owns_consumer: Close the consumer's connection on stop (set by ``from_url``).
+        name: For logs.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        *,
+        middlewares: Sequence[MiddlewareLike] = (),
+        max_in_flight: int = 64,
+        ack_policy: AckPolicy | str = AckPolicy.AFTER,
+        stop_timeout: float = 30.0,
+        owns_consumer: bool = False,
+        name: str | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1.")
+        self.consumer = consumer
+        self.middlewares: tuple[Middleware, ...] = tuple(
+            resolve_middleware(m) for m in middlewares
+        )
+        self.max_in_flight = max_in_flight
+        self.ack_policy = AckPolicy(ack_policy)
+        self.stop_timeout = stop_timeout
+        self.owns_consumer = owns_consumer
+        self.name = name or type(consumer).__name__
+        self.router = Router()
+        #: Counters: handled, filtered, dead_lettered, rejected, requeued, unknown_route,
+        #: invalid_payload, failed_handlers.
+        self.stats: Counter[str] = Counter()
+        self._entries: list[HandlerEntry] = []
+        self._static: dict[str, list[tuple[HandlerEntry, RoutePattern]]] = {}
+        self._dynamic: list[tuple[RoutePattern, list[HandlerEntry]]] = []
+        self._route_cache: dict[str, _Match] = {}
+        self._decoders: dict[tuple[str | None, Any], Callable[[bytes], Any]] = {}
+        self._running = False
+        self._stopping = False
+        self._reader: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._lanes: dict[Hashable, asyncio.Queue[Message | None]] = {}
+        self._lane_workers: dict[Hashable, asyncio.Task[None]] = {}
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[Message] = set()
+        self._closed = asyncio.Event()
+
+    # -- construction from a URL ------------------------------------------------------
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        middlewares: Sequence[MiddlewareLike] = (),
+        max_in_flight: int = 64,
+        ack_policy: AckPolicy | str = AckPolicy.AFTER,
+        stop_timeout: float = 30.0,
+        name: str | None = None,
+        **options: Any,
+    ) -> EventDispatcher:
+        """Build a dispatcher whose consumer comes from the plugin serving ``url``.
+
+        The dispatcher owns that consumer: it is connected on :meth:`start` and closed on
+        :meth:`stop`. ``options`` go to the transport's consumer factory.
+
+        Raises:
+            TransportNotFoundError: No installed plugin serves the scheme (the message says
+                what to install).
+        """
+        from dispytch.plugins import transport_for_url
+
+        spec = transport_for_url(url)
+        consumer = spec.consumer_factory(url, **options)
+        return cls(
+            consumer,
+            middlewares=middlewares,
+            max_in_flight=max_in_flight,
+            ack_policy=ack_policy,
+            stop_timeout=stop_timeout,
+            owns_consumer=True,
+            name=name or spec.name,
+        )
+
+    # -- registration -------------------------------------------------------------------
+    def handler(
+        self,
+        subscription: EventSubscription | None = None,
+        *,
+        topic: str | None = None,
+        event: str | None = None,
+        middlewares: Sequence[MiddlewareLike] = (),
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler; see :meth:`Router.handler <dispytch.Router.handler>`."""
+        if self._running:
+            raise RuntimeError("Register handlers before the dispatcher starts.")
+        return self.router.handler(
+            subscription, topic=topic, event=event, middlewares=middlewares, name=name
+        )
+
+    def add_router(self, router: Router) -> None:
+        """Add a router's handlers (and those of routers nested in it)."""
+        if self._running:
+            raise RuntimeError("Add routers before the dispatcher starts.")
+        self.router.include_router(router)
+
+    include_router = add_router
+
+    @property
+    def subscriptions(self) -> list[EventSubscription]:
+        """Every distinct subscription of the registered handlers."""
+        seen: list[EventSubscription] = []
+        for spec, _ in self.router.walk():
+            if spec.subscription not in seen:
+                seen.append(spec.subscription)
+        return seen
+
+    def _build(self) -> None:
+        self._entries = []
+        self._static = {}
+        self._dynamic = []
+        self._route_cache = {}
+        dynamic: dict[RoutePattern, list[HandlerEntry]] = {}
+        for spec, router_mws in self.router.walk():
+            chain = compose((*self.middlewares, *router_mws, *spec.middlewares), spec.plan.call)
+            entry = HandlerEntry(spec, chain)
+            self._entries.append(entry)
+            pattern = spec.subscription.compiled
+            if pattern.is_static:
+                self._static.setdefault(pattern.pattern, []).append((entry, pattern))
+            else:
+                dynamic.setdefault(pattern, []).append(entry)
+        self._dynamic = list(dynamic.items())
+
+    def _match(self, route: str) -> _Match:
+        found = self._route_cache.get(route)
+        if found is not None:
+            return found
+        out: list[tuple[HandlerEntry, dict[str, str]]] = [
+            (entry, {}) for entry, _ in self._static.get(route, ())
+        ]
+        for pattern, entries in self._dynamic:
+            params = pattern.match(route)
+            if params is not None:
+                out.extend((entry, params) for entry in entries)
+        result = tuple(out)
+        if len(self._route_cache) >= _ROUTE_CACHE_LIMIT:
+            self._route_cache.clear()
+        self._route_cache[route] = result
+        return result
+
+    def _decoder(self, content_type: str | None, model: Any) -> Callable[[bytes], Any]:
+        key = (content_type, model)
+        decode = self._decoders.get(key)
+        if decode is None:
+            serializer: Serializer = _serializer(content_type or JSON_CONTENT_TYPE)
+            decode = self._decoders[key] = serializer.decoder(model)
+        return decode
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe, connect the consumer and begin consuming in the background."""
+        if self._running:
+            return
+        self._build()
+        if not self._entries:
+            log.warning("Dispatcher %r starts with no handlers registered.", self.name)
+        self.consumer.subscribe(self.subscriptions)
+        await self.consumer.start()
+        self._running = True
+        self._stopping = False
+        self._closed = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._queue = asyncio.Queue()
+        self._lanes = {}
+        self._lane_workers = {}
+        if self.max_in_flight > 1:
+            self._workers = [
+                asyncio.create_task(self._worker(self._queue), name=f"dispytch-worker-{i}")
+                for i in range(self.max_in_flight)
+            ]
+        self._reader = asyncio.create_task(self._read(), name=f"dispytch-reader-{self.name}")
+        from dispytch.plugins.manager import notify
+
+        notify("dispytch_dispatcher_started", dispatcher=self)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: stop fetching, let in-flight work finish (up to ``timeout``,
+        default ``stop_timeout``), hand back what did not finish, then close.
+        """
+        if not self._running or self._stopping:
+            await self._closed.wait()
+            return
+        self._stopping = True
+        deadline = self.stop_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + deadline
+        try:
+            await self.consumer.stop()
+        except Exception:
+            log.exception("Consumer of %r failed to stop fetching", self.name)
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), max(0.0, t_end - loop.time()))
+            except (TimeoutError, asyncio.CancelledError):
+                self._reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._reader
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        for q in self._lanes.values():
+            q.put_nowait(None)
+        tasks = [*self._workers, *self._lane_workers.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, t_end - loop.time()))
+            if pending:
+                log.warning(
+                    "Dispatcher %r: %d message(s) still in flight after %.1fs; handing them "
+                    "back to the broker for redelivery.",
+                    self.name, len(self._inflight), deadline,
+                )
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._requeue_unsettled()
+        try:
+            await self.consumer.close()
+        except Exception:
+            log.exception("Consumer of %r failed to close", self.name)
+        self._running = False
+        self._workers = []
+        self._lanes = {}
+        self._lane_workers = {}
+        self._closed.set()
+        from dispytch.plugins.manager import notify
+
+        notify("dispytch_dispatcher_stopped", dispatcher=self)
+
+    async def _requeue_unsettled(self) -> None:
+        for msg in list(self._inflight):
+            self._inflight.discard(msg)
+            try:
+                await self.consumer.nack(msg, requeue=True)
+            except Exception:
+                log.exception("Could not hand %r back to the broker", msg)
+        # Messages read but never started (still queued) are handed back as well.
+        for q in (self._queue, *self._lanes.values()):
+            while not q.empty():
+                msg = q.get_nowait()
+                if msg is not None:
+                    try:
+                        await self.consumer.nack(msg, requeue=True)
+                    except Exception:
+                        log.exception("Could not hand %r back to the broker", msg)
+
+    async def wait(self) -> None:
+        """Wait until the dispatcher has stopped (by :meth:`stop`, or the consumer ended)."""
+        if self._reader is None:
+            raise NotStartedError("The dispatcher was never started; call start() first.")
+        await self._closed.wait()
+
+    @property
+    def running(self) -> bool:
+        """Whether the dispatcher is consuming."""
+        return self._running and not self._stopping
+
+    async def __aenter__(self) -> EventDispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the consume loop ---------------------------------------------------------------
+    async def _read(self) -> None:
+        slots = self._slots
+        assert slots is not None
+        inline = self.max_in_flight == 1
+        queue = self._queue
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                async for msg in self.consumer.listen():
+                    await slots.acquire()
+                    self._inflight.add(msg)
+                    if inline:
+                        try:
+                            await self._process(msg)
+                        finally:
+                            slots.release()
+                    elif msg.lane is None:
+                        queue.put_nowait(msg)
+                    else:
+                        self._lane_queue(msg.lane).put_nowait(msg)
+                    backoff = 0.1
+                if self._stopping:
+                    break
+                log.info("Consumer of %r ended; the dispatcher stops.", self.name)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._stopping:
+                    break
+                log.exception(
+                    "Consumer of %r failed while fetching; retrying in %.1fs", self.name, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self.stop())
+
+    def _lane_queue(self, lane: Hashable) -> asyncio.Queue[Message | None]:
+        q = self._lanes.get(lane)
+        if q is None:
+            q = self._lanes[lane] = asyncio.Queue()
+            self._lane_workers[lane] = asyncio.create_task(
+                self._worker(q), name=f"dispytch-lane-{lane}"
+            )
+        return q
+
+    async def _worker(self, queue: asyncio.Queue[Message | None]) -> None:
+        slots = self._slots
+        assert slots is not None
+        process = self._process
+        while True:
+            msg = await queue.get()
+            if msg is None:
+                return
+            try:
+                await process(msg)
+            finally:
+                slots.release()
+
+    async def _process(self, msg: Message) -> None:
+        """Handle one message and settle it. Never raises (but for cancellation)."""
+        consumer = self.consumer
+        policy = self.ack_policy
+        if policy is AckPolicy.BEFORE:
+            await self._settle(msg, consumer.ack)
+        matches = self._match(msg.route)
+        if not matches:
+            self.stats["unknown_route"] += 1
+            log.warning(
+                "No handler for route %r (%d bytes, headers %s); rejecting it.",
+                msg.route, len(msg.payload), dict(msg.headers),
+            )
+            if policy is AckPolicy.AFTER:
+                await self._settle(msg, consumer.nack, requeue=False)
+            else:
+                self._inflight.discard(msg)
+            return
+        etype = msg.headers.get(HEADER_EVENT_TYPE)
+        shared = MessageState(msg)
+        ran = 0
+        requeue = False
+        failed: BaseException | None = None
+        dead = False
+        filtered = 0
+        for entry, params in matches:
+            spec = entry.spec
+            if spec.event_type is not None and etype is not None and etype != spec.event_type:
+                continue
+            sub = spec.subscription
+            if sub.filters_messages and not sub.accepts(msg):
+                continue
+            ran += 1
+            ctx = HandlerContext(shared, entry, params, self)
+            try:
+                ctx.result = await entry.chain(ctx)
+            except RequeueMessage as exc:
+                requeue = True
+                log.warning("Handler %r asked to redeliver %r: %s", spec.name, msg.route, exc)
+            except asyncio.CancelledError:
+                # Cancelled by stop(): hand the message back (stop() does it).
+                raise
+            except Exception as exc:
+                failed = exc
+                self.stats["failed_handlers"] += 1
+                if type(exc).__name__ == "PayloadError":
+                    self.stats["invalid_payload"] += 1
+                log.error(
+                    "Handler %r failed for good on route %r (%d bytes, attempt %d, "
+                    "delivery %d): %s: %s",
+                    spec.name, msg.route, len(msg.payload), ctx.attempt, msg.attempt,
+                    type(exc).__name__, exc,
+                    exc_info=exc,
+                )
+            else:
+                outcome = ctx.outcome
+                if outcome is Outcome.DEAD_LETTERED:
+                    dead = True
+                elif outcome is Outcome.FILTERED:
+                    filtered += 1
+        if requeue:
+            self.stats["requeued"] += 1
+            if policy is AckPolicy.AFTER:
+                await self._settle(msg, consumer.nack, requeue=True)
+                return
+        elif failed is not None:
+            self.stats["rejected"] += 1
+            if policy is AckPolicy.AFTER:
+                await self._settle(msg, consumer.nack, requeue=False)
+                return
+        elif dead:
+            self.stats["dead_lettered"] += 1
+        elif ran and filtered == ran:
+            self.stats["filtered"] += 1
+        elif ran:
+            self.stats["handled"] += 1
+        else:
+            self.stats["skipped"] += 1
+        if policy is AckPolicy.AFTER:
+            await self._settle(msg, consumer.ack)
+        elif policy is AckPolicy.MANUAL:
+            ack = shared.acknowledger
+            if ack is None or not ack.settled:
+                log.warning(
+                    "Manual acknowledgement: a message on %r was neither acked nor nacked by "
+                    "its handlers; the broker will deliver it again.", msg.route,
+                )
+            self._inflight.discard(msg)
+        else:
+            self._inflight.discard(msg)
+
+    async def _settle(self, msg: Message, action: Callable[..., Any], **kw: Any) -> None:
+        self._inflight.discard(msg)
+        try:
+            await action(msg, **kw)
+        except Exception:
+            log.exception(
+                "Could not settle a message on %r with the broker; it will be delivered again",
+                msg.route,
+            )
+
+
+def _serializer(content_type: str) -> Serializer:
+    from dispytch.plugins import serializer_for
+
+    return serializer_for(content_type)

@@ -1,0 +1,203 @@
+"""``EventEmitter``: serialise events and hand them to a producer."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from dispytch.errors import EmitTimeoutError
+from dispytch.event import EventBase
+from dispytch.routes import EventRoute
+from dispytch.serialization import Serializer
+from dispytch.transport import (
+    HEADER_CONTENT_TYPE,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_TIMESTAMP,
+    OutgoingMessage,
+    Producer,
+)
+
+log = logging.getLogger("dispytch.emitter")
+
+TimeoutCallback = Callable[[EventBase], Any | Awaitable[Any]]
+
+
+class EventEmitter:
+    """Publishes :class:`~dispytch.EventBase` events through a producer.
+
+    Example::
+
+        emitter = EventEmitter(KafkaProducer(raw_producer))
+        await emitter.emit(UserRegistered(user=user, timestamp=now))
+
+    A producer that was never started, or is closed, makes :meth:`emit` raise
+    :class:`~dispytch.NotStartedError`: events never vanish silently.
+
+    Args:
+        producer: The transport's producer.
+        serializer: A serializer name (``"json"``, ``"msgpack"``, a plugin's) or object.
+        owns_producer: Start and stop the producer with the emitter (set by ``from_url``).
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        serializer: str | Serializer = "json",
+        owns_producer: bool = False,
+    ) -> None:
+        self.producer = producer
+        if isinstance(serializer, str):
+            from dispytch.plugins import serializer_for
+
+            serializer = serializer_for(serializer)
+        self.serializer: Serializer = serializer
+        self._encode = serializer.encode
+        self._content_type = serializer.content_type
+        self.owns_producer = owns_producer
+        self._timeout_callbacks: list[TimeoutCallback] = []
+        self._started = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, serializer: str | Serializer = "json", **options: Any
+    ) -> EventEmitter:
+        """Build an emitter whose producer comes from the plugin serving ``url``.
+
+        The emitter owns the producer: :meth:`start` connects it, :meth:`stop` closes it.
+
+        Raises:
+            TransportNotFoundError: No installed plugin serves the scheme (the message says
+                what to install).
+        """
+        from dispytch.plugins import transport_for_url
+
+        spec = transport_for_url(url)
+        return cls(spec.producer_factory(url, **options), serializer=serializer,
+                   owns_producer=True)
+
+    async def start(self) -> None:
+        """Start the producer."""
+        await self.producer.start()
+        self._started = True
+        from dispytch.plugins.manager import notify
+
+        notify("dispytch_emitter_started", emitter=self)
+
+    async def stop(self) -> None:
+        """Flush and stop the producer."""
+        if not self._started:
+            return
+        self._started = False
+        await self.producer.stop()
+        from dispytch.plugins.manager import notify
+
+        notify("dispytch_emitter_stopped", emitter=self)
+
+    async def __aenter__(self) -> EventEmitter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def on_timeout(self, callback: TimeoutCallback) -> TimeoutCallback:
+        """Register a (sync or async) callback receiving events whose delivery timed out.
+
+        With a callback, a timed-out :meth:`emit` calls it and returns; without one, it
+        raises :class:`~dispytch.EmitTimeoutError`. Usable as a decorator.
+        """
+        self._timeout_callbacks.append(callback)
+        return callback
+
+    def build(
+        self,
+        event: EventBase,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: Any = None,
+        route: EventRoute | None = None,
+    ) -> OutgoingMessage:
+        """Serialise ``event`` into the record its producer sends (routes resolved)."""
+        cls = type(event)
+        base = route if route is not None else cls.event_route()
+        resolved = base.resolve(event)
+        if key is None:
+            key_bytes = resolved.key_for(event) if resolved.key is not None else None
+        elif isinstance(key, bytes):
+            key_bytes = key
+        else:
+            key_bytes = str(key).encode()
+        hdrs = {
+            HEADER_EVENT_TYPE: cls.__event_type__ or cls.__name__,
+            HEADER_CONTENT_TYPE: self._content_type,
+            HEADER_EVENT_ID: uuid.uuid4().hex,
+            HEADER_TIMESTAMP: f"{time.time():.6f}",
+        }
+        if resolved.headers:
+            hdrs.update(resolved.headers)
+        if headers:
+            hdrs.update(headers)
+        return OutgoingMessage(resolved, self._encode(event), hdrs, key_bytes)
+
+    async def emit(
+        self,
+        event: EventBase,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: Any = None,
+        route: EventRoute | None = None,
+    ) -> None:
+        """Publish one event and return once the broker has it.
+
+        Args:
+            event: The event; its class's ``__route__`` (or ``__topic__``) says where to.
+            headers: Extra headers.
+            key: Overrides the route's key.
+            route: Overrides the class's route.
+
+        Raises:
+            NotStartedError: The producer is not started or closed.
+            EmitTimeoutError: Not confirmed in time and no ``on_timeout`` callback is set.
+            EmitError: The broker refused it.
+        """
+        message = self.build(event, headers=headers, key=key, route=route)
+        try:
+            await self.producer.send(message)
+        except (EmitTimeoutError, asyncio.TimeoutError) as exc:
+            await self._timed_out([event], exc)
+
+    async def emit_batch(
+        self,
+        events: Iterable[EventBase],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish many events without waiting for each in turn; return when all are in.
+
+        Raises the first error after every event was attempted (see :meth:`emit`).
+        """
+        evs = list(events)
+        messages = [self.build(e, headers=headers) for e in evs]
+        try:
+            await self.producer.send_batch(messages)
+        except (EmitTimeoutError, asyncio.TimeoutError) as exc:
+            await self._timed_out(evs, exc)
+
+    async def _timed_out(self, events: list[EventBase], exc: BaseException) -> None:
+        if not self._timeout_callbacks:
+            log.warning("Emitting %d event(s) timed out: %s", len(events), exc)
+            if isinstance(exc, EmitTimeoutError):
+                raise exc
+            raise EmitTimeoutError(f"The broker did not confirm in time: {exc}") from exc
+        for event in events:
+            for cb in self._timeout_callbacks:
+                result = cb(event)
+                if inspect.isawaitable(result):
+                    await result
