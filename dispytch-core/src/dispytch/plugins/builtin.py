@@ -1,11 +1,13 @@
 """Core's own plugin: the memory transport, JSON and msgpack, the built-in middleware.
 
 Registered through the same hooks as any third-party plugin, so nothing about built-ins
-is special to the plugin host.
+is special to the plugin host. Like any well-behaved plugin it imports what its factories
+build only when they are called: listing plugins does not import the middleware.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dispytch.plugins.hookspecs import hookimpl
@@ -64,15 +66,38 @@ def dispytch_serializers() -> list[SerializerSpec]:
     ]
 
 
+def _lazy_middleware(class_name: str) -> Callable[..., Any]:
+    """A factory that imports :mod:`dispytch.middleware` only when a stack names it."""
+
+    def factory(*args: Any, **options: Any) -> Any:
+        from dispytch import middleware
+
+        return getattr(middleware, class_name)(*args, **options)
+
+    factory.__name__ = factory.__qualname__ = class_name
+    factory.__doc__ = f"Build :class:`dispytch.middleware.{class_name}` with these options."
+    return factory
+
+
 @hookimpl
 def dispytch_middlewares() -> list[MiddlewareSpec]:
-    from dispytch.middleware import AsyncLock, DeadLetter, Filter, Observe, Retry, Timeout
-
     return [
-        MiddlewareSpec("retry", Retry, "retry failed handlers with exponential backoff"),
-        MiddlewareSpec("dead-letter", DeadLetter, "publish finally failed messages elsewhere"),
-        MiddlewareSpec("lock", AsyncLock, "serialise handling, globally or per key"),
-        MiddlewareSpec("filter", Filter, "skip events a predicate rejects"),
-        MiddlewareSpec("timeout", Timeout, "fail a handler that runs past a deadline"),
-        MiddlewareSpec("observe", Observe, "log timing and outcome of every handling"),
+        MiddlewareSpec(
+            "retry", _lazy_middleware("Retry"), "retry failed handlers with exponential backoff"
+        ),
+        MiddlewareSpec(
+            "dead-letter",
+            _lazy_middleware("DeadLetter"),
+            "publish finally failed messages to a dead-letter route",
+        ),
+        MiddlewareSpec(
+            "lock", _lazy_middleware("AsyncLock"), "serialise handling, globally or per key"
+        ),
+        MiddlewareSpec("filter", _lazy_middleware("Filter"), "skip events a predicate rejects"),
+        MiddlewareSpec(
+            "timeout", _lazy_middleware("Timeout"), "fail a handler that runs past a deadline"
+        ),
+        MiddlewareSpec(
+            "observe", _lazy_middleware("Observe"), "log timing and outcome of every handling"
+        ),
     ]
