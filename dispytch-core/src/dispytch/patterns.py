@@ -22,8 +22,11 @@ class RoutePattern:
         pattern: The pattern text.
 
     Raises:
-        ValueError: On a malformed pattern (an empty segment, a placeholder name used twice,
-            ``*``/``#`` mixed with other text in one segment).
+        ValueError: On a malformed pattern (an empty segment, a placeholder name used
+            twice, a brace that is not part of a ``{name}`` placeholder).
+
+    ``*`` or ``#`` mixed with other text in one segment (``"a*b"``) is literal text: only a
+    whole segment is a wildcard, as in AMQP.
     """
 
     __slots__ = ("__dict__", "_segments", "names", "pattern")
@@ -35,6 +38,13 @@ class RoutePattern:
         segments: list[tuple[str, re.Pattern[str] | None]] = []
         names: list[str] = []
         for seg in pattern.split("."):
+            if "{" in seg or "}" in seg:
+                rest = _PLACEHOLDER.sub("", seg)
+                if "{" in rest or "}" in rest:
+                    raise ValueError(
+                        f"Route pattern {pattern!r} has a malformed placeholder in the "
+                        f"segment {seg!r}: write {{name}} with a Python identifier as name."
+                    )
             if seg in ("*", "#"):
                 segments.append((seg, None))
                 continue
@@ -110,35 +120,49 @@ class RoutePattern:
     @cached_property
     def regex(self) -> str:
         """An anchored regular expression matching the same routes (Kafka topic patterns)."""
-        out: list[str] = []
+        out = ""
+        sep = False  # whether the next segment needs a leading "\."
+        last = len(self._segments) - 1
         for i, (kind, _) in enumerate(self._segments):
-            sep = r"\." if i else ""
             if kind == "#":
-                out.append(r"(?:\.[^.]+)*" if i else r"(?:[^.]+)?(?:\.[^.]+)*")
+                if sep:
+                    out += r"(?:\.[^.]+)*"  # "a.#": "a", "a.x", "a.x.y"
+                elif i == last:
+                    out += r"(?:[^.]+(?:\.[^.]+)*)?"  # "#" alone: anything
+                else:
+                    out += r"(?:[^.]+\.)*"  # "#.b": "b", "x.b", "x.y.b"
                 continue
             if kind == "*":
-                out.append(sep + r"[^.]+")
+                piece = r"[^.]+"
             elif kind == "{":
-                out.append(sep + _PLACEHOLDER.sub(r"[^.]+", _escape_keep(self._raw(i))))
+                piece = _PLACEHOLDER.sub(r"[^.]+", _escape_keep(self._raw(i)))
             else:
-                out.append(sep + re.escape(kind))
-        return "^" + "".join(out) + "$"
+                piece = re.escape(kind)
+            out += (r"\." if sep else "") + piece
+            sep = True
+        return "^" + out + "$"
 
     @cached_property
     def glob(self) -> str:
         """A glob pattern (Redis PSUBSCRIBE) that matches at least these routes."""
-        out: list[str] = []
+        out = ""
+        glued = False  # a leading "#" was written: the next segment follows without "."
         for i, (kind, _) in enumerate(self._segments):
-            if kind == "#" and out:
-                out[-1] += "*"  # "a.#" also matches "a" itself
+            if kind == "#":
+                # "a.#" also matches "a" itself, "#.b" also matches "b": let "*" absorb
+                # the dot on its side.
+                glued = glued or not out
+                out += "*"
                 continue
-            if kind in ("*", "#"):
-                out.append("*")
+            if kind == "*":
+                piece = "*"
             elif kind == "{":
-                out.append(_PLACEHOLDER.sub("*", self._raw(i)))
+                piece = _PLACEHOLDER.sub("*", _glob_escape(self._raw(i)))
             else:
-                out.append(re.sub(r"([\[\]?*\\])", r"\\\1", kind))
-        return ".".join(out)
+                piece = _glob_escape(kind)
+            out += ("." if out and not glued else "") + piece
+            glued = False
+        return out
 
     @cached_property
     def amqp(self) -> str:
@@ -162,6 +186,11 @@ class RoutePattern:
 
     def __hash__(self) -> int:
         return hash(self.pattern)
+
+
+def _glob_escape(text: str) -> str:
+    """Escape glob metacharacters (``[ ] ? * \\``) so they match themselves."""
+    return re.sub(r"([\[\]?*\\])", r"\\\1", text)
 
 
 def _escape_keep(text: str) -> str:
