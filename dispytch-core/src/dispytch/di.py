@@ -81,13 +81,14 @@ def _kind(func: Callable[..., Any]) -> int:
 class _Node:
     """One callable in the plan: the handler or a dependency."""
 
-    __slots__ = ("func", "kind", "params", "use_cache")
+    __slots__ = ("bare_async", "func", "kind", "params", "use_cache")
 
     def __init__(self, func: Callable[..., Any], use_cache: bool) -> None:
         self.func = func
         self.kind = _kind(func)
         self.use_cache = use_cache
         self.params: list[tuple[str, int, Any]] = []
+        self.bare_async = False  # an async callable without parameters: called directly
 
 
 def event_type_of(annotation: Any) -> Any:
@@ -158,6 +159,7 @@ class HandlerPlan:
                 continue
             annotation = hints.get(pname, param.annotation)
             node.params.append(self._source(func, pname, param, annotation, stack + (func,)))
+        node.bare_async = node.kind == _ASYNC and not node.params
         return node
 
     def _source(
@@ -238,7 +240,10 @@ class HandlerPlan:
                     if data.func in cache:
                         kwargs[pname] = cache[data.func]
                         continue
-                    value = await self._run(data, ctx, cache, stack)
+                    if data.bare_async:
+                        value = await data.func()
+                    else:
+                        value = await self._run(data, ctx, cache, stack)
                     cache[data.func] = value
                     kwargs[pname] = value
                 else:

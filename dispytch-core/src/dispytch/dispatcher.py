@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
-from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +50,16 @@ log = logging.getLogger("dispytch.dispatcher")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ROUTE_CACHE_LIMIT = 4096
+
+if sys.version_info >= (3, 12):
+
+    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.eager_task_factory(loop, coro)  # type: ignore[attr-defined]
+
+else:
+
+    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+        return loop.create_task(coro)
 
 
 class AckPolicy(str, enum.Enum):
@@ -153,10 +165,9 @@ class EventDispatcher:
         self._running = False
         self._stopping = False
         self._reader: asyncio.Task[None] | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._lanes: dict[Hashable, asyncio.Queue[Message | None]] = {}
-        self._lane_workers: dict[Hashable, asyncio.Task[None]] = {}
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lanes: dict[Hashable, deque[Message]] = {}
+        self._idle: asyncio.Event = asyncio.Event()
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[Message] = set()
         self._closed = asyncio.Event()
@@ -287,14 +298,9 @@ class EventDispatcher:
         self._stopping = False
         self._closed = asyncio.Event()
         self._slots = asyncio.Semaphore(self.max_in_flight)
-        self._queue = asyncio.Queue()
         self._lanes = {}
-        self._lane_workers = {}
-        if self.max_in_flight > 1:
-            self._workers = [
-                asyncio.create_task(self._worker(self._queue), name=f"dispytch-worker-{i}")
-                for i in range(self.max_in_flight)
-            ]
+        self._tasks = set()
+        self._loop = asyncio.get_running_loop()
         self._reader = asyncio.create_task(self._read(), name=f"dispytch-reader-{self.name}")
         from dispytch.plugins.manager import notify
 
@@ -322,31 +328,30 @@ class EventDispatcher:
                 self._reader.cancel()
                 with contextlib.suppress(BaseException):
                     await self._reader
-        for _ in self._workers:
-            self._queue.put_nowait(None)
-        for q in self._lanes.values():
-            q.put_nowait(None)
-        tasks = [*self._workers, *self._lane_workers.values()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(0.0, t_end - loop.time()))
-            if pending:
+        pending_tasks = set(self._tasks)
+        while pending_tasks:
+            # Tasks finishing may start the next message of their lane: wait again.
+            _, still = await asyncio.wait(pending_tasks, timeout=max(0.0, t_end - loop.time()))
+            if still:
                 log.warning(
                     "Dispatcher %r: %d message(s) still in flight after %.1fs; handing them "
                     "back to the broker for redelivery.",
                     self.name, len(self._inflight), deadline,
                 )
-                for t in pending:
+                for t in still:
                     t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*still, return_exceptions=True)
+                self._lanes.clear()
+                break
+            pending_tasks = set(self._tasks)
         await self._requeue_unsettled()
         try:
             await self.consumer.close()
         except Exception:
             log.exception("Consumer of %r failed to close", self.name)
         self._running = False
-        self._workers = []
+        self._tasks = set()
         self._lanes = {}
-        self._lane_workers = {}
         self._closed.set()
         from dispytch.plugins.manager import notify
 
@@ -359,15 +364,6 @@ class EventDispatcher:
                 await self.consumer.nack(msg, requeue=True)
             except Exception:
                 log.exception("Could not hand %r back to the broker", msg)
-        # Messages read but never started (still queued) are handed back as well.
-        for q in (self._queue, *self._lanes.values()):
-            while not q.empty():
-                msg = q.get_nowait()
-                if msg is not None:
-                    try:
-                        await self.consumer.nack(msg, requeue=True)
-                    except Exception:
-                        log.exception("Could not hand %r back to the broker", msg)
 
     async def wait(self) -> None:
         """Wait until the dispatcher has stopped (by :meth:`stop`, or the consumer ended)."""
@@ -391,23 +387,15 @@ class EventDispatcher:
     async def _read(self) -> None:
         slots = self._slots
         assert slots is not None
-        inline = self.max_in_flight == 1
-        queue = self._queue
+        submit = self._submit
+        inflight = self._inflight
         backoff = 0.1
         while not self._stopping:
             try:
                 async for msg in self.consumer.listen():
                     await slots.acquire()
-                    self._inflight.add(msg)
-                    if inline:
-                        try:
-                            await self._process(msg)
-                        finally:
-                            slots.release()
-                    elif msg.lane is None:
-                        queue.put_nowait(msg)
-                    else:
-                        self._lane_queue(msg.lane).put_nowait(msg)
+                    inflight.add(msg)
+                    submit(msg)
                     backoff = 0.1
                 if self._stopping:
                     break
@@ -426,27 +414,58 @@ class EventDispatcher:
         if not self._stopping:
             asyncio.get_running_loop().create_task(self.stop())
 
-    def _lane_queue(self, lane: Hashable) -> asyncio.Queue[Message | None]:
-        q = self._lanes.get(lane)
-        if q is None:
-            q = self._lanes[lane] = asyncio.Queue()
-            self._lane_workers[lane] = asyncio.create_task(
-                self._worker(q), name=f"dispytch-lane-{lane}"
-            )
-        return q
+    # Scheduling: one task per message, started eagerly where Python can (3.12+: the
+    # task runs at once, inside the reader's turn, until it first has to wait, so a
+    # handler that never waits costs no scheduling round trip). Messages of a busy lane
+    # wait in the lane's deque and start when the one before them finished.
+    def _submit(self, msg: Message) -> None:
+        lane = msg.lane
+        if lane is not None:
+            waiting = self._lanes.get(lane)
+            if waiting is not None:
+                waiting.append(msg)
+                return
+            self._lanes[lane] = deque()
+            self._run_lane(lane, msg)
+            return
+        if self._start(msg):
+            self._done(msg)
 
-    async def _worker(self, queue: asyncio.Queue[Message | None]) -> None:
+    def _start(self, msg: Message) -> bool:
+        """Start handling ``msg``; True if it already finished, else it runs as a task."""
+        task = _eager_task(self._loop, self._process(msg))
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # _process settles every error itself; just retrieve it
+            return True
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, msg))
+        return False
+
+    def _task_done(self, msg: Message, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._done(msg)
+        lane = msg.lane
+        if lane is not None:
+            waiting = self._lanes.get(lane)
+            if waiting:
+                self._run_lane(lane, waiting.popleft())
+            else:
+                self._lanes.pop(lane, None)
+
+    def _run_lane(self, lane: Hashable, msg: Message | None) -> None:
+        waiting = self._lanes[lane]
+        while msg is not None:
+            if not self._start(msg):
+                return  # continues as a task; _task_done starts the next one
+            self._done(msg)
+            msg = waiting.popleft() if waiting else None
+        self._lanes.pop(lane, None)
+
+    def _done(self, msg: Message) -> None:
         slots = self._slots
         assert slots is not None
-        process = self._process
-        while True:
-            msg = await queue.get()
-            if msg is None:
-                return
-            try:
-                await process(msg)
-            finally:
-                slots.release()
+        slots.release()
 
     async def _process(self, msg: Message) -> None:
         """Handle one message and settle it. Never raises (but for cancellation)."""

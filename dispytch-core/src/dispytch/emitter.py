@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import uuid
@@ -63,6 +64,11 @@ class EventEmitter:
         self.owns_producer = owns_producer
         self._timeout_callbacks: list[TimeoutCallback] = []
         self._started = False
+        self._plans: dict[type, tuple[EventRoute, bool, bool, dict[str, str]]] = {}
+        # Event ids: 64 random bits per emitter, then a counter: unique, and cheaper than
+        # a uuid4 per event.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
 
     @classmethod
     def from_url(
@@ -126,25 +132,41 @@ class EventEmitter:
     ) -> OutgoingMessage:
         """Serialise ``event`` into the record its producer sends (routes resolved)."""
         cls = type(event)
-        base = route if route is not None else cls.event_route()
-        resolved = base.resolve(event)
+        if route is None:
+            plan = self._plans.get(cls)
+            if plan is None:
+                plan = self._plan(cls, cls.event_route())
+        else:
+            plan = self._plan(cls, route)
+        base_route, dynamic, keyed, base_headers = plan
+        resolved = base_route.resolve(event) if dynamic else base_route
         if key is None:
-            key_bytes = resolved.key_for(event) if resolved.key is not None else None
+            key_bytes = resolved.key_for(event) if keyed else None
         elif isinstance(key, bytes):
             key_bytes = key
         else:
             key_bytes = str(key).encode()
-        hdrs = {
-            HEADER_EVENT_TYPE: cls.__event_type__ or cls.__name__,
-            HEADER_CONTENT_TYPE: self._content_type,
-            HEADER_EVENT_ID: uuid.uuid4().hex,
-            HEADER_TIMESTAMP: f"{time.time():.6f}",
-        }
-        if resolved.headers:
-            hdrs.update(resolved.headers)
+        hdrs = base_headers.copy()
+        hdrs[HEADER_EVENT_ID] = f"{self._id_prefix}{next(self._ids):016x}"
+        hdrs[HEADER_TIMESTAMP] = f"{time.time():.6f}"
         if headers:
             hdrs.update(headers)
         return OutgoingMessage(resolved, self._encode(event), hdrs, key_bytes)
+
+    def _plan(
+        self, cls: type[EventBase], route: EventRoute
+    ) -> tuple[EventRoute, bool, bool, dict[str, str]]:
+        """What does not change between events of one class on one route."""
+        base_headers = {
+            HEADER_EVENT_TYPE: cls.__event_type__ or cls.__name__,
+            HEADER_CONTENT_TYPE: self._content_type,
+        }
+        if route.headers:
+            base_headers.update(route.headers)
+        plan = (route, route.is_dynamic, route.key is not None, base_headers)
+        if route is cls.__dict__.get("_dispytch_route"):
+            self._plans[cls] = plan
+        return plan
 
     async def emit(
         self,
