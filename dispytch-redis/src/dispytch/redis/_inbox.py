@@ -1,0 +1,95 @@
+"""A small stop-aware buffer between a reader task and ``Consumer.listen()``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """FIFO with back-pressure for one producer task and one consumer.
+
+    :meth:`get` returns ``None`` once :meth:`close` was called, even when items remain
+    (``stop`` means stop handing out messages); :meth:`drain` returns what was left.
+    Readers wait in :meth:`wait_space` while ``high_water`` items are buffered.
+    """
+
+    __slots__ = ("_getter", "_high", "_items", "_low", "_putters", "closed")
+
+    def __init__(self, high_water: int) -> None:
+        self._items: deque[T] = deque()
+        self._high = max(1, high_water)
+        self._low = self._high // 2
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: list[asyncio.Future[None]] = []
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def put_many(self, items: Iterable[T]) -> None:
+        self._items.extend(items)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def wait_space(self) -> None:
+        """Wait until the buffer fell to half of ``high_water`` (or was closed)."""
+        while len(self._items) >= self._high and not self.closed:
+            fut = asyncio.get_running_loop().create_future()
+            self._putters.append(fut)
+            await fut
+
+    @property
+    def full(self) -> bool:
+        """True when a reader should wait for space."""
+        return len(self._items) >= self._high
+
+    def _wake_putters(self) -> None:
+        putters, self._putters = self._putters, []
+        for fut in putters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def get_nowait(self) -> T | None:
+        """An item if one is ready (and the inbox is open), else ``None``."""
+        if self.closed or not self._items:
+            return None
+        item = self._items.popleft()
+        if self._putters and len(self._items) <= self._low:
+            self._wake_putters()
+        return item
+
+    async def get(self) -> T | None:
+        """The next item, waiting for one; ``None`` once closed."""
+        while True:
+            if self.closed:
+                return None
+            if self._items:
+                return self.get_nowait()
+            fut = self._getter = asyncio.get_running_loop().create_future()
+            await fut
+
+    def close(self) -> None:
+        """Wake everyone; :meth:`get` returns ``None`` from now on."""
+        self.closed = True
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        self._wake_putters()
+
+    def drain(self) -> list[T]:
+        """Take every buffered item (after :meth:`close`, to hand them back)."""
+        items = list(self._items)
+        self._items.clear()
+        return items

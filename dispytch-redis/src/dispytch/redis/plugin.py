@@ -1,0 +1,84 @@
+"""Dispytch plugin: registers the Redis Pub/Sub and Redis Streams transports.
+
+The URL scheme chooses the delivery model:
+
+* ``redis://`` / ``rediss://`` -> Pub/Sub (at-most-once). ``TopicRoute`` -> channel.
+* ``redis+streams://`` / ``rediss+streams://`` -> Streams with consumer groups
+  (at-least-once). ``TopicRoute`` -> stream.
+
+Both producers publish ``RedisEventRoute`` to channels and ``RedisStreamRoute`` to
+streams, whatever the scheme. This module does not import ``redis``: the factories do,
+when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispytch.plugins.hookspecs import hookimpl
+from dispytch.plugins.records import TransportSpec
+
+
+def pubsub_producer(url: str, **options: Any) -> Any:
+    """``RedisProducer.from_url`` (imports redis)."""
+    from dispytch.redis.producer import RedisProducer
+
+    return RedisProducer.from_url(url, **options)
+
+
+def pubsub_consumer(url: str, **options: Any) -> Any:
+    """``RedisConsumer.from_url`` (imports redis)."""
+    from dispytch.redis.pubsub import RedisConsumer
+
+    return RedisConsumer.from_url(url, **options)
+
+
+def streams_producer(url: str, **options: Any) -> Any:
+    """``RedisStreamProducer.from_url`` (imports redis)."""
+    from dispytch.redis.producer import RedisStreamProducer
+
+    return RedisStreamProducer.from_url(url, **options)
+
+
+def streams_consumer(url: str, **options: Any) -> Any:
+    """``RedisStreamConsumer.from_url`` (imports redis)."""
+    from dispytch.redis.streams import RedisStreamConsumer
+
+    return RedisStreamConsumer.from_url(url, **options)
+
+
+@hookimpl
+def dispytch_transports() -> list[TransportSpec]:
+    from dispytch.redis.routes import (
+        RedisEventRoute,
+        RedisEventSubscription,
+        RedisStreamRoute,
+        RedisStreamSubscription,
+    )
+
+    return [
+        TransportSpec(
+            name="redis",
+            schemes=("redis", "rediss"),
+            producer_factory=pubsub_producer,
+            consumer_factory=pubsub_consumer,
+            description=(
+                "Redis Pub/Sub: at-most-once (no acks, no redelivery; a failed or unheard "
+                "message is logged and gone); redis+streams:// for at-least-once"
+            ),
+            route_types=(RedisEventRoute, RedisStreamRoute),
+            subscription_types=(RedisEventSubscription,),
+        ),
+        TransportSpec(
+            name="redis-streams",
+            schemes=("redis+streams", "rediss+streams"),
+            producer_factory=streams_producer,
+            consumer_factory=streams_consumer,
+            description=(
+                "Redis Streams with consumer groups: at-least-once (XACK after handling, "
+                "XAUTOCLAIM recovery, max_deliveries to a dead-letter stream)"
+            ),
+            route_types=(RedisStreamRoute, RedisEventRoute),
+            subscription_types=(RedisStreamSubscription,),
+        ),
+    ]

@@ -1,0 +1,342 @@
+"""Producers for Redis Pub/Sub (``PUBLISH``) and Redis Streams (``XADD``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
+from dispytch.redis._client import (
+    check_async_client,
+    client_from_url,
+    split_url,
+    to_bool,
+)
+from dispytch.redis.envelope import pack, stream_fields
+from dispytch.redis.routes import RedisEventRoute, RedisStreamRoute
+from dispytch.routes import EventRoute, TopicRoute
+from dispytch.transport import OutgoingMessage
+
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+log = logging.getLogger("dispytch.redis")
+
+__all__ = ["RedisProducer", "RedisStreamProducer"]
+
+NoReceiversCallback = Callable[[OutgoingMessage], Awaitable[Any] | Any]
+
+#: Commands per pipeline round trip in :meth:`RedisProducer.send_batch`.
+PIPELINE_SIZE = 1000
+
+
+def _opt_float(value: str) -> float | None:
+    return None if value.strip().lower() in ("", "none") else float(value)
+
+
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "warn_no_receivers": to_bool,
+    "delivery_timeout": _opt_float,
+}
+
+
+class RedisProducer:
+    """Publishes events to Redis: Pub/Sub channels and Streams, decided by the route.
+
+    * :class:`~dispytch.redis.RedisEventRoute` -> ``PUBLISH channel`` (at-most-once: a
+      channel nobody is subscribed to right now drops the message; see below).
+    * :class:`~dispytch.redis.RedisStreamRoute` -> ``XADD stream [MAXLEN ~ n] *``
+      (at-least-once with consumer groups).
+    * :class:`~dispytch.routes.TopicRoute` -> a channel (``topic_routes="pubsub"``, the
+      default) or a stream (``"streams"``, what :class:`RedisStreamProducer` and
+      ``redis+streams://`` URLs use).
+
+    Publishing to a channel with no subscriber is not silent: the number of clients that
+    received each message is kept in :attr:`last_receivers` (and returned by
+    :meth:`send` / :meth:`send_batch`), a zero is logged at WARNING unless
+    ``warn_no_receivers=False``, and ``on_no_receivers`` is called with the message.
+
+    Headers and key travel in a small envelope before the payload on Pub/Sub, and as
+    entry fields on Streams (see :mod:`dispytch.redis.envelope`).
+
+    Args:
+        redis: A ``redis.asyncio.Redis`` client. You keep owning it: :meth:`stop` does
+            not close it. The synchronous ``redis.Redis`` is refused with a TypeError.
+        topic_routes: Where a transport-neutral ``TopicRoute`` goes.
+        warn_no_receivers: Log a WARNING when a Pub/Sub message reached nobody.
+        on_no_receivers: Called (sync or async) with each Pub/Sub message that reached
+            nobody, e.g. to count or store it.
+        delivery_timeout: Seconds to wait for Redis to answer one send (or one pipeline
+            round trip) before raising :class:`~dispytch.errors.EmitTimeoutError`;
+            ``None`` relies on the client's own ``socket_timeout``.
+
+    Attributes:
+        last_receivers: Receivers of the most recent Pub/Sub message (``None`` before
+            the first). Stream appends do not change it.
+    """
+
+    def __init__(
+        self,
+        redis: aredis.Redis,
+        *,
+        topic_routes: Literal["pubsub", "streams"] = "pubsub",
+        warn_no_receivers: bool = True,
+        on_no_receivers: NoReceiversCallback | None = None,
+        delivery_timeout: float | None = 10.0,
+    ) -> None:
+        self._redis = check_async_client(redis, type(self).__name__)
+        if topic_routes not in ("pubsub", "streams"):
+            raise ValueError(
+                f"topic_routes={topic_routes!r}: use 'pubsub' (TopicRoute -> channel) or "
+                "'streams' (TopicRoute -> stream)."
+            )
+        self._topic_to_stream = topic_routes == "streams"
+        self.warn_no_receivers = warn_no_receivers
+        self.on_no_receivers = on_no_receivers
+        self.delivery_timeout = delivery_timeout
+        self.last_receivers: int | None = None
+        self._owns_client = False
+        self._running = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a producer that owns its client, from ``redis://`` / ``rediss://``.
+
+        ``?warn_no_receivers=false`` and ``?delivery_timeout=5`` are read from the query;
+        other query parameters go to redis-py (``?socket_timeout=5``).
+        """
+        redis_url, options = split_url(url, options, _URL_OPTIONS)
+        producer = cls(client_from_url(redis_url), **options)
+        producer._owns_client = True
+        return producer
+
+    @property
+    def redis(self) -> aredis.Redis:
+        """The client this producer publishes through."""
+        return self._redis
+
+    async def start(self) -> None:
+        """Check the connection (``PING``) so a wrong address fails here, not on emit.
+
+        Raises:
+            EmitError: When Redis cannot be reached.
+        """
+        try:
+            await self._timed(self._redis.ping())
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise EmitError(
+                f"Cannot reach Redis at {_where(self._redis)}: {exc}. Is the server "
+                "running and the URL right?"
+            ) from exc
+        self._running = True
+
+    async def stop(self) -> None:
+        """Stop accepting sends; close the client only if this producer created it."""
+        self._running = False
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def send(self, message: OutgoingMessage) -> int | None:
+        """Publish one message and wait for Redis to answer.
+
+        Returns:
+            For Pub/Sub, how many clients received it (also in :attr:`last_receivers`);
+            ``None`` for a stream append.
+
+        Raises:
+            NotStartedError: Before :meth:`start` or after :meth:`stop`.
+            EmitTimeoutError: Redis did not answer within ``delivery_timeout``.
+            EmitError: Redis refused the command or the connection failed.
+        """
+        if not self._running:
+            raise NotStartedError(self._not_started())
+        route = message.route
+        try:
+            if type(route) is RedisEventRoute or not self._is_stream(route):
+                data = pack(message.payload, message.headers, message.key)
+                receivers: int = await self._timed(
+                    self._redis.publish(self._channel_of(route), data)
+                )
+                await self._received(message, receivers)
+                return receivers
+            stream, maxlen, approximate = self._stream_of(route)
+            await self._timed(
+                self._redis.xadd(
+                    stream,
+                    stream_fields(message.payload, message.headers, message.key),  # type: ignore[arg-type]
+                    maxlen=maxlen,
+                    approximate=approximate,
+                )
+            )
+            return None
+        except (TimeoutError, RedisTimeoutError) as exc:
+            raise EmitTimeoutError(
+                f"Redis did not confirm the event for {route.address!r} within "
+                f"{self.delivery_timeout}s: {exc or 'timed out'}. The event may or may not "
+                "have been published."
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise EmitError(
+                f"Redis refused the event for {route.address!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        """Publish many messages in pipelined round trips (no transaction).
+
+        Every message is attempted; the first failure is raised afterwards.
+
+        Returns:
+            Per message: the receivers of a Pub/Sub message, ``None`` for a stream append.
+
+        Raises:
+            NotStartedError: Before :meth:`start` or after :meth:`stop`.
+            EmitTimeoutError: A round trip was not answered within ``delivery_timeout``.
+            EmitError: Redis refused one of the commands.
+        """
+        if not self._running:
+            raise NotStartedError(self._not_started())
+        out: list[int | None] = []
+        first_error: BaseException | None = None
+        for start in range(0, len(messages), PIPELINE_SIZE):
+            chunk = messages[start : start + PIPELINE_SIZE]
+            pipe = self._redis.pipeline(transaction=False)
+            kinds: list[bool] = []
+            for message in chunk:
+                route = message.route
+                if type(route) is RedisEventRoute or not self._is_stream(route):
+                    pipe.publish(
+                        self._channel_of(route), pack(message.payload, message.headers, message.key)
+                    )
+                    kinds.append(True)
+                else:
+                    stream, maxlen, approximate = self._stream_of(route)
+                    pipe.xadd(
+                        stream,
+                        stream_fields(message.payload, message.headers, message.key),  # type: ignore[arg-type]
+                        maxlen=maxlen,
+                        approximate=approximate,
+                    )
+                    kinds.append(False)
+            try:
+                results = await self._timed(pipe.execute(raise_on_error=False))
+            except (TimeoutError, RedisTimeoutError) as exc:
+                first_error = first_error or EmitTimeoutError(
+                    f"Redis did not answer a pipeline of {len(chunk)} events within "
+                    f"{self.delivery_timeout}s; they may or may not have been published."
+                )
+                first_error.__cause__ = exc
+                out.extend([None] * len(chunk))
+                continue
+            except (RedisError, OSError) as exc:
+                error = EmitError(f"Redis refused a pipeline of {len(chunk)} events: {exc}")
+                error.__cause__ = exc
+                first_error = first_error or error
+                out.extend([None] * len(chunk))
+                continue
+            for message, is_pub, result in zip(chunk, kinds, results, strict=True):
+                if isinstance(result, Exception):
+                    if first_error is None:
+                        first_error = EmitError(
+                            f"Redis refused the event for {message.route.address!r}: {result}"
+                        )
+                        first_error.__cause__ = result
+                    out.append(None)
+                elif is_pub:
+                    await self._received(message, result)
+                    out.append(result)
+                else:
+                    out.append(None)
+        if first_error is not None:
+            raise first_error
+        return out
+
+    # ------------------------------------------------------------------ internals
+    async def _timed(self, aw: Awaitable[Any]) -> Any:
+        if self.delivery_timeout is None:
+            return await aw
+        async with asyncio.timeout(self.delivery_timeout):
+            return await aw
+
+    async def _received(self, message: OutgoingMessage, receivers: int) -> None:
+        self.last_receivers = receivers
+        if receivers:
+            return
+        if self.warn_no_receivers:
+            log.warning(
+                "Published to Redis channel %r but no client is subscribed: the event is "
+                "gone (Pub/Sub keeps nothing). Subscribe first, or use RedisStreamRoute for "
+                "durable delivery; pass warn_no_receivers=False to silence this.",
+                message.route.address,
+            )
+        if self.on_no_receivers is not None:
+            result = self.on_no_receivers(message)
+            if inspect.isawaitable(result):
+                await result
+
+    def _is_stream(self, route: EventRoute) -> bool:
+        if isinstance(route, RedisStreamRoute):
+            return True
+        if isinstance(route, RedisEventRoute):
+            return False
+        if isinstance(route, TopicRoute):
+            return self._topic_to_stream
+        raise TypeError(
+            f"{type(self).__name__} cannot publish to {route!r}. Use RedisEventRoute(channel=...) "
+            "for Pub/Sub, RedisStreamRoute(stream=...) for Streams, or TopicRoute(topic=...)."
+        )
+
+    @staticmethod
+    def _channel_of(route: EventRoute) -> str:
+        if isinstance(route, RedisEventRoute):
+            return route.channel
+        return route.topic  # type: ignore[attr-defined, no-any-return]
+
+    @staticmethod
+    def _stream_of(route: EventRoute) -> tuple[str, int | None, bool]:
+        if isinstance(route, RedisStreamRoute):
+            return route.stream, route.maxlen, route.approximate
+        return route.topic, None, True  # type: ignore[attr-defined]
+
+    def _not_started(self) -> str:
+        return (
+            f"The {type(self).__name__} is not started (or already stopped): the event was not "
+            "sent. Call `await emitter.start()` or use `async with emitter:` before emitting."
+        )
+
+
+class RedisStreamProducer(RedisProducer):
+    """A :class:`RedisProducer` that sends ``TopicRoute`` events to streams (``XADD``).
+
+    What ``redis+streams://`` URLs build. Pub/Sub and stream routes behave as in
+    :class:`RedisProducer`.
+    """
+
+    def __init__(
+        self,
+        redis: aredis.Redis,
+        *,
+        warn_no_receivers: bool = True,
+        on_no_receivers: NoReceiversCallback | None = None,
+        delivery_timeout: float | None = 10.0,
+    ) -> None:
+        super().__init__(
+            redis,
+            topic_routes="streams",
+            warn_no_receivers=warn_no_receivers,
+            on_no_receivers=on_no_receivers,
+            delivery_timeout=delivery_timeout,
+        )
+
+
+def _where(client: aredis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
