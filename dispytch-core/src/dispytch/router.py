@@ -106,10 +106,23 @@ class Router:
         return register
 
     def include_router(self, router: Router) -> None:
-        """Nest ``router``: its handlers run inside this router's middlewares too."""
+        """Nest ``router``: its handlers run inside this router's middlewares too.
+
+        Raises:
+            ValueError: When ``router`` is this router or already contains it (a cycle
+                would make the handler tree endless).
+        """
         if router is self:
             raise ValueError("A router cannot include itself.")
+        if router._contains(self):
+            raise ValueError(
+                "Including this router would form a cycle: it is already nested inside "
+                "the router being included. Nest routers as a tree."
+            )
         self.routers.append(router)
+
+    def _contains(self, other: Router) -> bool:
+        return any(child is other or child._contains(other) for child in self.routers)
 
     add_router = include_router
 
