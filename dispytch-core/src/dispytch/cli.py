@@ -99,7 +99,14 @@ def _print_plugins(report: dict[str, Any], out: TextIO) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    report = _plugins_report()
+    # Load failures are part of the report; do not also log them as warnings.
+    plugin_log = logging.getLogger("dispytch.plugins")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        report = _plugins_report()
+    finally:
+        plugin_log.setLevel(level)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")

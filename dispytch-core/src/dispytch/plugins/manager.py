@@ -305,7 +305,7 @@ def _call_each(state: _State, hook_name: str) -> list[tuple[str, Any]]:
     caller = getattr(state.pm.hook, hook_name)
     record_type = _RECORD_TYPES[hook_name]
     out: list[tuple[str, Any]] = []
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():  # registration order (pluggy calls in reverse)
         if impl.hookwrapper or impl.wrapper:
             continue  # wrappers cannot contribute records
         plugin = impl.plugin_name
