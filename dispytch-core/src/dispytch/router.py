@@ -95,7 +95,7 @@ class Router:
         mws = tuple(resolve_middleware(m) for m in middlewares)
 
         def register(func: F) -> F:
-            hname = name or getattr(func, "__qualname__", repr(func))
+            hname = name or str(getattr(func, "__qualname__", None) or repr(func))
             plan = HandlerPlan(func, handler_name=hname, route_names=route_names)
             etype = event
             if etype is None and plan.event_types:

@@ -43,7 +43,7 @@ class JsonSerializer:
 
     def decoder(self, target: type[T]) -> Callable[[bytes], T]:
         if isinstance(target, type) and issubclass(target, BaseModel):
-            return target.model_validate_json  # type: ignore[return-value]
+            return target.model_validate_json
         return TypeAdapter(target).validate_json
 
 

