@@ -22,7 +22,7 @@ from dispytch.di import HandlerPlan
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from conftest import Kit
+    from tests.core.conftest import Kit
 
 
 class Body(BaseModel):

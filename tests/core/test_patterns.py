@@ -14,7 +14,7 @@ from dispytch.patterns import RoutePattern
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from conftest import Kit
+    from tests.core.conftest import Kit
 
 
 def _amqp_match(binding: str, route: str) -> bool:

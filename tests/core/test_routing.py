@@ -18,7 +18,7 @@ from dispytch.middleware import CallNext
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from conftest import Kit
+    from tests.core.conftest import Kit
 
 
 class OrderEvent(EventBase):
