@@ -167,7 +167,7 @@ class EventDispatcher:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lanes: dict[Hashable, deque[Message]] = {}
-        self._idle: asyncio.Event = asyncio.Event()
+        self._abandoning = False
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[Message] = set()
         self._closed = asyncio.Event()
@@ -300,6 +300,7 @@ class EventDispatcher:
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._lanes = {}
         self._tasks = set()
+        self._abandoning = False
         self._loop = asyncio.get_running_loop()
         self._reader = asyncio.create_task(self._read(), name=f"dispytch-reader-{self.name}")
         from dispytch.plugins.manager import notify
@@ -310,6 +311,8 @@ class EventDispatcher:
         """Stop gracefully: stop fetching, let in-flight work finish (up to ``timeout``,
         default ``stop_timeout``), hand back what did not finish, then close.
         """
+        if self._reader is None:
+            return  # never started: nothing to stop
         if not self._running or self._stopping:
             await self._closed.wait()
             return
@@ -338,6 +341,7 @@ class EventDispatcher:
                     "back to the broker for redelivery.",
                     self.name, len(self._inflight), deadline,
                 )
+                self._abandoning = True  # cancelled work must not start what waits behind it
                 for t in still:
                     t.cancel()
                 await asyncio.gather(*still, return_exceptions=True)
@@ -391,12 +395,21 @@ class EventDispatcher:
         inflight = self._inflight
         backoff = 0.1
         while not self._stopping:
+            messages = self.consumer.listen()
             try:
-                async for msg in self.consumer.listen():
+                while True:
+                    # A free slot first, then the next message: nothing leaves the broker
+                    # that the dispatcher could not start handling at once.
                     await slots.acquire()
+                    try:
+                        msg = await anext(messages)
+                    except BaseException:
+                        slots.release()
+                        raise
                     inflight.add(msg)
                     submit(msg)
                     backoff = 0.1
+            except StopAsyncIteration:
                 if self._stopping:
                     break
                 log.info("Consumer of %r ended; the dispatcher stops.", self.name)
@@ -411,6 +424,11 @@ class EventDispatcher:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            finally:
+                aclose = getattr(messages, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
         if not self._stopping:
             asyncio.get_running_loop().create_task(self.stop())
 
@@ -446,7 +464,7 @@ class EventDispatcher:
         self._tasks.discard(task)
         self._done(msg)
         lane = msg.lane
-        if lane is not None:
+        if lane is not None and not self._abandoning:
             waiting = self._lanes.get(lane)
             if waiting:
                 self._run_lane(lane, waiting.popleft())
