@@ -7,14 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
-from aio_pika.exceptions import MessageProcessError
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from dispytch.errors import NotStartedError
 from dispytch.rabbitmq._common import (
     CONNECTION_ERRORS,
@@ -139,7 +135,8 @@ class RabbitMQConsumer:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._queues: list[AbstractQueue] = []
-        self._consumer_tags: list[tuple[AbstractQueue, str]] = []
+        self._consumer_tags: list[tuple[AbstractQueue, aiormq.abc.AbstractChannel, str]] = []
+        self._watched: list[Any] = []
         self._handoff: asyncio.Queue[Any] = asyncio.Queue()
         self._running = False
         self._stopping = False
@@ -211,8 +208,12 @@ class RabbitMQConsumer:
             else:
                 await self._start_from_url()
             for q in self._queues:
-                tag = await q.consume(self._callback(q.name))
-                self._consumer_tags.append((q, tag))
+                await self._consume(q)
+            for ch in {id(q.channel): q.channel for q in self._queues}.values():
+                callbacks = getattr(ch, "reopen_callbacks", None)
+                if callbacks is not None:
+                    callbacks.add(self._on_reopen)
+                    self._watched.append(ch)
         except BaseException:
             await self._cancel_consumers()
             await self._close_owned()
@@ -281,14 +282,43 @@ class RabbitMQConsumer:
             await queue(self.queue_name)
         self._queues = list(queues.values())
 
-    def _callback(self, queue_name: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    async def _consume(self, q: AbstractQueue) -> None:
+        """Register a consumer on the queue's current (underlying) channel.
+
+        aiormq hands deliveries straight to :meth:`_callback`'s function: no aio-pika
+        message object per delivery, and no buffer but the handoff (bounded by prefetch).
+        """
+        raw = await q.channel.get_underlay_channel()
+        ok = await raw.basic_consume(q.name, self._callback(q.name), no_ack=False)
+        assert ok.consumer_tag is not None
+        self._consumer_tags.append((q, raw, ok.consumer_tag))
+
+    async def _on_reopen(self, channel: Any) -> None:
+        """A robust channel came back after a lost connection: consume its queues again.
+
+        aio-pika has re-declared the queues and their bindings by then. Deliveries of the
+        old channel are void: the broker has requeued them.
+        """
+        if self._stopping or not self._running:
+            return
+        self._consumer_tags = [t for t in self._consumer_tags if t[0].channel is not channel]
+        for q in self._queues:
+            if q.channel is channel:
+                try:
+                    await self._consume(q)
+                except Exception:
+                    log.exception("Could not resume consuming %r after a reconnection", q.name)
+                else:
+                    log.info("Consuming %r again after a reconnection", q.name)
+
+    def _callback(self, queue_name: str) -> Callable[[DeliveredMessage], Awaitable[None]]:
         handoff = self._handoff
 
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
+        async def on_message(delivered: DeliveredMessage) -> None:
             if self._stopping:
-                await self._settle(incoming, requeue=True)
+                await _settle(_Token(delivered, queue_name), requeue=True)
                 return
-            handoff.put_nowait((queue_name, incoming))
+            handoff.put_nowait(_Token(delivered, queue_name))
 
         return on_message
 
@@ -310,23 +340,23 @@ class RabbitMQConsumer:
             item = handoff.get_nowait() if handoff.qsize() else await handoff.get()
             if item is _STOP:
                 break
-            queue_name, incoming = item
             if self._stopping:
-                await self._settle(incoming, requeue=True)
+                await _settle(item, requeue=True)
                 break
-            if not _safe_channel(incoming):
+            if item.channel.is_closed:
                 # Its channel is gone: the broker has put it back and delivers it again.
                 continue
-            yield _message(incoming, queue_name, ordered)
+            yield _message(item, ordered)
         await self._requeue_pending()
 
     async def ack(self, message: Message) -> None:
         """Acknowledge the delivery (it is done with)."""
-        incoming: AbstractIncomingMessage = message.token
+        token: _Token = message.token
+        if token.settled:
+            return
+        token.settled = True
         try:
-            await incoming.ack()
-        except MessageProcessError:
-            pass  # settled already
+            await token.channel.basic_ack(token.delivery_tag)
         except CONNECTION_ERRORS as exc:
             log.warning(
                 "Could not acknowledge %r: its channel is gone (%s). RabbitMQ delivers it again.",
@@ -336,24 +366,7 @@ class RabbitMQConsumer:
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX."""
-        await self._settle(message.token, requeue=requeue)
-
-    async def _settle(self, incoming: AbstractIncomingMessage, *, requeue: bool) -> None:
-        try:
-            if requeue:
-                await incoming.nack(requeue=True)
-            else:
-                await incoming.reject(requeue=False)
-        except MessageProcessError:
-            pass
-        except CONNECTION_ERRORS as exc:
-            log.warning(
-                "Could not %s a delivery from %r: its channel is gone (%s). RabbitMQ "
-                "delivers it again.",
-                "requeue" if requeue else "reject",
-                incoming.routing_key,
-                exc,
-            )
+        await _settle(message.token, requeue=requeue)
 
     # ----------------------------------------------------------------- shutdown
     async def stop(self) -> None:
@@ -367,9 +380,11 @@ class RabbitMQConsumer:
 
     async def _cancel_consumers(self) -> None:
         tags, self._consumer_tags = self._consumer_tags, []
-        for q, tag in tags:
+        for q, raw, tag in tags:
+            if raw.is_closed:
+                continue  # the broker dropped the consumer with the channel
             try:
-                await asyncio.wait_for(q.cancel(tag), _CANCEL_TIMEOUT)
+                await asyncio.wait_for(raw.basic_cancel(tag), _CANCEL_TIMEOUT)
             except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
                 log.debug("Cancelling consumer %s on %r failed: %s", tag, q.name, exc)
 
@@ -378,7 +393,7 @@ class RabbitMQConsumer:
         while handoff.qsize():
             item = handoff.get_nowait()
             if item is not _STOP:
-                await self._settle(item[1], requeue=True)
+                await _settle(item, requeue=True)
         if self._stopping:
             handoff.put_nowait(_STOP)  # a later listen() must end too
 
@@ -390,6 +405,9 @@ class RabbitMQConsumer:
         """
         await self.stop()
         self._running = False
+        for ch in self._watched:
+            ch.reopen_callbacks.discard(self._on_reopen)
+        self._watched = []
         await self._close_owned()
 
     async def _close_owned(self) -> None:
@@ -407,42 +425,75 @@ class RabbitMQConsumer:
         await self.close()
 
 
-def _safe_channel(incoming: AbstractIncomingMessage) -> bool:
+class _Token:
+    """What ``Message.token`` holds: the delivery and whether it was settled.
+
+    Settling a delivery twice would make the broker close the channel
+    (``PRECONDITION_FAILED - unknown delivery tag``), so it is guarded here.
+    """
+
+    __slots__ = ("channel", "delivered", "delivery_tag", "queue", "settled")
+
+    def __init__(self, delivered: DeliveredMessage, queue: str) -> None:
+        self.delivered = delivered
+        self.channel = delivered.channel
+        self.delivery_tag: int = delivered.delivery.delivery_tag  # type: ignore[union-attr]
+        self.queue = queue
+        self.settled = False
+
+
+async def _settle(token: _Token, *, requeue: bool) -> None:
+    if token.settled:
+        return
+    token.settled = True
     try:
-        incoming.channel  # noqa: B018 - raises when the channel is closed
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return False
-    return True
+        if requeue:
+            await token.channel.basic_nack(token.delivery_tag, requeue=True)
+        else:
+            await token.channel.basic_reject(token.delivery_tag, requeue=False)
+    except CONNECTION_ERRORS as exc:
+        log.warning(
+            "Could not %s a delivery from %r: its channel is gone (%s). RabbitMQ delivers it "
+            "again.",
+            "requeue" if requeue else "reject",
+            token.queue,
+            exc,
+        )
 
 
-def _message(incoming: AbstractIncomingMessage, queue_name: str, ordered: bool) -> Message:
-    raw = incoming.headers
+def _message(token: _Token, ordered: bool) -> Message:
+    delivered = token.delivered
+    delivery: Any = delivered.delivery
+    props = delivered.header.properties
+    raw = props.headers
     headers = text_headers(raw)
     key = None
     if raw and HEADER_KEY in raw:
         k = raw[HEADER_KEY]
         key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
         del headers[HEADER_KEY]
-    if HEADER_CONTENT_TYPE not in headers and incoming.content_type:
-        headers[HEADER_CONTENT_TYPE] = incoming.content_type
+    if HEADER_CONTENT_TYPE not in headers and props.content_type:
+        headers[HEADER_CONTENT_TYPE] = props.content_type
     count = raw.get("x-delivery-count") if raw else None
-    attempt = int(count) + 1 if count is not None else 2 if incoming.redelivered else 1
-    routing_key = incoming.routing_key or ""
+    redelivered = bool(delivery.redelivered)
+    attempt = int(count) + 1 if count is not None else 2 if redelivered else 1  # type: ignore[call-overload]
+    routing_key = delivery.routing_key or ""
+    queue = token.queue
     return Message(
-        incoming.body,
+        delivered.body,
         route=routing_key,
         headers=headers,
         key=key,
         attempt=attempt,
         metadata={
-            "exchange": incoming.exchange,
-            "queue": queue_name,
+            "exchange": delivery.exchange,
+            "queue": queue,
             "routing_key": routing_key,
-            "delivery_tag": incoming.delivery_tag,
-            "redelivered": bool(incoming.redelivered),
-            "message_id": incoming.message_id,
-            "consumer_tag": incoming.consumer_tag,
+            "delivery_tag": token.delivery_tag,
+            "redelivered": redelivered,
+            "message_id": props.message_id,
+            "consumer_tag": delivery.consumer_tag,
         },
-        lane=queue_name if ordered else None,
-        token=incoming,
+        lane=queue if ordered else None,
+        token=token,
     )

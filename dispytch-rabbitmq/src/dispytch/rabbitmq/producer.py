@@ -282,11 +282,16 @@ class RabbitMQProducer:
                 "`await producer.start()`) or use `async with emitter:` before emitting."
             )
         exchange, routing_key, route = self._address(message.route)
+        properties = self._properties(message, route)
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
-                channel = await self._target(exchange)
-                properties = self._properties(message, route)
-                await self._publish(channel, exchange, routing_key, message.payload, properties)
+            channel = self._targets.get(exchange)
+            if channel is None:
+                async with asyncio.timeout_at(deadline):
+                    channel = await self._target(exchange)
+            await self._publish(
+                channel, exchange, routing_key, message.payload, properties, deadline
+            )
         except TimeoutError:
             raise EmitTimeoutError(
                 f"RabbitMQ did not confirm the message to {exchange or '(default)'!r} / "
@@ -301,7 +306,9 @@ class RabbitMQProducer:
         routing_key: str,
         body: bytes,
         properties: Basic.Properties,
+        deadline: float,
     ) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._running:
                 raise NotStartedError(
@@ -309,6 +316,9 @@ class RabbitMQProducer:
                     "published; it was not confirmed."
                 )
             try:
+                if channel.is_closed:
+                    async with asyncio.timeout_at(deadline):
+                        await self._wait_ready(channel)
                 raw = await channel.get_underlay_channel()
                 result = await raw.basic_publish(
                     body,
@@ -316,6 +326,7 @@ class RabbitMQProducer:
                     routing_key=routing_key,
                     properties=properties,
                     mandatory=self.mandatory,
+                    timeout=max(deadline - loop.time(), 0.001),
                 )
             except aiormq.exceptions.PublishError as exc:
                 raise self._unroutable(exchange, routing_key) from exc
@@ -338,7 +349,7 @@ class RabbitMQProducer:
                 ) from exc
             except CONNECTION_ERRORS as exc:
                 # The connection went away before the confirm: wait for the robust
-                # connection to come back and publish again (bounded by send's timeout).
+                # connection to come back and publish again (bounded by the deadline).
                 log.warning(
                     "Publishing to %r / %r failed (%s: %s); waiting for the connection to "
                     "come back",
@@ -347,7 +358,8 @@ class RabbitMQProducer:
                     type(exc).__name__,
                     exc,
                 )
-                await self._wait_ready(channel)
+                async with asyncio.timeout_at(deadline):
+                    await self._wait_ready(channel)
                 continue
             if result is None:
                 raise EmitError(
