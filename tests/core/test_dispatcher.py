@@ -119,11 +119,6 @@ async def test_stop_past_deadline_cancels_and_requeues_for_redelivery(
     assert attempts == [2]
 
 
-@pytest.mark.xfail(
-    reason="dispatcher.stop() on a dispatcher that never started waits forever on "
-    "_closed (proposed fix in the report)",
-    strict=True,
-)
 async def test_stop_without_start_returns(kit: Kit) -> None:
     d = kit.dispatcher()
     await asyncio.wait_for(d.stop(), 1.0)
@@ -179,11 +174,6 @@ async def test_never_more_than_max_in_flight_handlers(kit: Kit, limit: int) -> N
     assert kit.queued() == 0 and kit.unacked() == 0
 
 
-@pytest.mark.xfail(
-    reason="the reader takes one more message from listen() before it waits for a free "
-    "slot, so max_in_flight + 1 messages leave the broker (proposed fix in the report)",
-    strict=True,
-)
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_consumer_is_not_drained_beyond_max_in_flight(kit: Kit, limit: int) -> None:
     d, release, _ = await _saturate(kit, limit, 10)
