@@ -1,0 +1,218 @@
+"""End-to-end Redis throughput: raw redis.asyncio vs FastStream vs Dispytch, in one run.
+
+    python benchmarks/bench_redis.py [-n 20000] [--reps 3] [--mode both|pubsub|streams]
+
+Every implementation does the same work in one process and one event loop: publish N
+~250-byte JSON events in non-transactional pipelines of ``--batch-size`` commands, receive
+them, decode and validate each into the pydantic ``Event``. ``e2e`` = first publish ->
+last message validated.
+
+* Pub/Sub: ``PUBLISH`` to one channel; one subscriber.
+* Streams: ``XADD`` to one stream; one consumer group member reading with
+  ``XREADGROUP`` (``COUNT --batch-size``) and acknowledging with ``XACK`` after validation.
+
+Implementations:
+
+* raw        -- ``shared/bench/raw.py --broker redis-pubsub|redis-streams --publish batch``
+* faststream -- ``shared/bench/faststream_bench.py --broker ... --publish batch``
+  (FastStream 0.7.8, one message per handler call)
+* dispytch   -- ``EventEmitter.emit_batch`` through ``RedisProducer`` /
+  ``RedisStreamProducer``, an ``EventDispatcher`` over ``RedisConsumer`` /
+  ``RedisStreamConsumer`` with an ``Event[T]`` handler (Streams: XACK after handling).
+
+Each configuration runs in its own subprocess, interleaved ``--reps`` times; the medians
+go into one JSON line on stdout (per-run lines go to stderr). Not a test: no assertions.
+``--profile FILE`` (with ``--child``) writes a cProfile of the Dispytch run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_workload, run_baseline  # noqa: E402
+
+from dispytch import Event, EventBase, EventEmitter  # noqa: E402
+
+BenchEvent: Any = None
+REDIS = "redis://127.0.0.1:6379/0"
+BROKERS = {"pubsub": "redis-pubsub", "streams": "redis-streams"}
+
+
+# ----------------------------------------------------------------- the Dispytch run
+async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> dict[str, Any]:
+    global BenchEvent  # the handler's annotation is resolved from module globals
+    import redis.asyncio as aredis
+
+    from dispytch.dispatcher import EventDispatcher
+    from dispytch.redis import (
+        RedisConsumer,
+        RedisEventRoute,
+        RedisEventSubscription,
+        RedisProducer,
+        RedisStreamConsumer,
+        RedisStreamRoute,
+        RedisStreamSubscription,
+    )
+
+    common = load_workload()
+    name = f"dispytch-{common.run_id()}"
+    streams = mode == "streams"
+    route: Any = RedisStreamRoute(stream=name) if streams else RedisEventRoute(channel=name)
+
+    class _BenchEvent(common.Event, EventBase):  # type: ignore[misc, name-defined]
+        """The shared workload's Event, routed to the bench channel or stream."""
+
+        __route__ = route
+
+    BenchEvent = _BenchEvent
+    events = [BenchEvent.model_construct(**dict(ev)) for ev in common.make_events(n)]
+    st = common.State(n)
+
+    pub = aredis.Redis.from_url(REDIS)
+    sub = aredis.Redis.from_url(REDIS)
+    pending = None
+    try:
+        producer = RedisProducer(pub)
+        if streams:
+            consumer: Any = RedisStreamConsumer(sub, group="g", batch_size=batch_size)
+            subscription: Any = RedisStreamSubscription(stream=name, group="g")
+        else:
+            consumer = RedisConsumer(sub.pubsub())
+            subscription = RedisEventSubscription(channel=name)
+        dispatcher = EventDispatcher(consumer)
+
+        @dispatcher.handler(subscription)
+        async def handle(event: Event[BenchEvent]) -> None:
+            st.seen()
+
+        emitter = EventEmitter(producer)
+        async with dispatcher, emitter:
+            cpu = common.CpuWindow(BROKERS[mode])
+            cpu.start()
+            t0 = time.perf_counter()
+            for i in range(0, n, batch_size):
+                await emitter.emit_batch(events[i : i + batch_size])
+            t_pub = time.perf_counter()
+            await common.wait_done(st, time.monotonic() + timeout)
+            cpu_info = cpu.stop()
+        if streams:
+            pending = (await pub.xpending(name, "g"))["pending"]
+            await pub.delete(name)
+    finally:
+        await sub.aclose()
+        await pub.aclose()
+    res: dict[str, Any] = common.rates(n, st.count, t0, t_pub, st.t_last)
+    res.update(cpu_info)
+    res["dispatcher_stats"] = dict(dispatcher.stats)
+    if pending is not None:
+        res["pending_after"] = pending
+    return res
+
+
+def dispytch_child(args: argparse.Namespace) -> None:
+    res: dict[str, Any] = {"impl": "dispytch", "broker": BROKERS[args.mode], "publish": "batch"}
+    coro = asyncio.wait_for(
+        run_dispytch(args.mode, args.n, args.batch_size, args.timeout), args.timeout + 30
+    )
+    try:
+        if args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            res.update(prof.runcall(asyncio.run, coro))
+            prof.dump_stats(args.profile)
+        else:
+            res.update(asyncio.run(coro))
+    except Exception as exc:  # report, don't hang
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(res), flush=True)
+
+
+def run_self(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    cmd = [
+        sys.executable, __file__, "--child", "--mode", mode, "-n", str(args.n),
+        "--batch-size", str(args.batch_size), "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=args.timeout + 60, check=False
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)  # type: ignore[no-any-return]
+    return {"impl": "dispytch", "error": "no result", "stderr": proc.stderr[-2000:]}
+
+
+# ----------------------------------------------------------------- the comparison
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", type=int, default=20_000, help="events per run")
+    p.add_argument("--reps", type=int, default=3, help="runs per implementation (interleaved)")
+    p.add_argument("--mode", choices=("both", "pubsub", "streams"), default="both")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        dispytch_child(args)
+        return
+
+    modes = ("pubsub", "streams") if args.mode == "both" else (args.mode,)
+    impls = ("raw", "faststream", "dispytch")
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (m, i): [] for m in modes for i in impls
+    }
+    for _ in range(args.reps):
+        for mode in modes:
+            common_args = ["--broker", BROKERS[mode], "-n", str(args.n), "--batch-size",
+                           str(args.batch_size), "--timeout", str(args.timeout),
+                           "--publish", "batch"]  # fmt: skip
+            for impl in impls:
+                if impl == "raw":
+                    res = run_baseline("raw.py", *common_args)
+                elif impl == "faststream":
+                    res = run_baseline("faststream_bench.py", *common_args)
+                else:
+                    res = run_self(args, mode)
+                print(json.dumps(res), file=sys.stderr, flush=True)
+                runs[(mode, impl)].append(res)
+
+    def median(mode: str, impl: str, key: str) -> float | None:
+        vals = [
+            r[key] for r in runs[(mode, impl)] if r.get(key) is not None and "error" not in r
+        ]
+        return round(statistics.median(vals), 1) if vals else None
+
+    out: dict[str, Any] = {
+        "bench": "redis-e2e",
+        "n": args.n,
+        "reps": args.reps,
+        "publish": "batch",
+        "batch_size": args.batch_size,
+    }
+    for mode in modes:
+        for impl in impls:
+            out[f"{mode}_{impl}_e2e_msgs_s"] = median(mode, impl, "e2e_msgs_s")
+            out[f"{mode}_{impl}_client_cpu_s"] = median(mode, impl, "client_cpu_s")
+            errors = [r["error"] for r in runs[(mode, impl)] if "error" in r]
+            if errors:
+                out[f"{mode}_{impl}_errors"] = errors
+        raw, fs, dp = (out[f"{mode}_{i}_e2e_msgs_s"] for i in impls)
+        out[f"{mode}_dispytch_vs_raw"] = round(dp / raw, 3) if dp and raw else None
+        out[f"{mode}_dispytch_vs_faststream"] = round(dp / fs, 3) if dp and fs else None
+        out[f"{mode}_faststream_vs_raw"] = round(fs / raw, 3) if fs and raw else None
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
