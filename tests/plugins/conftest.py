@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dispytch.plugins import get_plugin_manager, reset_plugins
 
 HERE = Path(__file__).parent
@@ -95,8 +94,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[.
     monkeypatch.syspath_prepend(str(root))
     created: list[str] = []
 
-    def _install(name: str, version: str, entry_points: dict[str, str],
-                 modules: dict[str, str]) -> None:
+    def _install(
+        name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+    ) -> None:
         make_dist(root, name, version, entry_points, modules)
         created.extend(modules)
         import importlib
@@ -109,11 +109,16 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[.
         sys.modules.pop(mod, None)
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter of this venv."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=timeout, env=full_env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
     )

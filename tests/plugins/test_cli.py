@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from dispytch import __version__
 from dispytch.cli import main
 from dispytch.plugins import MiddlewareSpec, SerializerSpec, TransportSpec, hookimpl
@@ -30,14 +29,26 @@ def _make(url, **options):
 class ListedPlugin:
     @hookimpl
     def dispytch_transports(self):
-        return [TransportSpec(name="listed", schemes=("listed", "listed+tls"),
-                              producer_factory=_make, consumer_factory=_make,
-                              description="a listed transport")]
+        return [
+            TransportSpec(
+                name="listed",
+                schemes=("listed", "listed+tls"),
+                producer_factory=_make,
+                consumer_factory=_make,
+                description="a listed transport",
+            )
+        ]
 
     @hookimpl
     def dispytch_serializers(self):
-        return [SerializerSpec(name="listed-json", content_type="application/x-listed",
-                               factory=JsonSerializer, description="listed format")]
+        return [
+            SerializerSpec(
+                name="listed-json",
+                content_type="application/x-listed",
+                factory=JsonSerializer,
+                description="listed format",
+            )
+        ]
 
     @hookimpl
     def dispytch_middlewares(self):
@@ -54,8 +65,9 @@ class BrokenHook:
 
 
 def test_version_from_the_console_script():
-    out = subprocess.run([DISPYTCH, "--version"], capture_output=True, text=True,
-                         timeout=TIMEOUT, check=True)
+    out = subprocess.run(
+        [DISPYTCH, "--version"], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
     assert out.stdout.startswith(f"dispytch {__version__} (Python ")
 
 
@@ -96,10 +108,20 @@ def test_plugins_json_is_scriptable(capsys, register):
         "version": None,
         "entry_point": None,
         "hooks": ["dispytch_middlewares", "dispytch_serializers", "dispytch_transports"],
-        "transports": [{"name": "listed", "schemes": ["listed", "listed+tls"],
-                        "description": "a listed transport"}],
-        "serializers": [{"name": "listed-json", "content_type": "application/x-listed",
-                         "description": "listed format"}],
+        "transports": [
+            {
+                "name": "listed",
+                "schemes": ["listed", "listed+tls"],
+                "description": "a listed transport",
+            }
+        ],
+        "serializers": [
+            {
+                "name": "listed-json",
+                "content_type": "application/x-listed",
+                "description": "listed format",
+            }
+        ],
         "middlewares": [{"name": "listed-mw", "description": ""}],
     }
 
@@ -108,28 +130,50 @@ def test_plugins_shows_conflicts(capsys, register):
     class Clash:
         @hookimpl
         def dispytch_transports(self):
-            return [TransportSpec(name="clash", schemes=("memory",),
-                                  producer_factory=_make, consumer_factory=_make)]
+            return [
+                TransportSpec(
+                    name="clash",
+                    schemes=("memory",),
+                    producer_factory=_make,
+                    consumer_factory=_make,
+                )
+            ]
 
     register(Clash(), name="clash")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert ("Conflicts:\n  URL scheme 'memory://' is claimed by two plugins: 'builtin' "
-            "(transport 'memory') and 'clash' (transport 'clash')") in out
+    assert (
+        "Conflicts:\n  URL scheme 'memory://' is claimed by two plugins: 'builtin' "
+        "(transport 'memory') and 'clash' (transport 'clash')"
+    ) in out
 
 
 def test_plugins_from_the_console_script_reports_entry_point_failures(site):
-    site("dispytch-broken", "0.3.0", {"broken": "cli_broken_mod"},
-         {"cli_broken_mod": "raise ImportError('needs libbroken')\n"})
+    site(
+        "dispytch-broken",
+        "0.3.0",
+        {"broken": "cli_broken_mod"},
+        {"cli_broken_mod": "raise ImportError('needs libbroken')\n"},
+    )
     root = Path(sys.path[0])  # the site fixture put its directory first
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path[1:]])}
-    out = subprocess.run([DISPYTCH, "plugins", "--json"], capture_output=True, text=True,
-                         timeout=TIMEOUT, env=env, check=True)
+    out = subprocess.run(
+        [DISPYTCH, "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=True,
+    )
     report = json.loads(out.stdout)
     (failure,) = [f for f in report["failures"] if f["name"] == "broken"]
-    assert failure == {"name": "broken", "entry_point": "cli_broken_mod",
-                       "distribution": "dispytch-broken", "hook": None,
-                       "error": "ImportError: needs libbroken"}
+    assert failure == {
+        "name": "broken",
+        "entry_point": "cli_broken_mod",
+        "distribution": "dispytch-broken",
+        "hook": None,
+        "error": "ImportError: needs libbroken",
+    }
     assert "builtin" in {p["name"] for p in report["plugins"]}
     assert "failed to load" not in out.stderr  # reported once, in the listing
 
@@ -168,9 +212,11 @@ def test_run_rejects_a_target_without_colon(capsys):
 def test_run_reports_a_missing_module(capsys, tmp_path):
     assert main(["run", "no_such_module_xyz:dispatcher", "--app-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dispytch: error: Could not import module 'no_such_module_xyz' "
-                          f"(looked in {tmp_path} and sys.path). Check the name, or pass "
-                          "--app-dir")
+    assert err.startswith(
+        "dispytch: error: Could not import module 'no_such_module_xyz' "
+        f"(looked in {tmp_path} and sys.path). Check the name, or pass "
+        "--app-dir"
+    )
 
 
 def test_run_reports_a_missing_attribute(capsys, tmp_path):
@@ -202,7 +248,9 @@ def test_run_does_not_hide_an_import_error_inside_the_module(tmp_path):
 
 # -- run: factories, in-process ------------------------------------------------------------------
 
-SELF_STOPPING = APP_HEADER + """
+SELF_STOPPING = (
+    APP_HEADER
+    + """
 
     handled = []
 
@@ -241,6 +289,7 @@ SELF_STOPPING = APP_HEADER + """
         await asyncio.sleep(0)
         return build("memory://cli-async")
 """
+)
 
 
 @pytest.mark.parametrize("attr", ["sync_factory", "async_factory"])
@@ -255,7 +304,9 @@ def test_run_accepts_sync_and_async_factories(tmp_path, register, attr, monkeypa
 
 # -- run: the real thing, as a subprocess receiving SIGTERM ------------------------------------
 
-SERVICE = APP_HEADER + """
+SERVICE = (
+    APP_HEADER
+    + """
     import sys
 
     dispatcher = EventDispatcher.from_url("memory://cli-service")
@@ -284,6 +335,7 @@ SERVICE = APP_HEADER + """
 
     get_plugin_manager().register(EmitOnStart(), name="emit-on-start")
 """
+)
 
 
 async def _readline(stream: asyncio.StreamReader) -> str:
@@ -295,8 +347,13 @@ async def _readline(stream: asyncio.StreamReader) -> str:
 async def test_run_stops_gracefully_on_a_signal(tmp_path, signum):
     name = _module(tmp_path, SERVICE)
     proc = await asyncio.create_subprocess_exec(
-        DISPYTCH, "run", f"{name}:dispatcher", "--app-dir", str(tmp_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        DISPYTCH,
+        "run",
+        f"{name}:dispatcher",
+        "--app-dir",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "DISPYTCH_PLUGINS": "none"},
     )
     try:

@@ -9,10 +9,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
-
-from dispytch import Event, EventBase, EventDispatcher, EventEmitter, TopicRoute
-from dispytch import TopicSubscription
+from dispytch import Event, EventBase, EventDispatcher, EventEmitter, TopicRoute, TopicSubscription
 from dispytch.memory import MemoryConsumer, MemoryProducer
 from dispytch.plugins import (
     MiddlewareSpec,
@@ -24,6 +21,7 @@ from dispytch.plugins import (
     transport_for_url,
 )
 from dispytch.transport import HEADER_CONTENT_TYPE
+from pydantic import BaseModel
 
 HERE = Path(__file__).parent
 DOCS = HERE.parent.parent / "docs" / "plugins.md"
@@ -98,17 +96,25 @@ def test_hook_dispytch_transports(register):
     class Plugin:
         @hookimpl
         def dispytch_transports(self):
-            return [TransportSpec(name="loop", schemes=["loop", "loops"],
-                                  producer_factory=producer, consumer_factory=consumer,
-                                  description="test transport")]
+            return [
+                TransportSpec(
+                    name="loop",
+                    schemes=["loop", "loops"],
+                    producer_factory=producer,
+                    consumer_factory=consumer,
+                    description="test transport",
+                )
+            ]
 
     register(Plugin(), name="loop-plugin")
     spec = transport_for_url("LOOPS://host/x")
     assert spec.name == "loop" and spec.schemes == ("loop", "loops")  # lists become tuples
     EventEmitter.from_url("loop://a", linger=1)
     EventDispatcher.from_url("loop://b", group="g")
-    assert made == [("producer", "loop://a", {"linger": 1}),
-                    ("consumer", "loop://b", {"group": "g"})]
+    assert made == [
+        ("producer", "loop://a", {"linger": 1}),
+        ("consumer", "loop://b", {"group": "g"}),
+    ]
 
 
 class Upper:
@@ -130,8 +136,7 @@ async def test_hook_dispytch_serializers(register):
     class Plugin:
         @hookimpl
         def dispytch_serializers(self):
-            return [SerializerSpec(name="upper", content_type=Upper.content_type,
-                                   factory=Upper)]
+            return [SerializerSpec(name="upper", content_type=Upper.content_type, factory=Upper)]
 
     register(Plugin(), name="upper-plugin")
     url = "memory://hooks-serializers"
@@ -141,8 +146,7 @@ async def test_hook_dispytch_serializers(register):
 
     @dispatcher.handler(TopicSubscription(topic="hooks.note"))
     async def on_note(event: Event[Note]):
-        got.append((event.body.text, event.message.payload,
-                    event.headers[HEADER_CONTENT_TYPE]))
+        got.append((event.body.text, event.message.payload, event.headers[HEADER_CONTENT_TYPE]))
         done.set()
 
     async with EventEmitter.from_url(url, serializer="upper") as emitter, dispatcher:
@@ -223,8 +227,10 @@ async def test_hook_dispytch_dispatcher_started(register):
 
 async def test_hook_dispytch_dispatcher_stopped(register):
     recorder, dispatcher = await _dispatcher_cycle(register)
-    assert recorder.events == [("dispatcher_started", dispatcher),
-                               ("dispatcher_stopped", dispatcher)]
+    assert recorder.events == [
+        ("dispatcher_started", dispatcher),
+        ("dispatcher_stopped", dispatcher),
+    ]
     assert not dispatcher.running
 
 

@@ -7,7 +7,6 @@ import importlib.metadata
 import logging
 
 import pytest
-
 from dispytch import (
     Event,
     EventBase,
@@ -43,13 +42,19 @@ def transport_plugin(name: str, *schemes: str):
     class Plugin:
         @hookimpl
         def dispytch_transports(self):
-            return [TransportSpec(name=name, schemes=schemes or (name,),
-                                  producer_factory=_factory, consumer_factory=_factory)]
+            return [
+                TransportSpec(
+                    name=name,
+                    schemes=schemes or (name,),
+                    producer_factory=_factory,
+                    consumer_factory=_factory,
+                )
+            ]
 
     return Plugin()
 
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from dispytch.plugins import TransportSpec, hookimpl
 
 def _make(url, **options):
@@ -59,11 +64,11 @@ def _make(url, **options):
 def dispytch_transports():
     return [TransportSpec(name="good", schemes=("good",), producer_factory=_make,
                           consumer_factory=_make, description="a good one")]
-'''
+"""
 
-BROKEN_PLUGIN = '''
+BROKEN_PLUGIN = """
 raise ImportError("boom: libfoo is missing")
-'''
+"""
 
 
 class Ping(EventBase):
@@ -80,8 +85,14 @@ def test_builtins_are_ordinary_plugins():
     assert core.distribution == "dispytch-core"
     assert [t.name for t in core.transports] == ["memory"]
     assert {s.name for s in core.serializers} == {"json", "msgpack"}
-    assert {m.name for m in core.middlewares} >= {"retry", "dead-letter", "lock", "filter",
-                                                  "timeout", "observe"}
+    assert {m.name for m in core.middlewares} >= {
+        "retry",
+        "dead-letter",
+        "lock",
+        "filter",
+        "timeout",
+        "observe",
+    }
     assert transport_for_url("memory://").name == "memory"
     assert transports()["memory"].name == "memory"
 
@@ -108,8 +119,12 @@ def test_discovery_is_lazy_and_cached(monkeypatch):
 
 def test_broken_plugin_is_reported_by_name_and_the_others_still_load(site, caplog):
     site("good-plugin", "1.2.3", {"good": "good_plugin_mod"}, {"good_plugin_mod": GOOD_PLUGIN})
-    site("broken-plugin", "0.0.1", {"broken": "broken_plugin_mod"},
-         {"broken_plugin_mod": BROKEN_PLUGIN})
+    site(
+        "broken-plugin",
+        "0.0.1",
+        {"broken": "broken_plugin_mod"},
+        {"broken_plugin_mod": BROKEN_PLUGIN},
+    )
     with caplog.at_level(logging.WARNING, "dispytch.plugins"):
         spec = transport_for_url("good://somewhere")
     assert spec.producer_factory("good://x", a=1) == ("good", "good://x", {"a": 1})
@@ -117,12 +132,14 @@ def test_broken_plugin_is_reported_by_name_and_the_others_still_load(site, caplo
     assert len(failures) == 1
     assert failures[0].distribution == "broken-plugin"
     assert str(failures[0]) == (
-        "Plugin 'broken' (from broken-plugin) failed to load: "
-        "ImportError: boom: libfoo is missing"
+        "Plugin 'broken' (from broken-plugin) failed to load: ImportError: boom: libfoo is missing"
     )
     assert "Plugin 'broken' (from broken-plugin) failed to load" in caplog.text
-    with pytest.raises(TransportNotFoundError, match=r"(?s)Other plugins failed to load:.*"
-                       r"Plugin 'broken' \(from broken-plugin\).*libfoo is missing"):
+    with pytest.raises(
+        TransportNotFoundError,
+        match=r"(?s)Other plugins failed to load:.*"
+        r"Plugin 'broken' \(from broken-plugin\).*libfoo is missing",
+    ):
         transport_for_url("nothing-here://x")
 
 
@@ -130,20 +147,29 @@ def test_entry_point_plugin_is_listed_with_its_distribution(site):
     site("good-plugin", "1.2.3", {"good": "good_plugin_mod"}, {"good_plugin_mod": GOOD_PLUGIN})
     info = {i.name: i for i in plugin_infos()}["good"]
     assert (info.distribution, info.version, info.entry_point) == (
-        "good-plugin", "1.2.3", "good_plugin_mod"
+        "good-plugin",
+        "1.2.3",
+        "good_plugin_mod",
     )
     assert info.hooks == ("dispytch_transports",)
     assert [t.schemes for t in info.transports] == [("good",)]
 
 
 def test_unknown_hook_name_in_a_plugin_is_a_load_failure_with_a_hint(site):
-    site("typo-plugin", "1.0", {"typo": "typo_plugin_mod"}, {"typo_plugin_mod": '''
+    site(
+        "typo-plugin",
+        "1.0",
+        {"typo": "typo_plugin_mod"},
+        {
+            "typo_plugin_mod": """
         from dispytch.plugins import hookimpl
 
         @hookimpl
         def dispytch_transport():
             return []
-    '''})
+    """
+        },
+    )
     (failure,) = [f for f in load_failures() if f.name == "typo"]
     assert "unknown hooks: 'dispytch_transport' (did you mean 'dispytch_transports'?)" in str(
         failure
@@ -182,8 +208,12 @@ def test_dispytch_plugins_none_loads_builtins_only(site, monkeypatch):
 
 def test_dispytch_plugins_selects_by_name(site, monkeypatch, caplog):
     site("good-plugin", "1.2.3", {"good": "good_plugin_mod"}, {"good_plugin_mod": GOOD_PLUGIN})
-    site("broken-plugin", "0.0.1", {"broken": "broken_plugin_mod"},
-         {"broken_plugin_mod": BROKEN_PLUGIN})
+    site(
+        "broken-plugin",
+        "0.0.1",
+        {"broken": "broken_plugin_mod"},
+        {"broken_plugin_mod": BROKEN_PLUGIN},
+    )
     monkeypatch.setenv("DISPYTCH_PLUGINS", "good, nosuch")
     manager.reset_plugins()
     with caplog.at_level(logging.WARNING, "dispytch.plugins"):
@@ -218,9 +248,11 @@ def test_dispytch_trace_hooks_writes_hook_calls_to_stderr(monkeypatch, capsys, r
 def test_two_plugins_claiming_one_scheme_is_an_error_naming_both(register):
     register(transport_plugin("alpha", "dup"), name="first")
     register(transport_plugin("beta", "dup"), name="second")
-    expected = (r"URL scheme 'dup://' is claimed by two plugins: 'first' \(transport 'alpha'\) "
-                r"and 'second' \(transport 'beta'\)\. Uninstall one, or load only one with "
-                r"DISPYTCH_PLUGINS\.")
+    expected = (
+        r"URL scheme 'dup://' is claimed by two plugins: 'first' \(transport 'alpha'\) "
+        r"and 'second' \(transport 'beta'\)\. Uninstall one, or load only one with "
+        r"DISPYTCH_PLUGINS\."
+    )
     with pytest.raises(PluginError, match=expected):
         transport_for_url("dup://x")
     with pytest.raises(PluginError, match=expected):
@@ -232,8 +264,11 @@ def test_two_plugins_claiming_one_scheme_is_an_error_naming_both(register):
 
 def test_two_plugins_with_one_transport_name_is_an_error_naming_both(register):
     register(transport_plugin("memory", "other-memory"), name="copycat")
-    with pytest.raises(PluginError, match=r"Plugins 'builtin' and 'copycat' both provide a "
-                                          r"transport named 'memory'"):
+    with pytest.raises(
+        PluginError,
+        match=r"Plugins 'builtin' and 'copycat' both provide a "
+        r"transport named 'memory'",
+    ):
         transports()
 
 
@@ -265,8 +300,9 @@ def test_a_failing_registration_hook_is_reported_and_the_others_still_work(regis
         "Plugin 'failing' failed in its dispytch_transports hook: "
         "RuntimeError: cannot describe myself"
     )
-    assert "dispytch_serializers returned 'json'; return a list of SerializerSpec" in (
-        failures["wrongtype"]
+    assert (
+        "dispytch_serializers returned 'json'; return a list of SerializerSpec"
+        in (failures["wrongtype"])
     )
 
 
@@ -295,8 +331,7 @@ def test_installed_but_deselected_distribution_says_so(monkeypatch):
 
 
 def test_installed_but_broken_distribution_says_to_reinstall(site, monkeypatch):
-    site("dispytch-fake", "0.1.0", {"fake": "fake_broken_mod"},
-         {"fake_broken_mod": BROKEN_PLUGIN})
+    site("dispytch-fake", "0.1.0", {"fake": "fake_broken_mod"}, {"fake_broken_mod": BROKEN_PLUGIN})
     monkeypatch.setitem(manager.KNOWN_SCHEMES, "fake", "dispytch-fake")
     with pytest.raises(
         TransportNotFoundError,
@@ -307,31 +342,38 @@ def test_installed_but_broken_distribution_says_to_reinstall(site, monkeypatch):
 
 
 def test_typo_in_a_scheme_suggests_the_closest():
-    with pytest.raises(TransportNotFoundError,
-                       match=r"No transport serves 'memroy://'\. Did you mean 'memory://'\?"):
+    with pytest.raises(
+        TransportNotFoundError,
+        match=r"No transport serves 'memroy://'\. Did you mean 'memory://'\?",
+    ):
         transport_for_url("memroy://")
 
 
 def test_typo_of_an_uninstalled_first_party_scheme_also_says_what_to_install(monkeypatch):
     monkeypatch.setenv("DISPYTCH_PLUGINS", "none")
     manager.reset_plugins()
-    with pytest.raises(TransportNotFoundError,
-                       match=r"(?s)No transport serves 'kafak://'\. Did you mean 'kafka://'\?"
-                       r".*dispytch-kafka"):
+    with pytest.raises(
+        TransportNotFoundError,
+        match=r"(?s)No transport serves 'kafak://'\. Did you mean 'kafka://'\?"
+        r".*dispytch-kafka",
+    ):
         transport_for_url("kafak://localhost:9092")
 
 
 def test_unknown_third_party_scheme_says_how_to_find_one():
-    with pytest.raises(TransportNotFoundError,
-                       match=r"No transport serves 'zzz://'\. Installed: .*\n"
-                       r"If a third-party plugin serves it, install that distribution and "
-                       r"check `dispytch plugins`\."):
+    with pytest.raises(
+        TransportNotFoundError,
+        match=r"No transport serves 'zzz://'\. Installed: .*\n"
+        r"If a third-party plugin serves it, install that distribution and "
+        r"check `dispytch plugins`\.",
+    ):
         transport_for_url("zzz://x")
 
 
 def test_url_without_scheme():
-    with pytest.raises(TransportNotFoundError,
-                       match=r"'localhost:9092' has no scheme\. Write it as scheme://"):
+    with pytest.raises(
+        TransportNotFoundError, match=r"'localhost:9092' has no scheme\. Write it as scheme://"
+    ):
         transport_for_url("localhost:9092")
 
 
@@ -345,9 +387,12 @@ def test_serializer_by_name_or_content_type_is_built_once():
 
 
 def test_unknown_serializer_suggests_the_closest():
-    with pytest.raises(PluginError, match=r"No serializer is registered as 'jsn'\. Did you "
-                                          r"mean 'json'\? Known: json, msgpack\.\nA serializer"
-                                          r" comes from a plugin"):
+    with pytest.raises(
+        PluginError,
+        match=r"No serializer is registered as 'jsn'\. Did you "
+        r"mean 'json'\? Known: json, msgpack\.\nA serializer"
+        r" comes from a plugin",
+    ):
         serializer_for("jsn")
 
 
@@ -355,12 +400,14 @@ def test_two_plugins_providing_one_serializer_is_an_error_naming_both(register):
     class Other:
         @hookimpl
         def dispytch_serializers(self):
-            return [SerializerSpec(name="json", content_type="text/x-json",
-                                   factory=JsonSerializer)]
+            return [SerializerSpec(name="json", content_type="text/x-json", factory=JsonSerializer)]
 
     register(Other(), name="other")
-    with pytest.raises(PluginError, match=r"Serializer 'json' is provided by both 'builtin' "
-                                          r"and 'other'"):
+    with pytest.raises(
+        PluginError,
+        match=r"Serializer 'json' is provided by both 'builtin' "
+        r"and 'other'",
+    ):
         serializer_for("json")
 
 
@@ -372,8 +419,11 @@ def test_builtin_middleware_by_name_with_options():
 
 
 def test_unknown_middleware_suggests_the_closest():
-    with pytest.raises(PluginError, match=r"No middleware is registered as 'retyr'\. Did you "
-                                          r"mean 'retry'\? Known: .*dead-letter"):
+    with pytest.raises(
+        PluginError,
+        match=r"No middleware is registered as 'retyr'\. Did you "
+        r"mean 'retry'\? Known: .*dead-letter",
+    ):
         middleware_factory("retyr")
 
 
@@ -384,8 +434,11 @@ def test_two_plugins_providing_one_middleware_is_an_error_naming_both(register):
             return [MiddlewareSpec(name="retry", factory=lambda **kw: None)]
 
     register(Other(), name="other")
-    with pytest.raises(PluginError, match=r"Middleware name 'retry' is provided by both "
-                                          r"'builtin' and 'other'"):
+    with pytest.raises(
+        PluginError,
+        match=r"Middleware name 'retry' is provided by both "
+        r"'builtin' and 'other'",
+    ):
         middleware_factory("retry")
 
 
@@ -474,8 +527,11 @@ def test_notify_says_that_async_hooks_are_not_awaited(register, caplog):
 
 
 def test_notify_rejects_a_hook_that_is_not_a_lifecycle_hook():
-    with pytest.raises(PluginError, match=r"'dispytch_transports' is not a lifecycle hook; "
-                                          r"use one of dispytch_dispatcher_started"):
+    with pytest.raises(
+        PluginError,
+        match=r"'dispytch_transports' is not a lifecycle hook; "
+        r"use one of dispytch_dispatcher_started",
+    ):
         notify("dispytch_transports")
 
 

@@ -3,6 +3,7 @@
 One file per message, so any process on the machine can publish and consume, and a
 message survives a crash of either side. Layout under the spool directory::
 
+    _groups/<group>/<hash>.json   the route patterns each consumer group subscribed to
     <topic>/tmp/                  files being written (then linked into place)
     <topic>/_parked/new/          published while no consumer group existed yet
     <topic>/<group>/new/          ready for the group's consumers
@@ -12,8 +13,11 @@ message survives a crash of either side. Layout under the spool directory::
 Semantics (at-least-once):
 
 - Every consumer group gets each message (the producer hard-links the file into every
-  group's ``new/``); consumers of one group compete for it. A group that does not exist
-  yet receives what was parked for the topic when its first consumer arrives.
+  group's ``new/``); consumers of one group compete for it. Groups are durable: once a
+  consumer of a group has started, the group's patterns are registered under
+  ``_groups/`` and it receives every later message on a matching topic, whether or not
+  one of its consumers is running. What was published to a topic no group had
+  subscribed to yet is parked and goes to the first group that subscribes to it.
 - A consumer claims a file by renaming it into ``cur/`` (atomic: exactly one consumer
   wins). ``ack`` deletes it. ``nack(requeue=True)`` puts it back into ``new/`` with its
   attempt count raised. ``nack(requeue=False)`` moves it into ``rejected/`` (this
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -50,6 +55,7 @@ from dispytch.transport import Message, OutgoingMessage
 log = logging.getLogger("dispytch_sample")
 
 _PARKED = "_parked"
+_REGISTRY = "_groups"
 _RESERVED = {"tmp", _PARKED}
 _seq = itertools.count()
 
@@ -150,6 +156,7 @@ class SpoolProducer:
         self.directory = Path(directory)
         self.fsync = fsync
         self._running = False
+        self._registry_cache: tuple[Any, list[tuple[str, list[RoutePattern]]]] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SpoolProducer:
@@ -190,7 +197,14 @@ class SpoolProducer:
             tmp, _encode(message.headers, message.key, 1, message.payload), fsync=self.fsync
         )
         try:
-            targets = [g / "new" for g in _groups(topic_dir)] or [topic_dir / _PARKED / "new"]
+            groups = {g.name for g in _groups(topic_dir)}
+            groups.update(
+                group
+                for group, patterns in self._registry()
+                if any(p.match(topic) is not None for p in patterns)
+            )
+            targets = [topic_dir / g / "new" for g in sorted(groups)]
+            targets = targets or [topic_dir / _PARKED / "new"]
             for target in targets:
                 target.mkdir(parents=True, exist_ok=True)
                 try:
@@ -200,6 +214,26 @@ class SpoolProducer:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def _registry(self) -> list[tuple[str, list[RoutePattern]]]:
+        """The registered groups and their patterns (re-read when the registry changes)."""
+        root = self.directory / _REGISTRY
+        try:
+            group_dirs = [e for e in os.scandir(root) if e.is_dir()]
+            stamp = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in group_dirs))
+        except FileNotFoundError:
+            return []
+        if self._registry_cache is not None and self._registry_cache[0] == stamp:
+            return self._registry_cache[1]
+        table: list[tuple[str, list[RoutePattern]]] = []
+        for entry in group_dirs:
+            patterns: list[RoutePattern] = []
+            for file in Path(entry.path).glob("*.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    patterns.extend(RoutePattern(p) for p in json.loads(file.read_text()))
+            table.append((entry.name, patterns))
+        self._registry_cache = (stamp, table)
+        return table
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         first: BaseException | None = None
@@ -263,10 +297,27 @@ class SpoolConsumer:
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._register_group()
+        for pattern in self._patterns:
+            if pattern.is_static:  # the topic may not exist yet: receive from now on
+                with contextlib.suppress(OSError):
+                    (self.directory / pattern.pattern).mkdir(exist_ok=True)
         self._wakeup = asyncio.Event()
         self._running = True
         for group_dir in self._group_dirs():
             self._recover_orphans(group_dir)
+
+    def _register_group(self) -> None:
+        """Record this group's patterns, so producers deliver to it from now on."""
+        patterns = sorted({p.pattern for p in self._patterns})
+        if not patterns:
+            return
+        digest = hashlib.sha1("\n".join(patterns).encode()).hexdigest()[:16]
+        group_dir = self.directory / _REGISTRY / self.group
+        group_dir.mkdir(parents=True, exist_ok=True)
+        target = group_dir / f"{digest}.json"
+        if not target.exists():
+            _write_atomic(target, json.dumps(patterns).encode(), fsync=False)
 
     # -- scanning ------------------------------------------------------------------------
     def _topics(self) -> list[str]:
