@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -35,10 +35,10 @@ class Middleware(Protocol):
     async def __call__(self, ctx: HandlerContext, call_next: CallNext) -> Any: ...
 
 
-MiddlewareLike = Union[Middleware, Callable[..., Awaitable[Any]], str, tuple[str, Mapping[str, Any]]]
+MiddlewareLike = Middleware | Callable[..., Awaitable[Any]] | str | tuple[str, Mapping[str, Any]]
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How the handling of a message ended.
 
     ``handled``: every handler finished. ``filtered``: a filter skipped it.
@@ -200,9 +200,7 @@ def resolve_middleware(item: MiddlewareLike) -> Middleware:
         return middleware_factory(item)()
     if isinstance(item, tuple):
         if len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], Mapping):
-            raise PluginError(
-                f"Cannot use {item!r} as a middleware: write (\"name\", {{options}})."
-            )
+            raise PluginError(f'Cannot use {item!r} as a middleware: write ("name", {{options}}).')
         return middleware_factory(item[0])(**item[1])
     if not callable(item):
         raise TypeError(f"{item!r} is not a middleware: pass an async (ctx, call_next) callable.")

@@ -96,13 +96,20 @@ class DeadLetter:
             log.error(
                 "Could not dead-letter a message from %r to %r (%s: %s); it stays "
                 "unacknowledged and will be delivered again.",
-                msg.route, route.address, type(pub_exc).__name__, pub_exc,
+                msg.route,
+                route.address,
+                type(pub_exc).__name__,
+                pub_exc,
             )
             raise DeadLetterError(
                 f"Dead-lettering to {route.address!r} failed: {pub_exc}"
             ) from pub_exc
         log.warning(
-            "Handler %r failed for good on %r after %d attempt(s) (%s: %s); "
-            "dead-lettered to %r",
-            ctx.handler.name, msg.route, ctx.attempt, type(exc).__name__, exc, route.address,
+            "Handler %r failed for good on %r after %d attempt(s) (%s: %s); dead-lettered to %r",
+            ctx.handler.name,
+            msg.route,
+            ctx.attempt,
+            type(exc).__name__,
+            exc,
+            route.address,
         )

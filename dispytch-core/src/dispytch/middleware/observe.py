@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispytch.middleware.base import CallNext, HandlerContext, Outcome
 
-ObserveHook = Callable[[HandlerContext, Outcome, float], Any]
+ObserveHook = Callable[[HandlerContext, Outcome, float], Any | Awaitable[Any]]
 
 
 class Observe:
@@ -23,7 +25,9 @@ class Observe:
         dispatcher = EventDispatcher(consumer, middlewares=[Observe(record)])
 
     Args:
-        hook: Called with ``(ctx, outcome, seconds)`` after every handling, failures too.
+        hook: Called with ``(ctx, outcome, seconds)`` after every handling, failures too;
+            sync or async. A hook that raises is logged and never changes the handling's
+            outcome (metrics must not fail messages).
         logger: Where to log each handling at ``level`` (default ``dispytch.observe``).
         level: Log level of the per-handling line (DEBUG by default).
     """
@@ -49,14 +53,37 @@ class Observe:
         except BaseException as exc:
             from dispytch.errors import RequeueMessage
 
-            outcome = Outcome.REQUEUED if isinstance(exc, RequeueMessage) else Outcome.REJECTED
+            # Cancelled (a stop past its deadline) also hands the message back.
+            requeued = isinstance(exc, (RequeueMessage, asyncio.CancelledError))
+            outcome = Outcome.REQUEUED if requeued else Outcome.REJECTED
             raise
         finally:
             elapsed = time.perf_counter() - t0
             if self.log.isEnabledFor(self.level):
                 self.log.log(
-                    self.level, "%s on %r: %s in %.6fs (attempt %d)",
-                    ctx.handler.name, ctx.route, outcome.value, elapsed, ctx.attempt,
+                    self.level,
+                    "%s on %r: %s in %.6fs (attempt %d)",
+                    ctx.handler.name,
+                    ctx.route,
+                    outcome.value,
+                    elapsed,
+                    ctx.attempt,
                 )
             if self.hook is not None:
-                self.hook(ctx, outcome, elapsed)
+                await self._call_hook(ctx, outcome, elapsed)
+
+    async def _call_hook(self, ctx: HandlerContext, outcome: Outcome, elapsed: float) -> None:
+        assert self.hook is not None
+        try:
+            result = self.hook(ctx, outcome, elapsed)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.log.exception(
+                "Observe hook %r failed for %s on %r (outcome %s); the handling itself is "
+                "not affected.",
+                self.hook,
+                ctx.handler.name,
+                ctx.route,
+                outcome.value,
+            )

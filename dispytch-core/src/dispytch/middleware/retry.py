@@ -73,7 +73,7 @@ class Retry:
         """The wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max_delay, self.delay * self.factor ** (attempt - 1))
         if self.jitter:
-            base -= random.uniform(0, base * self.jitter)  # noqa: S311 - not crypto
+            base -= random.uniform(0, base * self.jitter)  # jitter, not crypto
         return base
 
     async def __call__(self, ctx: HandlerContext, call_next: CallNext) -> Any:
@@ -90,8 +90,13 @@ class Retry:
                 wait = self.backoff(ctx.attempt)
                 log.warning(
                     "Handler %r failed on %r (attempt %d of %d): %s: %s; retrying in %.3fs",
-                    ctx.handler.name, ctx.route, ctx.attempt, self.attempts,
-                    type(exc).__name__, exc, wait,
+                    ctx.handler.name,
+                    ctx.route,
+                    ctx.attempt,
+                    self.attempts,
+                    type(exc).__name__,
+                    exc,
+                    wait,
                 )
                 ctx.exception = exc
                 ctx.attempt += 1
