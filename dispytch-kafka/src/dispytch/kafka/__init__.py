@@ -1,0 +1,36 @@
+"""Dispytch Kafka transport (aiokafka).
+
+Routes and subscriptions are importable without aiokafka being imported;
+:class:`KafkaProducer` and :class:`KafkaConsumer` load it on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dispytch.kafka.config import KafkaConfigError
+from dispytch.kafka.routes import KafkaEventRoute, KafkaEventSubscription
+
+if TYPE_CHECKING:
+    from dispytch.kafka.consumer import KafkaConsumer
+    from dispytch.kafka.producer import KafkaProducer
+
+__all__ = [
+    "KafkaConfigError",
+    "KafkaConsumer",
+    "KafkaEventRoute",
+    "KafkaEventSubscription",
+    "KafkaProducer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KafkaProducer":
+        from dispytch.kafka.producer import KafkaProducer
+
+        return KafkaProducer
+    if name == "KafkaConsumer":
+        from dispytch.kafka.consumer import KafkaConsumer
+
+        return KafkaConsumer
+    raise AttributeError(f"module 'dispytch.kafka' has no attribute {name!r}")

@@ -1,0 +1,275 @@
+"""The Kafka producer: wraps an ``AIOKafkaProducer`` or builds and owns one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError, RequestTimedOutError
+from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
+from dispytch.kafka.config import coerce_options, ensure_ssl_context, parse_kafka_url
+from dispytch.routes import EventRoute
+from dispytch.transport import OutgoingMessage
+
+log = logging.getLogger("dispytch.kafka")
+
+_TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError, asyncio.TimeoutError)
+
+
+def _address(route: EventRoute) -> tuple[str, int | None]:
+    topic = getattr(route, "topic", None)
+    if not isinstance(topic, str) or not topic:
+        raise EmitError(
+            f"The Kafka transport publishes to topics; {route!r} has none. "
+            "Use KafkaEventRoute(topic=...) or TopicRoute(topic=...)."
+        )
+    return topic, getattr(route, "partition", None)
+
+
+def _headers(message: OutgoingMessage) -> list[tuple[str, bytes]]:
+    # The emitter already merged the route's static headers into message.headers.
+    return [(k, v.encode()) for k, v in message.headers.items()]
+
+
+class KafkaProducer:
+    """Publishes Dispytch events to Kafka through aiokafka.
+
+    Two ways to build one::
+
+        raw = AIOKafkaProducer(bootstrap_servers="localhost:9092")
+        await raw.start()                      # you own it: start and stop it yourself
+        producer = KafkaProducer(raw)
+
+        producer = KafkaProducer.from_url("kafka://localhost:9092?acks=all")
+        # owns its client: EventEmitter.start()/stop() (or `async with`) run it
+
+    Unlike older Dispytch releases, sending through a client that was not started (or was
+    stopped) raises :class:`~dispytch.errors.NotStartedError` instead of losing the event.
+
+    Args:
+        producer: An ``AIOKafkaProducer`` you manage.
+        delivery_timeout: Seconds to wait for the broker to confirm one ``send`` (and a
+            whole ``send_batch``) before raising
+            :class:`~dispytch.errors.EmitTimeoutError`. ``None`` relies on aiokafka's
+            ``request_timeout_ms`` alone.
+    """
+
+    def __init__(
+        self, producer: AIOKafkaProducer, *, delivery_timeout: float | None = None
+    ) -> None:
+        if not isinstance(producer, AIOKafkaProducer):
+            raise TypeError(
+                f"KafkaProducer wraps an aiokafka.AIOKafkaProducer, not {type(producer).__name__}. "
+                "To build one from a URL use KafkaProducer.from_url('kafka://host:9092')."
+            )
+        self.raw = producer
+        self.delivery_timeout = delivery_timeout
+        self._owned = False
+        self._started = True  # a wrapped client is usable as soon as the user started it
+        self._stopped = False
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, delivery_timeout: float | None = None, **options: Any
+    ) -> KafkaProducer:
+        """Build a producer that owns its ``AIOKafkaProducer``.
+
+        Args:
+            url: ``kafka://host:port[,host2:port][?option=value...]``; query options are
+                ``AIOKafkaProducer`` keyword arguments (``acks=all``, ``linger_ms=5``,
+                ``security_protocol=SASL_SSL``...). ``user:password@`` becomes SASL PLAIN.
+            delivery_timeout: See the class.
+            **options: More ``AIOKafkaProducer`` keyword arguments; objects such as an
+                ``ssl_context`` go here.
+        """
+        servers, url_options = parse_kafka_url(url)
+        if "delivery_timeout" in url_options:
+            delivery_timeout = float(url_options.pop("delivery_timeout"))
+        merged = coerce_options(AIOKafkaProducer, {**url_options, **options})
+        merged.setdefault("bootstrap_servers", servers)
+        ensure_ssl_context(merged)
+        self = cls.__new__(cls)
+        self._init_owned(merged, delivery_timeout)
+        return self
+
+    def _init_owned(self, options: dict[str, Any], delivery_timeout: float | None) -> None:
+        self._options = options
+        self.raw = None  # type: ignore[assignment]  # made in start(): it needs the running loop
+        self.delivery_timeout = delivery_timeout
+        self._owned = True
+        self._started = False
+        self._stopped = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the owned client (a wrapped client is left to its owner)."""
+        if self._owned and not self._started:
+            raw = AIOKafkaProducer(**self._options)
+            try:
+                await raw.start()
+            except BaseException:
+                await raw.stop()
+                raise
+            self.raw = raw
+        self._started = True
+        self._stopped = False
+
+    async def stop(self) -> None:
+        """Flush what is pending; stop the client only if this producer owns it."""
+        if self._stopped or self.raw is None:
+            self._stopped = True
+            return
+        self._stopped = True
+        if self._owned:
+            self._started = False
+            raw, self.raw = self.raw, None  # type: ignore[assignment]
+            await raw.stop()
+        elif not self._raw_closed():
+            await self.raw.flush()
+
+    async def __aenter__(self) -> KafkaProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _raw_closed(self) -> bool:
+        return bool(getattr(self.raw, "_closed", False))
+
+    def _check_running(self) -> AIOKafkaProducer:
+        raw = self.raw
+        if self._stopped or not self._started or raw is None:
+            raise NotStartedError(
+                "The Kafka producer is not started (or was stopped). Call "
+                "`await emitter.start()` or use `async with emitter:` before emitting."
+            )
+        if self._raw_closed():
+            raise NotStartedError(
+                "The AIOKafkaProducer passed to KafkaProducer was stopped; events sent "
+                "through it would be lost. Start a new AIOKafkaProducer and wrap it."
+            )
+        sender = getattr(raw, "_sender", None)
+        if sender is not None and getattr(sender, "sender_task", True) is None:
+            raise NotStartedError(
+                "The AIOKafkaProducer passed to KafkaProducer was not started. Call "
+                "`await raw_producer.start()` before emitting (Dispytch does not start a "
+                "client you created), or use KafkaProducer.from_url(...) to let it."
+            )
+        return raw
+
+    # -- sending -----------------------------------------------------------------------
+    async def _enqueue(
+        self, raw: AIOKafkaProducer, message: OutgoingMessage
+    ) -> asyncio.Future[Any]:
+        topic, partition = _address(message.route)
+        try:
+            return await raw.send(  # type: ignore[no-any-return]
+                topic,
+                message.payload,
+                key=message.key,
+                partition=partition,
+                headers=_headers(message) if message.headers else None,
+            )
+        except _TIMEOUTS as exc:
+            raise EmitTimeoutError(
+                f"Kafka did not accept the event for topic {topic!r} in time ({exc}). "
+                "Check that the broker is reachable and the topic exists (or auto-creation "
+                "is on); raise request_timeout_ms for slow clusters."
+            ) from exc
+        except KafkaError as exc:
+            raise EmitError(f"Kafka refused the event for topic {topic!r}: {exc!r}") from exc
+        except AssertionError as exc:  # aiokafka asserts on an unknown partition
+            raise EmitError(
+                f"Kafka refused the event for topic {topic!r}, partition {partition}: "
+                f"{exc or 'no such partition'}."
+            ) from exc
+
+    async def send(self, message: OutgoingMessage) -> None:
+        """Publish one message and return once the broker acknowledged it.
+
+        Raises:
+            NotStartedError: The client is not running.
+            EmitTimeoutError: The broker did not confirm within the delivery timeout.
+            EmitError: Kafka refused the message.
+        """
+        raw = self._check_running()
+        if self.delivery_timeout is None:
+            fut = await self._enqueue(raw, message)
+            await self._settle(fut, message)
+            return
+        try:
+            async with asyncio.timeout(self.delivery_timeout):
+                fut = await self._enqueue(raw, message)
+                await self._settle(fut, message)
+        except TimeoutError as exc:
+            if isinstance(exc, EmitTimeoutError):
+                raise
+            raise EmitTimeoutError(
+                f"Kafka did not confirm the event for {message.route.address!r} within "
+                f"{self.delivery_timeout} s."
+            ) from None
+
+    async def _settle(self, fut: asyncio.Future[Any], message: OutgoingMessage) -> None:
+        try:
+            await fut
+        except _TIMEOUTS as exc:
+            raise EmitTimeoutError(
+                f"Kafka did not confirm the event for {message.route.address!r} in time ({exc!r})."
+            ) from exc
+        except KafkaError as exc:
+            raise EmitError(
+                f"Kafka failed to store the event for {message.route.address!r}: {exc!r}"
+            ) from exc
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Queue every message without waiting for each, then wait for all confirmations.
+
+        aiokafka batches the queued records per partition, so this is the fast path for
+        many events. Every message is attempted; the first failure is raised afterwards.
+
+        Raises:
+            NotStartedError: The client is not running (nothing was sent).
+            EmitTimeoutError: Some delivery was not confirmed in time.
+            EmitError: Kafka refused some message.
+        """
+        raw = self._check_running()
+        if not messages:
+            return
+        first_error: BaseException | None = None
+        futures: list[tuple[asyncio.Future[Any], OutgoingMessage]] = []
+        try:
+            async with asyncio.timeout(self.delivery_timeout):
+                for message in messages:
+                    try:
+                        futures.append((await self._enqueue(raw, message), message))
+                    except EmitError as exc:
+                        first_error = first_error or exc
+                for fut, message in futures:
+                    try:
+                        await self._settle(fut, message)
+                    except EmitError as exc:
+                        first_error = first_error or exc
+        except TimeoutError as exc:
+            if isinstance(exc, EmitTimeoutError):
+                raise
+            raise EmitTimeoutError(
+                f"Kafka did not confirm a batch of {len(messages)} events within "
+                f"{self.delivery_timeout} s."
+            ) from None
+        if first_error is not None:
+            failed = sum(1 for f, _ in futures if f.done() and f.exception() is not None)
+            log.warning("%d of %d Kafka deliveries failed", failed, len(messages))
+            raise first_error
+
+    def __repr__(self) -> str:
+        owner = "owned" if self._owned else "wrapped"
+        return f"<KafkaProducer {owner} started={self._started and not self._stopped}>"
+
+
+def producer_from_url(url: str, **options: Any) -> KafkaProducer:
+    """Plugin factory: a producer that owns its client (see :meth:`KafkaProducer.from_url`)."""
+    return KafkaProducer.from_url(url, **options)
