@@ -54,6 +54,9 @@ def register() -> Iterator[Callable[..., Any]]:
 def sample_plugin(monkeypatch: pytest.MonkeyPatch, register: Callable[..., Any]) -> Any:
     """The sample third-party plugin, importable from its source and registered
     in-process (the installed-wheel path is tested by test_sample_installed.py)."""
+    pm = get_plugin_manager()
+    if pm.has_plugin("sample"):  # the distribution is installed: use it as it is
+        return pm.get_plugin("sample")
     monkeypatch.syspath_prepend(str(SAMPLE_SRC))
     import dispytch_sample.plugin
 

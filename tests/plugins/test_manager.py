@@ -319,15 +319,18 @@ def test_unknown_first_party_scheme_names_the_distribution_to_install(monkeypatc
         transport_for_url("nats://localhost:4222")
 
 
-def test_installed_but_deselected_distribution_says_so(monkeypatch):
+def test_installed_but_deselected_distribution_says_so(site, monkeypatch):
+    site("dispytch-fake", "0.1.0", {"fake": "fake_good_mod"}, {"fake_good_mod": GOOD_PLUGIN})
+    monkeypatch.setitem(manager.KNOWN_SCHEMES, "fake", "dispytch-fake")
     monkeypatch.setenv("DISPYTCH_PLUGINS", "none")
     manager.reset_plugins()
     with pytest.raises(
         TransportNotFoundError,
-        match=r"No transport serves 'kafka://'\. Installed: memory\.\n"
-        r"dispytch-kafka is installed but not loaded: DISPYTCH_PLUGINS='none' leaves it out",
+        match=r"No transport serves 'fake://'\. Installed: memory\.\n"
+        r"dispytch-fake is installed but not loaded: DISPYTCH_PLUGINS='none' leaves it out\. "
+        r"Add its plugin name or unset DISPYTCH_PLUGINS\.",
     ):
-        transport_for_url("kafka://localhost:9092")
+        transport_for_url("fake://x")
 
 
 def test_installed_but_broken_distribution_says_to_reinstall(site, monkeypatch):
@@ -386,7 +389,8 @@ def test_serializer_by_name_or_content_type_is_built_once():
     assert serializer_for("application/json; charset=utf-8") is json_ser
 
 
-def test_unknown_serializer_suggests_the_closest():
+def test_unknown_serializer_suggests_the_closest(monkeypatch):
+    monkeypatch.setenv("DISPYTCH_PLUGINS", "none")  # built-ins only, whatever is installed
     with pytest.raises(
         PluginError,
         match=r"No serializer is registered as 'jsn'\. Did you "

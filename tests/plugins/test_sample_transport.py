@@ -316,7 +316,8 @@ async def test_an_unreadable_file_is_rejected_and_the_loop_goes_on(tmp_path):
 
 
 def test_loading_the_plugin_imports_neither_transport_nor_middleware():
-    result = run_python(f"""
+    result = run_python(
+        f"""
 import json, sys
 sys.path.insert(0, {str(SAMPLE_SRC)!r})
 import dispytch_sample.plugin as plugin
@@ -327,7 +328,9 @@ print(json.dumps({{
     "schemes": [t.schemes for t in infos["sample"].transports],
     "loaded": sorted(m for m in sys.modules if m.startswith("dispytch_sample.")),
 }}))
-""")
+""",
+        env={"DISPYTCH_PLUGINS": "none"},
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["schemes"] == [["sample"]]
