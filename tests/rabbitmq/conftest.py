@@ -75,9 +75,9 @@ async def ready_count(conn: AbstractRobustConnection, queue: str) -> int:
     """Messages ready (not delivered) in ``queue``, as the broker reports them."""
     ch = await conn.channel()
     try:
-        q = await ch.declare_queue(queue, passive=True)
-        count = q.declaration_result.message_count
-        assert count is not None
-        return count
+        raw = await ch.get_underlay_channel()  # aio-pika caches declarations: ask directly
+        ok = await raw.queue_declare(queue, passive=True)
+        assert ok.message_count is not None
+        return ok.message_count
     finally:
         await ch.close()

@@ -1,0 +1,570 @@
+"""The RabbitMQ transport against the real broker: exchange types, settling, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractRobustConnection
+from dispytch import EmitError, Event, EventBase, EventEmitter, NotStartedError, TopicRoute
+from dispytch.dispatcher import EventDispatcher
+from dispytch.rabbitmq import (
+    RabbitMQConsumer,
+    RabbitMQEventRoute,
+    RabbitMQEventSubscription,
+    RabbitMQExchange,
+    RabbitMQProducer,
+)
+from dispytch.routes import TopicSubscription
+from dispytch.transport import Message, OutgoingMessage
+
+from .conftest import AMQP_URL, Names, ready_count, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+class UserEvent(EventBase):
+    __event_type__ = "user_event"
+    user_id: str
+    value: int
+
+
+class OrderEvent(EventBase):
+    region: str
+    user_id: int
+
+
+class Alert(EventBase):
+    level: str
+
+
+def outgoing(
+    route: Any, payload: bytes = b'{"user_id": "u", "value": 1}', **headers: str
+) -> OutgoingMessage:
+    return OutgoingMessage(route, payload, dict(headers))
+
+
+async def collect(
+    consumer: RabbitMQConsumer, count: int, timeout: float = 10.0, *, ack: bool = False
+) -> list[Message]:
+    """Take ``count`` messages from ``listen()`` (unsettled unless ``ack``)."""
+    got: list[Message] = []
+
+    async def take() -> None:
+        async for msg in consumer.listen():
+            got.append(msg)
+            if ack:
+                await consumer.ack(msg)
+            if len(got) >= count:
+                return
+
+    await asyncio.wait_for(take(), timeout)
+    return got
+
+
+@pytest.fixture
+async def channel(amqp: AbstractRobustConnection) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    ch = await amqp.channel()
+    yield ch
+    await ch.close()
+
+
+# --------------------------------------------------------------- exchange types
+async def test_direct_exchange_round_trip_over_user_objects(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    """The seed's way: RabbitMQProducer([exchange]) and RabbitMQConsumer(queue)."""
+    ex_name, q_name = names.exchange("user.events"), names.queue()
+    exchange = await channel.declare_exchange(ex_name, ExchangeType.DIRECT, durable=True)
+    queue = await channel.declare_queue(q_name, durable=True)
+    await queue.bind(exchange, routing_key="user.email-changed")
+
+    route = RabbitMQEventRoute(exchange=ex_name, routing_key="user.email-changed")
+    got: list[tuple[str, int]] = []
+    dispatcher = EventDispatcher(RabbitMQConsumer(queue, prefetch_count=10))
+
+    @dispatcher.handler(
+        RabbitMQEventSubscription(exchange=ex_name, routing_key="user.email-changed")
+    )
+    async def on_user(event: Event[UserEvent]) -> None:
+        got.append((event.body.user_id, event.body.value))
+
+    async with dispatcher, EventEmitter(RabbitMQProducer([exchange])) as emitter:
+        for i in range(3):
+            await emitter.emit(UserEvent(user_id=f"u{i}", value=i), route=route)
+        await wait_until(lambda: len(got) == 3)
+    assert sorted(got) == [("u0", 0), ("u1", 1), ("u2", 2)]
+    assert dispatcher.stats["handled"] == 3
+    assert await ready_count_on(channel, q_name) == 0
+
+
+async def ready_count_on(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    """Ready messages in ``queue`` (aio-pika caches declarations: ask the broker directly)."""
+    raw = await channel.get_underlay_channel()
+    ok = await raw.queue_declare(queue, passive=True)
+    assert ok.message_count is not None
+    return ok.message_count
+
+
+async def test_topic_exchange_named_segments_and_wildcards(names: Names) -> None:
+    """Dynamic routing keys out, ``{param}``/``*``/``#`` patterns in, params injected."""
+    ex_name = names.exchange("orders")
+    q_name = names.queue("orders")
+
+    route = RabbitMQEventRoute(exchange=ex_name, routing_key="orders.{region}.{user_id}")
+
+    by_param: list[tuple[str, int]] = []
+    wildcard: list[str] = []
+    hashed: list[str] = []
+    consumer = RabbitMQConsumer.from_url(
+        AMQP_URL, queue=q_name, declare=[RabbitMQExchange(name=ex_name, type="topic")]
+    )
+    dispatcher = EventDispatcher(consumer)
+
+    @dispatcher.handler(
+        RabbitMQEventSubscription(exchange=ex_name, routing_key="orders.{region}.{user_id}")
+    )
+    async def on_order(event: Event[OrderEvent], region: str, user_id: int) -> None:
+        by_param.append((region, user_id))
+
+    @dispatcher.handler(RabbitMQEventSubscription(exchange=ex_name, routing_key="orders.eu.*"))
+    async def on_eu(event: Event[OrderEvent]) -> None:
+        wildcard.append(event.route)
+
+    @dispatcher.handler(RabbitMQEventSubscription(exchange=ex_name, routing_key="audit.#"))
+    async def on_audit(message: Message) -> None:
+        hashed.append(message.route)
+
+    async with dispatcher, EventEmitter(RabbitMQProducer.from_url(AMQP_URL)) as emitter:
+        await emitter.emit(OrderEvent(region="eu", user_id=7), route=route)
+        await emitter.emit(OrderEvent(region="us", user_id=8), route=route)
+        audit = RabbitMQEventRoute(exchange=ex_name, routing_key="audit.a.b.c")
+        await emitter.producer.send(outgoing(audit))
+        await wait_until(lambda: len(by_param) == 2 and len(wildcard) == 1 and len(hashed) == 1)
+    assert sorted(by_param) == [("eu", 7), ("us", 8)]
+    assert wildcard == ["orders.eu.7"]
+    assert hashed == ["audit.a.b.c"]
+
+
+async def test_fanout_exchange_every_queue_gets_a_copy(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    ex_name = names.exchange("fan")
+    exchange = await channel.declare_exchange(ex_name, ExchangeType.FANOUT, durable=True)
+    queues = []
+    for _ in range(2):
+        q = await channel.declare_queue(names.queue("fan"), durable=True)
+        await q.bind(exchange)
+        queues.append(q)
+    consumer = RabbitMQConsumer(*queues, prefetch_count=5)
+    consumer.subscribe([RabbitMQEventSubscription(exchange=ex_name)])
+    async with RabbitMQProducer([exchange]) as producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(exchange=ex_name, routing_key="ignored")))
+        msgs = await collect(consumer, 2)
+        for m in msgs:
+            await consumer.ack(m)
+    assert sorted(m.metadata["queue"] for m in msgs) == sorted(q.name for q in queues)
+    assert {m.metadata["exchange"] for m in msgs} == {ex_name}
+    assert {m.route for m in msgs} == {"ignored"}
+
+
+async def test_headers_exchange_routes_on_route_headers(names: Names) -> None:
+    ex_name = names.exchange("hdr")
+    eu, us = names.queue("eu"), names.queue("us")
+
+    route = RabbitMQEventRoute(exchange=ex_name, headers={"region": "eu"})
+
+    eu_got: list[str] = []
+    consumer = RabbitMQConsumer.from_url(
+        AMQP_URL, queue=us, declare=[RabbitMQExchange(name=ex_name, type="headers")]
+    )
+    dispatcher = EventDispatcher(consumer)
+
+    @dispatcher.handler(
+        RabbitMQEventSubscription(
+            exchange=ex_name, queue=eu, binding_arguments={"x-match": "all", "region": "eu"}
+        )
+    )
+    async def on_eu(event: Event[Alert]) -> None:
+        eu_got.append(event.body.level)
+
+    @dispatcher.handler(
+        RabbitMQEventSubscription(
+            exchange=ex_name, queue=us, binding_arguments={"x-match": "all", "region": "us"}
+        )
+    )
+    async def on_us(event: Event[Alert]) -> None:
+        raise AssertionError("an eu alert reached the us queue")
+
+    async with dispatcher, EventEmitter(RabbitMQProducer.from_url(AMQP_URL)) as emitter:
+        await emitter.emit(Alert(level="critical"), route=route)
+        await wait_until(lambda: bool(eu_got))
+    assert eu_got == ["critical"]
+    assert dispatcher.stats["failed_handlers"] == 0
+
+
+async def test_topic_route_and_subscription_use_amq_topic(names: Names) -> None:
+    """Transport-neutral routes work on RabbitMQ: topic = routing key on amq.topic."""
+    q_name = names.queue("neutral")
+    topic = f"{q_name}.created"
+    got: list[str] = []
+    dispatcher = EventDispatcher(RabbitMQConsumer.from_url(AMQP_URL, queue=q_name))
+
+    @dispatcher.handler(topic=f"{q_name}.{{action}}")
+    async def on_any(event: Event[UserEvent], action: str) -> None:
+        got.append(action)
+
+    async with dispatcher, EventEmitter(RabbitMQProducer.from_url(AMQP_URL)) as emitter:
+        await emitter.emit(UserEvent(user_id="a", value=1), route=TopicRoute(topic=topic))
+        await wait_until(lambda: bool(got))
+    assert got == ["created"]
+
+
+async def test_dotted_exchange_names_and_default_exchange(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    ex_name = names.exchange("a.b.c.events")
+    exchange = await channel.declare_exchange(ex_name, ExchangeType.TOPIC, durable=True)
+    q1 = await channel.declare_queue(names.queue("dotted"), durable=True)
+    await q1.bind(exchange, routing_key="#")
+    q2 = await channel.declare_queue(names.queue("direct.by.name"), durable=True)
+    consumer = RabbitMQConsumer(q1, q2, prefetch_count=5)
+    producer = RabbitMQProducer([exchange, channel.default_exchange])
+    async with producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(exchange=ex_name, routing_key="x.y")))
+        await producer.send(outgoing(RabbitMQEventRoute(exchange="", routing_key=q2.name)))
+        msgs = await collect(consumer, 2)
+        for m in msgs:
+            await consumer.ack(m)
+    by_queue = {m.metadata["queue"]: m for m in msgs}
+    assert by_queue[q1.name].metadata["exchange"] == ex_name
+    assert by_queue[q1.name].route == "x.y"
+    assert by_queue[q2.name].metadata["exchange"] == ""
+    assert by_queue[q2.name].route == q2.name
+
+
+# --------------------------------------------------------------- message details
+async def test_headers_key_persistence_and_metadata(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(names.queue("props"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    producer = RabbitMQProducer([channel.default_exchange])
+    message = OutgoingMessage(
+        RabbitMQEventRoute(routing_key=q.name, priority=3),
+        b"{}",
+        {"dispytch-content-type": "application/json", "dispytch-event-id": "e1", "a": "b"},
+        key=b"\x00\xffkey",
+    )
+    async with producer, consumer:
+        await producer.send(message)
+        (msg,) = await collect(consumer, 1)
+        delivered = msg.token.delivered
+        await consumer.ack(msg)
+    assert msg.key == b"\x00\xffkey"
+    assert msg.headers == {
+        "dispytch-content-type": "application/json",
+        "dispytch-event-id": "e1",
+        "a": "b",
+    }
+    assert msg.attempt == 1
+    assert msg.lane is None
+    assert msg.metadata["message_id"] == "e1"
+    assert msg.metadata["redelivered"] is False
+    props = delivered.header.properties
+    assert props.delivery_mode == 2  # persistent by default
+    assert props.content_type == "application/json"
+    assert props.priority == 3
+
+
+async def test_transient_delivery_when_asked(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(names.queue("transient"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    producer = RabbitMQProducer([channel.default_exchange], persistent=False)
+    async with producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name)))
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name, persistent=True)))
+        msgs = await collect(consumer, 2)
+        modes = [m.token.delivered.header.properties.delivery_mode for m in msgs]
+        for m in msgs:
+            await consumer.ack(m)
+    assert sorted(modes) == [1, 2]
+
+
+async def test_ordered_consumer_sets_the_queue_as_lane(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(names.queue("lane"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5, ordered=True)
+    async with RabbitMQProducer([channel.default_exchange]) as producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name)))
+        (msg,) = await collect(consumer, 1)
+        await consumer.ack(msg)
+    assert msg.lane == q.name
+
+
+# --------------------------------------------------------------- settling
+async def test_nack_requeue_redelivers_with_attempt_2(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(names.queue("requeue"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    async with RabbitMQProducer([channel.default_exchange]) as producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name)))
+        (first,) = await collect(consumer, 1)
+        await consumer.nack(first, requeue=True)
+        (second,) = await collect(consumer, 1)
+        await consumer.ack(second)
+        await consumer.ack(second)  # settling twice is harmless (no channel error)
+    assert first.attempt == 1
+    assert second.attempt == 2
+    assert second.metadata["redelivered"] is True
+    assert second.payload == first.payload
+    assert await ready_count_on(channel, q.name) == 0
+
+
+async def test_quorum_queue_attempt_from_delivery_count(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(
+        names.queue("quorum"), durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    async with RabbitMQProducer([channel.default_exchange]) as producer, consumer:
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name)))
+        attempts = []
+        for _ in range(3):
+            (msg,) = await collect(consumer, 1)
+            attempts.append(msg.attempt)
+            await consumer.nack(msg, requeue=True)
+        (msg,) = await collect(consumer, 1)
+        await consumer.ack(msg)
+    assert attempts == [1, 2, 3]
+    assert msg.attempt == 4
+    assert "x-delivery-count" in msg.headers
+
+
+async def test_reject_goes_to_the_queue_dead_letter_exchange(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    """nack(requeue=False) = basic.reject: the broker's DLX gets it (with x-death)."""
+    dlx_name = names.exchange("dlx")
+    dlx = await channel.declare_exchange(dlx_name, ExchangeType.FANOUT, durable=True)
+    dlq = await channel.declare_queue(names.queue("dlq"), durable=True)
+    await dlq.bind(dlx)
+    work = await channel.declare_queue(
+        names.queue("work"), durable=True, arguments={"x-dead-letter-exchange": dlx_name}
+    )
+    dispatcher = EventDispatcher(RabbitMQConsumer(work, prefetch_count=5))
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=work.name))
+    async def always_fails(event: Event[UserEvent]) -> None:
+        raise ValueError("bad user")
+
+    dead = RabbitMQConsumer(dlq, prefetch_count=5)
+    producer = RabbitMQProducer([channel.default_exchange])
+    async with dispatcher, producer, dead:
+        await EventEmitter(producer).emit(
+            UserEvent(user_id="x", value=1), route=RabbitMQEventRoute(routing_key=work.name)
+        )
+        (msg,) = await collect(dead, 1)
+        await dead.ack(msg)
+    assert dispatcher.stats["rejected"] == 1
+    assert msg.metadata["queue"] == dlq.name
+    assert msg.route == work.name
+    assert "x-death" in msg.headers
+    assert msg.headers["x-first-death-reason"] == "rejected"
+    assert b'"user_id":"x"' in msg.payload
+
+
+async def test_prefetch_bounds_what_is_delivered(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    """With prefetch 5 and nothing acknowledged, 5 are handed over and 45 stay queued."""
+    q_name = names.queue("prefetch")
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name, prefetch_count=5)
+    consumer.subscribe([RabbitMQEventSubscription(queue=q_name)])
+    async with RabbitMQProducer.from_url(AMQP_URL) as producer, consumer:
+        await producer.send_batch(
+            [outgoing(RabbitMQEventRoute(routing_key=q_name)) for _ in range(50)]
+        )
+        held = await collect(consumer, 5)
+        # Let the broker show what it holds back: ready = 50 - prefetch.
+        await wait_until(lambda: consumer._handoff.qsize() == 0)
+        assert await ready_count(amqp, q_name) == 45
+        for m in held:
+            await consumer.ack(m)
+        rest = await collect(consumer, 45, ack=True)
+    assert len({m.token.delivery_tag for m in held + rest}) == 50
+
+
+async def test_close_hands_unsettled_deliveries_back(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    q_name = names.queue("close")
+    sub = RabbitMQEventSubscription(queue=q_name)
+    first = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name, prefetch_count=10)
+    first.subscribe([sub])
+    async with RabbitMQProducer.from_url(AMQP_URL) as producer:
+        await first.start()
+        await producer.send_batch(
+            [outgoing(RabbitMQEventRoute(routing_key=q_name)) for _ in range(3)]
+        )
+        taken = await collect(first, 1)
+        await first.close()  # one taken and unsettled, two in the handoff or unsent
+    second = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name, prefetch_count=10)
+    second.subscribe([sub])
+    async with second:
+        again = await collect(second, 3)
+        for m in again:
+            await second.ack(m)
+    assert taken[0].attempt == 1
+    assert any(m.attempt == 2 for m in again)
+    assert await ready_count(amqp, q_name) == 0
+
+
+async def test_stop_ends_a_blocked_listen(names: Names) -> None:
+    q_name = names.queue("idle")
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name)
+    consumer.subscribe([RabbitMQEventSubscription(queue=q_name)])
+    await consumer.start()
+    seen: list[Message] = []
+
+    async def run() -> None:
+        async for m in consumer.listen():
+            seen.append(m)
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0)
+    await consumer.stop()
+    await asyncio.wait_for(task, 5)
+    await consumer.close()
+    assert seen == []
+
+
+# --------------------------------------------------------------- errors
+async def test_not_started_and_stopped_producer_raise(
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    producer = RabbitMQProducer([channel.default_exchange])
+    route = RabbitMQEventRoute(routing_key="nowhere")
+    with pytest.raises(NotStartedError, match="not started.*emitter.start"):
+        await producer.send(outgoing(route))
+    await producer.start()
+    await producer.stop()
+    with pytest.raises(NotStartedError, match="not started"):
+        await producer.send(outgoing(route))
+    url_producer = RabbitMQProducer.from_url(AMQP_URL)
+    with pytest.raises(NotStartedError, match="not started"):
+        await url_producer.send_batch([outgoing(route)])
+    emitter = EventEmitter(url_producer)
+    with pytest.raises(NotStartedError, match="not started"):
+        await emitter.emit(UserEvent(user_id="a", value=1), route=route)
+
+
+async def test_listen_before_start_raises() -> None:
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue="never-started")
+    with pytest.raises(NotStartedError, match="not started"):
+        await anext(consumer.listen())
+
+
+async def test_unknown_exchange_is_a_clear_error(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    exchange = await channel.declare_exchange(names.exchange("known"), ExchangeType.DIRECT)
+    async with RabbitMQProducer([exchange]) as producer:
+        with pytest.raises(EmitError, match="does not know the exchange 'other'.*known"):
+            await producer.send(outgoing(RabbitMQEventRoute(exchange="other", routing_key="k")))
+        with pytest.raises(EmitError, match="default_exchange"):
+            await producer.send(outgoing(RabbitMQEventRoute(routing_key="k")))
+        with pytest.raises(EmitError, match="does not know the exchange 'amq.topic'"):
+            await producer.send(outgoing(TopicRoute(topic="t")))
+    async with RabbitMQProducer.from_url(AMQP_URL) as producer:
+        missing = names.exchange("missing")
+        with pytest.raises(EmitError, match=f"exchange '{missing}' does not exist.*declare="):
+            await producer.send(outgoing(RabbitMQEventRoute(exchange=missing, routing_key="k")))
+        # The producer still works afterwards.
+        ok_q = await channel.declare_queue(names.queue("after"), durable=True)
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=ok_q.name)))
+        assert await ready_count_on(channel, ok_q.name) == 1
+
+
+async def test_unroutable_message_is_an_error(names: Names) -> None:
+    ex_name = names.exchange("unbound")
+    async with RabbitMQProducer.from_url(
+        AMQP_URL, declare=[RabbitMQExchange(name=ex_name, type="direct")]
+    ) as producer:
+        with pytest.raises(EmitError, match="could not route.*no queue is bound"):
+            await producer.send(outgoing(RabbitMQEventRoute(exchange=ex_name, routing_key="k")))
+        with pytest.raises(EmitError, match="could not route"):
+            await producer.send_batch(
+                [outgoing(RabbitMQEventRoute(exchange=ex_name, routing_key="k"))] * 3
+            )
+
+
+async def test_unroutable_on_a_user_channel_without_on_return_raises(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    exchange = await channel.declare_exchange(names.exchange("ret"), ExchangeType.DIRECT)
+    async with RabbitMQProducer([exchange]) as producer:
+        with pytest.raises(EmitError, match="could not route"):
+            await producer.send(outgoing(RabbitMQEventRoute(exchange=exchange.name)))
+
+
+async def test_unconfirmed_channel_is_refused(amqp: AbstractRobustConnection, names: Names) -> None:
+    ch = await amqp.channel(publisher_confirms=False)
+    producer = RabbitMQProducer([ch.default_exchange])
+    with pytest.raises(ValueError, match="publisher confirms off.*publisher_confirms=True"):
+        await producer.start()
+    await ch.close()
+
+
+async def test_declaring_an_existing_exchange_differently_fails_clearly(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    ex_name = names.exchange("clash")
+    await channel.declare_exchange(ex_name, ExchangeType.FANOUT, durable=True)
+    producer = RabbitMQProducer.from_url(
+        AMQP_URL, declare=[RabbitMQExchange(name=ex_name, type="topic")]
+    )
+    with pytest.raises(ValueError, match="already exists with other settings"):
+        await producer.start()
+
+
+async def test_consumer_errors_are_clear(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    q = await channel.declare_queue(names.queue("mine"), durable=True)
+    consumer = RabbitMQConsumer(q)
+    with pytest.raises(ValueError, match="consumes the queue 'other'.*Pass that queue"):
+        consumer.subscribe([RabbitMQEventSubscription(queue="other")])
+    with pytest.raises(TypeError, match="cannot consume.*RabbitMQEventSubscription"):
+        consumer.subscribe([object()])  # type: ignore[list-item]
+    no_queue = RabbitMQConsumer.from_url(AMQP_URL)
+    with pytest.raises(ValueError, match="names no queue.*queue='my-service'"):
+        no_queue.subscribe([TopicSubscription(topic="t")])
+    missing = names.exchange("nope")
+    bad = RabbitMQConsumer.from_url(AMQP_URL, queue=names.queue("bad"))
+    bad.subscribe([RabbitMQEventSubscription(exchange=missing)])
+    with pytest.raises(ValueError, match=f"exchange '{missing}' does not exist.*declare="):
+        await bad.start()
+    clash_q = names.queue("clash")
+    await channel.declare_queue(clash_q, durable=True, arguments={"x-max-length": 5})
+    clash = RabbitMQConsumer.from_url(AMQP_URL, queue=clash_q)
+    clash.subscribe([RabbitMQEventSubscription()])
+    with pytest.raises(ValueError, match="exists with other settings.*queue_arguments"):
+        await clash.start()
+
+
+async def test_unreachable_broker_is_a_clear_error() -> None:
+    producer = RabbitMQProducer.from_url("amqp://guest:secret@127.0.0.1:1/", connect_timeout=2)
+    with pytest.raises(
+        ConnectionError, match=r"Cannot connect to RabbitMQ at amqp://guest:\*\*\*@"
+    ):
+        await producer.start()
