@@ -4,6 +4,7 @@ declare a dependency, what dependencies may take, and errors reported at registr
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -430,3 +431,48 @@ async def test_sync_dependency_does_not_block_the_event_loop(kit: Kit) -> None:
         BLOCK_RELEASE.set()
         await kit.until(lambda: got, "the handler")
     assert got == ["done"]
+
+
+# -- classes, callable objects and partials as dependencies ---------------------------
+
+
+def get_dsn() -> str:
+    return "memory://"
+
+
+class Repository:
+    """A class dependency whose constructor has dependencies of its own."""
+
+    def __init__(self, dsn: Annotated[str, Dependency(get_dsn)], user_id: int) -> None:
+        self.dsn = dsn
+        self.user_id = user_id
+
+
+class NameOf:
+    """A callable object dependency (async ``__call__`` taking the event)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    async def __call__(self, event: Event[Body]) -> str:
+        return self.prefix + event.body.name
+
+
+def scaled(factor: int, user_id: int) -> int:
+    return factor * user_id
+
+
+async def test_classes_callable_objects_and_partials_as_dependencies(kit: Kit) -> None:
+    got: list[tuple[str, int, str, int]] = []
+
+    def register(d: Any) -> None:
+        @d.handler(topic="user.{user_id}.created")
+        async def handle(
+            repo: Annotated[Repository, Dependency(Repository)],
+            name: Annotated[str, Dependency(NameOf("name:"))],
+            big: Annotated[int, Dependency(functools.partial(scaled, 10))],
+        ) -> None:
+            got.append((repo.dsn, repo.user_id, name, big))
+
+    await run_one(kit, register, created(4))
+    assert got == [("memory://", 4, "name:u4", 40)]

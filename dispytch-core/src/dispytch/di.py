@@ -131,7 +131,9 @@ class HandlerPlan:
         self.root = self._compile(func, use_cache=False, stack=())
 
     # -- compile --------------------------------------------------------------------
-    def _compile(self, func: Callable[..., Any], *, use_cache: bool, stack: tuple[Any, ...]) -> _Node:
+    def _compile(
+        self, func: Callable[..., Any], *, use_cache: bool, stack: tuple[Any, ...]
+    ) -> _Node:
         if func in stack:
             chain = " -> ".join(_name(f) for f in (*stack, func))
             raise HandlerRegistrationError(
@@ -148,7 +150,12 @@ class HandlerPlan:
                 f"Handler {self.handler_name!r}: cannot inspect {_name(func)}: {exc}"
             ) from exc
         try:
-            hints = get_type_hints(func, include_extras=True)
+            target = _annotated_callable(func)
+            hints = (
+                get_type_hints(target, include_extras=True)
+                if hasattr(target, "__annotations__")
+                else {}
+            )
         except Exception as exc:
             raise HandlerRegistrationError(
                 f"Handler {self.handler_name!r}: cannot resolve the annotations of "
@@ -158,7 +165,7 @@ class HandlerPlan:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
             annotation = hints.get(pname, param.annotation)
-            node.params.append(self._source(func, pname, param, annotation, stack + (func,)))
+            node.params.append(self._source(func, pname, param, annotation, (*stack, func)))
         node.bare_async = node.kind == _ASYNC and not node.params
         return node
 
@@ -281,6 +288,19 @@ class HandlerPlan:
                 f"Handler {self.handler_name!r}: route segment {pname}={raw!r} is not a valid "
                 f"{adapter._type!r}: {exc.errors(include_url=False)[0]['msg']}."
             ) from exc
+
+
+def _annotated_callable(func: Any) -> Any:
+    """What holds the parameter annotations of ``func``: a class's ``__init__``, a
+    partial's function, a callable object's ``__call__``, else ``func`` itself."""
+    if isinstance(func, functools.partial):
+        return _annotated_callable(func.func)
+    if inspect.isclass(func):
+        return func.__init__
+    if inspect.isfunction(func) or inspect.ismethod(func):
+        return func
+    call = getattr(func, "__call__", None)  # noqa: B004 - callable objects
+    return call if call is not None else func
 
 
 def _threaded_exit(cm: Any) -> Callable[..., Any]:
