@@ -55,6 +55,7 @@ KNOWN_SCHEMES: dict[str, str] = {
     "redis": "dispytch-redis",
     "rediss": "dispytch-redis",
     "redis+streams": "dispytch-redis",
+    "rediss+streams": "dispytch-redis",
 }
 
 #: Hooks that hand out records once (called through :func:`_collect`).
