@@ -39,9 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_workload, run_baseline  # noqa: E402
-
-from dispytch import Event, EventBase, EventEmitter  # noqa: E402
+from _common import load_workload, run_baseline
+from dispytch import Event, EventBase, EventEmitter
 
 BenchEvent: Any = None
 REDIS = "redis://127.0.0.1:6379/0"
@@ -52,7 +51,6 @@ BROKERS = {"pubsub": "redis-pubsub", "streams": "redis-streams"}
 async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> dict[str, Any]:
     global BenchEvent  # the handler's annotation is resolved from module globals
     import redis.asyncio as aredis
-
     from dispytch.dispatcher import EventDispatcher
     from dispytch.redis import (
         RedisConsumer,
@@ -169,9 +167,7 @@ def main() -> None:
 
     modes = ("pubsub", "streams") if args.mode == "both" else (args.mode,)
     impls = ("raw", "faststream", "dispytch")
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {
-        (m, i): [] for m in modes for i in impls
-    }
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(m, i): [] for m in modes for i in impls}
     for _ in range(args.reps):
         for mode in modes:
             common_args = ["--broker", BROKERS[mode], "-n", str(args.n), "--batch-size",
@@ -188,9 +184,7 @@ def main() -> None:
                 runs[(mode, impl)].append(res)
 
     def median(mode: str, impl: str, key: str) -> float | None:
-        vals = [
-            r[key] for r in runs[(mode, impl)] if r.get(key) is not None and "error" not in r
-        ]
+        vals = [r[key] for r in runs[(mode, impl)] if r.get(key) is not None and "error" not in r]
         return round(statistics.median(vals), 1) if vals else None
 
     out: dict[str, Any] = {

@@ -100,20 +100,19 @@ def unpack(data: bytes) -> tuple[bytes, dict[str, str], bytes | None]:
     """
     if data[:4] != MAGIC:
         return data, {}, None
+    if len(data) < _HEAD:
+        raise ValueError(f"Truncated Dispytch envelope: {len(data)} bytes.")
     hl, kl = _LENGTHS.unpack_from(data, 4)
     start = _HEAD + hl
-    headers = decode_headers(data[_HEAD:start]) if hl else {}
-    if kl == _NO_KEY:
-        key = None
-    else:
-        key = data[start : start + kl]
-        start += kl
-    if start > len(data):
+    end = start if kl == _NO_KEY else start + kl
+    if end > len(data):
         raise ValueError(
-            f"Truncated Dispytch envelope: it announces {start} bytes of headers and key "
+            f"Truncated Dispytch envelope: it announces {end} bytes of headers and key "
             f"but the message has {len(data)}."
         )
-    return data[start:], headers, key
+    headers = decode_headers(data[_HEAD:start]) if hl else {}
+    key = None if kl == _NO_KEY else data[start:end]
+    return data[end:], headers, key
 
 
 def stream_fields(

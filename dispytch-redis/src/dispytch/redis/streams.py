@@ -227,8 +227,9 @@ class RedisStreamConsumer:
                 member = sub.consumer or self.consumer_name
             elif isinstance(sub, TopicSubscription):
                 check_stream_name(sub.topic)
-                key = (sub.topic, str(sub.options.get("group") or self.group))
-                member = str(sub.options.get("consumer") or self.consumer_name)
+                options = getattr(sub, "options", None) or {}
+                key = (sub.topic, str(options.get("group") or self.group))
+                member = str(options.get("consumer") or self.consumer_name)
             elif isinstance(sub, RedisEventSubscription):
                 raise TypeError(
                     f"{sub!r} is a Pub/Sub subscription, but RedisStreamConsumer reads "
