@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
@@ -14,6 +14,7 @@ from dispytch import (
     Dependency,
     Event,
     EventBase,
+    EventDispatcher,
     HandlerContext,
     HandlerRegistrationError,
     Message,
@@ -78,7 +79,9 @@ async def agen_dep() -> AsyncIterator[str]:
         LOG.append("agen exit")
 
 
-async def run_one(kit: Kit, register: Any, event: EventBase | None = None) -> Any:
+async def run_one(
+    kit: Kit, register: Callable[[EventDispatcher], None], event: EventBase | None = None
+) -> EventDispatcher:
     """Register a handler with ``register(dispatcher)``, emit one event, wait until it
     is settled; returns the dispatcher."""
     d = kit.dispatcher()
@@ -99,7 +102,7 @@ async def run_one(kit: Kit, register: Any, event: EventBase | None = None) -> An
 async def test_every_dependency_kind(kit: Kit) -> None:
     got: list[tuple[str, ...]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         async def handle(
             a: Annotated[str, Dependency(sync_dep)],
@@ -119,7 +122,7 @@ async def test_every_dependency_kind(kit: Kit) -> None:
 
 
 async def test_teardown_runs_when_the_handler_fails(kit: Kit) -> None:
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         async def handle(
             c: Annotated[str, Dependency(gen_dep)],
@@ -144,7 +147,7 @@ async def test_teardown_runs_when_the_handler_fails(kit: Kit) -> None:
 async def test_sync_handler_with_sync_generator_dependency(kit: Kit) -> None:
     seen: list[tuple[str, int, bool]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         def handle(event: Event[Body], c: Annotated[str, Dependency(gen_dep)]) -> None:
             seen.append(
@@ -189,12 +192,12 @@ async def test_nested_dependencies_and_per_event_cache(kit: Kit) -> None:
     CALLS.clear()
     got: list[tuple[str, str, dict[str, str]]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         async def handle(
             r: Annotated[str, Dependency(repo)],
             conn: Annotated[str, Dependency(db)],
-            cfg: dict[str, str] = Dependency(settings),  # noqa: B008 - the FastAPI idiom
+            cfg: dict[str, str] = Dependency(settings),  # type: ignore[assignment]  # the FastAPI idiom
         ) -> None:
             got.append((r, conn, cfg))
 
@@ -213,7 +216,7 @@ async def test_use_cache_false_makes_a_new_value_each_time(kit: Kit) -> None:
     CALLS.clear()
     got: list[tuple[object, object, object, object]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         async def handle(
             a: Annotated[object, Dependency(fresh_token, use_cache=False)],
@@ -233,9 +236,9 @@ async def test_use_cache_false_makes_a_new_value_each_time(kit: Kit) -> None:
 async def test_dependency_as_default_value(kit: Kit) -> None:
     got: list[str] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
-        async def handle(x: str = Dependency(async_dep)) -> None:  # noqa: B008
+        async def handle(x: str = Dependency(async_dep)) -> None:  # type: ignore[assignment]
             got.append(x)
 
     await run_one(kit, register)
@@ -260,7 +263,7 @@ async def handler_name(ctx: HandlerContext) -> str:
 async def test_dependencies_take_events_route_params_message_and_context(kit: Kit) -> None:
     got: list[tuple[str, str, str, int]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created", name="labeller")
         async def handle(
             label: Annotated[str, Dependency(user_label)],
@@ -290,7 +293,7 @@ def _make_cycle() -> tuple[Any, Any]:
     def first(x: Any = None) -> str:
         return "a"
 
-    def second(y: str = Dependency(first)) -> str:  # noqa: B008
+    def second(y: str = Dependency(first)) -> str:  # type: ignore[assignment]
         return y
 
     # Close the loop: first now depends on second.
@@ -302,7 +305,7 @@ def test_cycle_is_reported_at_registration_naming_the_chain() -> None:
     first, _ = _make_cycle()
     router = Router()
 
-    async def handle(v: str = Dependency(first)) -> None: ...  # noqa: B008
+    async def handle(v: str = Dependency(first)) -> None: ...  # type: ignore[assignment]
 
     with pytest.raises(
         HandlerRegistrationError,
@@ -317,7 +320,7 @@ def test_self_dependency_is_a_cycle() -> None:
 
     me.__defaults__ = (Dependency(me),)
 
-    async def handle(v: str = Dependency(me)) -> None: ...  # noqa: B008
+    async def handle(v: str = Dependency(me)) -> None: ...  # type: ignore[assignment]
 
     with pytest.raises(HandlerRegistrationError, match="dependency cycle"):
         Router().handler(topic="t")(handle)
@@ -465,7 +468,7 @@ def scaled(factor: int, user_id: int) -> int:
 async def test_classes_callable_objects_and_partials_as_dependencies(kit: Kit) -> None:
     got: list[tuple[str, int, str, int]] = []
 
-    def register(d: Any) -> None:
+    def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
         async def handle(
             repo: Annotated[Repository, Dependency(Repository)],

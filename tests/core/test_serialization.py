@@ -54,6 +54,8 @@ def test_event_wrapper_without_dispytch_headers() -> None:
     assert ev.id == "" and ev.type is None
     assert ev.attempt == 3 and ev.metadata == {"offset": 7} and ev.params == {"p": "v"}
     assert ev.timestamp >= before  # not emitted by Dispytch: when it was received
-    bad = Event({}, Message(b"{}", route="r", headers={"dispytch-timestamp": "soon"}))
+    bad: Event[dict[str, int]] = Event(
+        {}, Message(b"{}", route="r", headers={"dispytch-timestamp": "soon"})
+    )
     assert bad.timestamp.tzinfo is UTC
     assert ev.message is msg
