@@ -102,7 +102,7 @@ async def exchange_exists(connection: AbstractRobustConnection, name: str) -> bo
     if name == "":
         return True
     await connection.ready()
-    transport = connection.transport  # type: ignore[attr-defined]
+    transport = connection.transport
     if transport is None:
         raise ConnectionError("The RabbitMQ connection is closed.")
     ch = await transport.connection.channel(publisher_confirms=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import aiormq.abc
@@ -32,6 +32,11 @@ from dispytch.transport import HEADER_CONTENT_TYPE, Message
 
 _STOP = object()
 _CANCEL_TIMEOUT = 5.0
+_CANCEL_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *CONNECTION_ERRORS,
+)
 
 
 class RabbitMQConsumer:
@@ -311,7 +316,7 @@ class RabbitMQConsumer:
                 else:
                     log.info("Consuming %r again after a reconnection", q.name)
 
-    def _callback(self, queue_name: str) -> Callable[[DeliveredMessage], Awaitable[None]]:
+    def _callback(self, queue_name: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         handoff = self._handoff
 
         async def on_message(delivered: DeliveredMessage) -> None:
@@ -385,7 +390,7 @@ class RabbitMQConsumer:
                 continue  # the broker dropped the consumer with the channel
             try:
                 await asyncio.wait_for(raw.basic_cancel(tag), _CANCEL_TIMEOUT)
-            except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+            except _CANCEL_ERRORS as exc:
                 log.debug("Cancelling consumer %s on %r failed: %s", tag, q.name, exc)
 
     async def _requeue_pending(self) -> None:
@@ -437,7 +442,7 @@ class _Token:
     def __init__(self, delivered: DeliveredMessage, queue: str) -> None:
         self.delivered = delivered
         self.channel = delivered.channel
-        self.delivery_tag: int = delivered.delivery.delivery_tag  # type: ignore[union-attr]
+        self.delivery_tag: int = delivered.delivery.delivery_tag or 0  # type: ignore[union-attr]
         self.queue = queue
         self.settled = False
 
@@ -476,7 +481,8 @@ def _message(token: _Token, ordered: bool) -> Message:
         headers[HEADER_CONTENT_TYPE] = props.content_type
     count = raw.get("x-delivery-count") if raw else None
     redelivered = bool(delivery.redelivered)
-    attempt = int(count) + 1 if count is not None else 2 if redelivered else 1  # type: ignore[call-overload]
+    # Quorum queues count earlier deliveries; classic queues only flag a redelivery.
+    attempt = int(count) + 1 if isinstance(count, (int, str)) else 2 if redelivered else 1
     routing_key = delivery.routing_key or ""
     queue = token.queue
     return Message(

@@ -147,7 +147,7 @@ class RabbitMQProducer:
         if self._url is None:
             targets: dict[str, AbstractChannel] = {}
             for ex in self._user_exchanges:
-                channel = ex.channel
+                channel: AbstractChannel = ex.channel  # type: ignore[attr-defined]
                 if not getattr(channel, "publisher_confirms", True):
                     raise ValueError(
                         f"The channel of exchange {ex.name!r} has publisher confirms off, so "
@@ -168,8 +168,8 @@ class RabbitMQProducer:
                 self._connection = None
                 raise
             self._targets = {"": self._channel}
-            for ex in self._declare:
-                self._targets[ex.name] = self._channel
+            for declared in self._declare:
+                self._targets[declared.name] = self._channel
         self._running = True
 
     async def stop(self) -> None:
