@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,11 @@ log = logging.getLogger("dispytch.redis")
 
 __all__ = ["RedisConsumer"]
 
-_URL_OPTIONS = {"ordered": to_bool, "max_buffered": int, "subscribe_timeout": float}
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "ordered": to_bool,
+    "max_buffered": int,
+    "subscribe_timeout": float,
+}
 _MESSAGE = b"message"
 _PMESSAGE = b"pmessage"
 _CONFIRMATIONS = (b"subscribe", b"psubscribe")
@@ -313,7 +317,7 @@ class RedisConsumer:
         ps = self._pubsub
         try:
             if self._owns_pubsub:
-                await ps.aclose()
+                await ps.aclose()  # type: ignore[no-untyped-call]
             elif ps.connection is not None:
                 if self._channels:
                     await ps.unsubscribe(*self._channels)

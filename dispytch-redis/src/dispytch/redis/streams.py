@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispytch.errors import NotStartedError
@@ -74,7 +74,7 @@ __all__ = ["RedisStreamConsumer"]
 #: Idle time given to a requeued entry so that every member's XAUTOCLAIM takes it.
 _REQUEUE_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 
-_URL_OPTIONS = {
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "group": str,
     "consumer": str,
     "batch_size": int,
@@ -148,6 +148,9 @@ class RedisStreamConsumer:
         max_buffered: int | None = None,
     ) -> None:
         self._redis = check_async_client(redis, type(self).__name__)
+        # redis-py's stream command stubs are unions of RESP2/RESP3 shapes; the
+        # client is checked to answer RESP2 bytes, so commands go through an Any view.
+        self._r: Any = self._redis
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: read at least 1 entry at a time.")
         if block_ms < 1:
@@ -358,13 +361,13 @@ class RedisStreamConsumer:
     # ------------------------------------------------------------------ reading
     async def _create_group(self, stream: str, group: str, start_id: str) -> None:
         try:
-            await self._redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+            await self._r.xgroup_create(stream, group, id=start_id, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def _read_loop(self, group: str, member: str, streams: list[str]) -> None:
-        redis = self._redis
+        redis = self._r
         inbox = self._inbox
         if self._named:
             await self._guard(self._read_own_pending(group, member, streams))
@@ -400,7 +403,7 @@ class RedisStreamConsumer:
         for stream in streams:
             last = "0"
             while self._running:
-                response = await self._redis.xreadgroup(
+                response = await self._r.xreadgroup(
                     group, member, {stream: last}, count=self.batch_size
                 )
                 entries = response[0][1] if response else []
@@ -490,7 +493,7 @@ class RedisStreamConsumer:
         if not stale:
             return
         now = time.monotonic()
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for (stream, group, member), ids in stale.items():
             pipe.xclaim(stream, group, member, 0, ids, justid=True)
             for entry_id in ids:
@@ -505,7 +508,7 @@ class RedisStreamConsumer:
         for _ in range(100):  # bounded work per pass
             if not self._running or self._inbox.full:
                 return
-            result = await self._redis.xautoclaim(
+            result = await self._r.xautoclaim(
                 stream, group, member, min_idle_ms, start_id=start, count=self.batch_size
             )
             start, entries = result[0], result[1]
@@ -524,7 +527,7 @@ class RedisStreamConsumer:
     ) -> None:
         """Deliver reclaimed entries with their delivery counts, or give them up."""
         ids = [i for i, _ in entries]
-        rows = await self._redis.xpending_range(
+        rows = await self._r.xpending_range(
             stream,
             group,
             min=ids[0],
@@ -564,7 +567,7 @@ class RedisStreamConsumer:
         grouped: dict[tuple[str, str, str], list[bytes]] = {}
         for stream, group, entry_id, member in tokens:
             grouped.setdefault((stream, group, member), []).append(entry_id)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for (stream, group, member), ids in grouped.items():
             pipe.xclaim(stream, group, member, 0, ids, idle=_REQUEUE_IDLE_MS, justid=True)
         await pipe.execute()
@@ -591,8 +594,8 @@ class RedisStreamConsumer:
         fields = {b"payload": message.payload, b"headers": encode_headers(headers)}
         if message.key is not None:
             fields[b"key"] = message.key
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(self.dead_letter_stream, fields)  # type: ignore[arg-type]
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xadd(self.dead_letter_stream, fields)
         pipe.xack(stream, group, entry_id)
         await pipe.execute()
         log.warning(
@@ -607,10 +610,10 @@ class RedisStreamConsumer:
     async def _forget_member(self) -> None:
         """Delete our generated member name from each group if it holds nothing."""
         for (stream, group), member in self._targets.items():
-            info = await self._redis.xpending(stream, group)
+            info = await self._r.xpending(stream, group)
             holders = {self._name(c["name"]) for c in info.get("consumers") or ()}
             if member not in holders:
-                await self._redis.xgroup_delconsumer(stream, group, member)
+                await self._r.xgroup_delconsumer(stream, group, member)
 
     # ------------------------------------------------------------------ acks
     def _ack_later(self, stream: str, group: str, entry_id: bytes) -> None:
@@ -629,9 +632,9 @@ class RedisStreamConsumer:
                 try:
                     if len(batch) == 1:
                         (((stream, group), ids),) = batch.items()
-                        await self._redis.xack(stream, group, *ids)
+                        await self._r.xack(stream, group, *ids)
                     else:
-                        pipe = self._redis.pipeline(transaction=False)
+                        pipe = self._r.pipeline(transaction=False)
                         for (stream, group), ids in batch.items():
                             pipe.xack(stream, group, *ids)
                         await pipe.execute()
