@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,7 +19,7 @@ from dispytch import (
     TopicSubscription,
 )
 from dispytch.memory import MemoryConsumer
-from dispytch.transport import HEADER_CONTENT_TYPE, HEADER_EVENT_TYPE
+from dispytch.transport import HEADER_CONTENT_TYPE, HEADER_EVENT_TYPE, Message
 
 if TYPE_CHECKING:
     from tests.core.conftest import Kit
@@ -436,3 +437,122 @@ async def test_dispatcher_from_url_owns_its_consumer(kit: Kit) -> None:
         await em.emit(Job(n=4))
         await kit.until(lambda: got, "the handler")
     assert got == [4]
+
+
+# -- lifecycle corners -------------------------------------------------------------------
+
+
+class RecordingConsumer(MemoryConsumer):
+    """A memory consumer that records every settlement, and can fail its first listen."""
+
+    def __init__(self, *a: object, fail_listens: int = 0, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.settled: list[tuple[str, bytes]] = []
+        self.fail_listens = fail_listens
+
+    async def ack(self, message: Message) -> None:
+        self.settled.append(("ack", message.payload))
+        await super().ack(message)
+
+    async def nack(self, message: Message, *, requeue: bool) -> None:
+        self.settled.append(("requeue" if requeue else "reject", message.payload))
+        await super().nack(message, requeue=requeue)
+
+    async def listen(self) -> AsyncIterator[Message]:  # type: ignore[override]
+        if self.fail_listens:
+            self.fail_listens -= 1
+            raise ConnectionError("broker connection reset")
+        async for msg in super().listen():
+            yield msg
+
+
+async def test_manual_ack_then_cancelled_is_not_settled_twice(kit: Kit) -> None:
+    consumer = RecordingConsumer(kit.broker, group="g")
+    d = EventDispatcher(consumer, ack_policy=AckPolicy.MANUAL)
+    kit.dispatchers.append(d)
+    acked = asyncio.Event()
+
+    @d.handler(topic="jobs")
+    async def work(ack: Acknowledger) -> None:
+        await ack.ack()
+        acked.set()
+        await asyncio.Event().wait()  # then hangs past the stop deadline
+
+    await d.start()
+    await kit.emitter.emit(Job(n=1))
+    await asyncio.wait_for(acked.wait(), 5)
+    await asyncio.wait_for(d.stop(timeout=0.05), 5)
+    # Once acknowledged, a message must not be nacked as well (RabbitMQ closes the
+    # channel on a second settlement of one delivery tag).
+    assert consumer.settled == [("ack", b'{"n":1}')]
+
+
+async def test_waiting_lane_messages_are_handed_back_on_stop(kit: Kit) -> None:
+    d = kit.dispatcher(ordered=True)
+    started = asyncio.Event()
+
+    @d.handler(topic="jobs")
+    async def stuck(event: Event[Job]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    for i in range(3):
+        await kit.emitter.emit(Job(n=i))
+    await d.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(d.stop(timeout=0.05), 5)
+    assert kit.unacked() == 0
+    assert kit.queued() == 3
+    assert kit.broker.rejected == []
+
+
+async def test_listen_failure_is_logged_and_retried(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = RecordingConsumer(kit.broker, group="g", fail_listens=1)
+    d = EventDispatcher(consumer)
+    kit.dispatchers.append(d)
+    got: list[int] = []
+
+    @d.handler(topic="jobs")
+    async def work(event: Event[Job]) -> None:
+        got.append(event.body.n)
+
+    with caplog.at_level(logging.ERROR, logger="dispytch.dispatcher"):
+        async with d:
+            await kit.emitter.emit(Job(n=1))
+            await kit.until(lambda: got, "the message after the reconnect")
+    assert got == [1]
+    assert "failed while fetching; retrying in" in caplog.text
+
+
+async def test_dispatcher_can_start_again_after_stop(kit: Kit) -> None:
+    d = kit.dispatcher()
+    got: list[int] = []
+
+    @d.handler(topic="jobs")
+    async def work(event: Event[Job]) -> None:
+        got.append(event.body.n)
+
+    async with d:
+        await kit.emitter.emit(Job(n=1))
+        await kit.until(lambda: got == [1], "the first run")
+    await kit.emitter.emit(Job(n=2))
+    async with d:
+        await kit.until(lambda: got == [1, 2], "the second run")
+    assert d.stats["handled"] == 2
+
+
+async def test_wait_returns_when_stopped_elsewhere(kit: Kit) -> None:
+    d = kit.dispatcher()
+
+    @d.handler(topic="jobs")
+    async def work() -> None: ...
+
+    await d.start()
+    waiter = asyncio.create_task(d.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await d.stop()
+    await asyncio.wait_for(waiter, 5)
+    assert not d.running
