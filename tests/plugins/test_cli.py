@@ -372,3 +372,111 @@ async def test_run_stops_gracefully_on_a_signal(tmp_path, signum):
     assert rest.decode().splitlines() == ["finished 1", "stopped handled=1"]
     assert f"Received {signal.Signals(signum).name}: stopping gracefully." in err
     assert "Stopped." in err
+
+
+FAILS_TO_START = (
+    APP_HEADER
+    + """
+    from dispytch.memory import MemoryConsumer
+
+
+    class Unreachable(MemoryConsumer):
+        async def start(self):
+            raise ConnectionRefusedError("broker down")
+
+
+    dispatcher = EventDispatcher(Unreachable())
+"""
+)
+
+
+def test_run_reports_a_dispatcher_that_fails_to_start(tmp_path, caplog):
+    name = _module(tmp_path, FAILS_TO_START)
+    assert main(["run", f"{name}:dispatcher", "--app-dir", str(tmp_path)]) == 1
+    assert f"Could not start {name}:dispatcher." in caplog.text
+    assert "ConnectionRefusedError: broker down" in caplog.text
+
+
+SLOW_SERVICE = (
+    APP_HEADER
+    + """
+    dispatcher = EventDispatcher.from_url("memory://cli-slow", stop_timeout=60)
+
+
+    @dispatcher.handler(TopicSubscription(topic="cli.ping"))
+    async def on_ping(event: Event[Ping]):
+        print("started", flush=True)
+        await asyncio.sleep(60)
+
+
+    class EmitOnStart:
+        @hookimpl
+        def dispytch_dispatcher_started(self, dispatcher):
+            asyncio.get_running_loop().create_task(self.emit())
+
+        async def emit(self):
+            async with EventEmitter.from_url("memory://cli-slow") as emitter:
+                await emitter.emit(Ping(n=1))
+
+
+    get_plugin_manager().register(EmitOnStart(), name="emit-on-start")
+"""
+)
+
+
+async def _start_slow(tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
+    name = _module(tmp_path, SLOW_SERVICE)
+    proc = await asyncio.create_subprocess_exec(
+        DISPYTCH,
+        "run",
+        f"{name}:dispatcher",
+        "--app-dir",
+        str(tmp_path),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "DISPYTCH_PLUGINS": "none"},
+    )
+    assert proc.stdout is not None
+    assert await _readline(proc.stdout) == "started"
+    return proc
+
+
+async def _stderr_until(proc: asyncio.subprocess.Process, text: str) -> str:
+    assert proc.stderr is not None
+    seen = ""
+    while text not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), TIMEOUT)
+        assert line, f"stderr ended before {text!r}: {seen}"
+        seen += line.decode()
+    return seen
+
+
+async def test_run_second_signal_cuts_the_graceful_stop_short(tmp_path):
+    proc = await _start_slow(tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        await _stderr_until(proc, "Received SIGTERM: stopping gracefully.")
+        proc.send_signal(signal.SIGINT)
+        err = await _stderr_until(proc, "stop interrupted by a second signal")
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 1
+    assert "Received SIGINT again: cutting the graceful stop short." in err
+
+
+async def test_run_stop_timeout_bounds_the_graceful_stop(tmp_path):
+    proc = await _start_slow(tmp_path, "--stop-timeout", "0.2")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        err = await _stderr_until(proc, "Stopped.")
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    assert "still in flight" in err  # handed back to the broker, not lost

@@ -11,8 +11,9 @@
     async callable returning one (a factory, so that building it may await). The
     dispatcher is started and runs until SIGINT or SIGTERM, then stops gracefully (in-flight
     work finishes within its ``stop_timeout``) and the command exits with 0. A second
-    signal cuts the graceful stop short (exit 1). A module or attribute that cannot be
-    found is reported in one line with exit code 2.
+    signal cuts the graceful stop short (exit 1), and so does a dispatcher that fails to
+    start (exit 1, with the traceback). A module or attribute that cannot be found is
+    reported in one line with exit code 2.
 
 Only the standard library's :mod:`argparse` is used: the command adds no dependency.
 """
@@ -214,7 +215,11 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await dispatcher.start()
+        try:
+            await dispatcher.start()
+        except Exception:
+            log.exception("Could not start %s.", target)
+            return 1
         log.info(
             "Running %s (%s). Stop with Ctrl+C or SIGTERM.",
             target,
