@@ -1,0 +1,176 @@
+"""RabbitMQ routes, subscriptions, options and plugin wiring: no broker needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from dispytch import EventBase, EventRoute, TopicRoute
+from dispytch.plugins import transport_for_url
+from dispytch.rabbitmq import (
+    DEFAULT_TOPIC_EXCHANGE,
+    RabbitMQConsumer,
+    RabbitMQEventRoute,
+    RabbitMQEventSubscription,
+    RabbitMQExchange,
+    RabbitMQProducer,
+)
+from dispytch.rabbitmq._common import redact, split_url, text_headers
+from dispytch.rabbitmq.plugin import consumer_from_url, producer_from_url
+from dispytch.transport import Message
+
+
+class Signup(EventBase):
+    tenant: str
+    user_id: int
+
+
+def test_route_resolves_dynamic_exchange_and_routing_key() -> None:
+    route = RabbitMQEventRoute(exchange="{tenant}.events", routing_key="user.{user_id}.created")
+    assert route.is_dynamic
+    resolved = route.resolve(Signup(tenant="acme", user_id=7))
+    assert resolved.exchange == "acme.events"
+    assert resolved.routing_key == "user.7.created"
+    assert resolved.address == "acme.events/user.7.created"
+    assert RabbitMQEventRoute(routing_key="q").address == "(default)/q"
+
+
+def test_route_with_missing_field_says_which() -> None:
+    route = RabbitMQEventRoute(exchange="x", routing_key="user.{email}")
+    with pytest.raises(ValueError, match="needs the field 'email'"):
+        route.resolve(Signup(tenant="a", user_id=1))
+
+
+def message(route: str, **metadata: object) -> Message:
+    return Message(b"{}", route=route, metadata=metadata)
+
+
+def test_subscription_pattern_and_narrowing() -> None:
+    sub = RabbitMQEventSubscription(exchange="orders", queue="billing", routing_key="o.{id}.*")
+    assert sub.route_pattern == "o.{id}.*"
+    assert sub.compiled.match("o.42.paid") == {"id": "42"}
+    assert sub.compiled.amqp == "o.*.*"
+    assert sub.accepts(message("o.1.x", exchange="orders", queue="billing"))
+    assert not sub.accepts(message("o.1.x", exchange="other", queue="billing"))
+    assert not sub.accepts(message("o.1.x", exchange="orders", queue="shipping"))
+
+
+def test_subscription_defaults_accept_anything() -> None:
+    sub = RabbitMQEventSubscription()
+    assert sub.route_pattern == "#"
+    assert sub.compiled.match("") == {}  # fanout and headers exchanges: empty keys
+    assert sub.compiled.match("a.b.c") == {}
+    assert sub.accepts(message("x", exchange="any", queue="any"))
+    assert RabbitMQEventSubscription.filters_messages
+
+
+def test_subscriptions_with_binding_arguments_are_hashable_and_comparable() -> None:
+    a = RabbitMQEventSubscription(exchange="h", binding_arguments={"x-match": "all"})
+    b = RabbitMQEventSubscription(exchange="h", binding_arguments={"x-match": "all"})
+    assert a == b
+    assert hash(a) == hash(b)
+
+
+def test_exchange_declaration_validates() -> None:
+    assert RabbitMQExchange(name="user.events", type="topic").durable
+    with pytest.raises(ValueError, match="type 'queue'.*'direct', 'topic', 'fanout', 'headers'"):
+        RabbitMQExchange(name="x", type="queue")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'amq.topic'.*belong to the broker"):
+        RabbitMQExchange(name="amq.topic", type="topic")
+    with pytest.raises(ValueError, match="belong to the broker"):
+        RabbitMQExchange(name="", type="direct")
+
+
+def test_producer_construction_errors() -> None:
+    with pytest.raises(ValueError, match="either aio-pika exchanges.*not neither"):
+        RabbitMQProducer()
+    with pytest.raises(ValueError, match="not both"):
+        RabbitMQProducer([], url="amqp://localhost")
+    with pytest.raises(ValueError, match=r"RabbitMQProducer\(\[\]\) has no exchange"):
+        RabbitMQProducer([])
+    with pytest.raises(ValueError, match="declare= is for producers built from a URL"):
+        RabbitMQProducer([object()], declare=[RabbitMQExchange(name="x", type="topic")])  # type: ignore[list-item]
+
+
+def test_producer_rejects_foreign_routes() -> None:
+    from dispytch.errors import EmitError
+
+    @dataclass(frozen=True, kw_only=True)
+    class StreamRoute(EventRoute):
+        stream: str
+
+    producer = RabbitMQProducer.from_url("amqp://localhost/")
+    assert producer._address(TopicRoute(topic="a.b")) == (DEFAULT_TOPIC_EXCHANGE, "a.b", None)
+    with pytest.raises(EmitError, match="cannot publish to .*StreamRoute.*RabbitMQEventRoute"):
+        producer._address(StreamRoute(stream="s"))
+
+
+def test_consumer_construction_errors() -> None:
+    with pytest.raises(ValueError, match="either aio-pika queues.*not neither"):
+        RabbitMQConsumer()
+    with pytest.raises(ValueError, match="prefetch_count=0.*positive"):
+        RabbitMQConsumer.from_url("amqp://localhost/", queue="q", prefetch_count=0)
+    with pytest.raises(ValueError, match="queue=, declare= and queue_arguments= are for"):
+        RabbitMQConsumer(object(), queue="q")  # type: ignore[arg-type]
+    assert RabbitMQConsumer.from_url("amqp://localhost/", queue="q").prefetch_count == 100
+
+
+def test_url_options_are_split_from_aio_pika_options() -> None:
+    clean, own = split_url("amqp://u:p@h:5672/vh?queue=billing&heartbeat=30", ("queue",))
+    assert own == {"queue": "billing"}
+    assert clean == "amqp://u:p@h:5672/vh?heartbeat=30"
+    with pytest.raises(ValueError, match="not a RabbitMQ URL.*amqp://user:password@host"):
+        split_url("redis://localhost", ())
+    assert redact("amqp://guest:secret@h/") == "amqp://guest:***@h/"
+    assert redact("amqp://h/") == "amqp://h/"
+
+
+def test_plugin_factories_read_url_options() -> None:
+    consumer = consumer_from_url("amqp://localhost/?queue=billing&prefetch_count=7&ordered=true")
+    assert consumer.queue_name == "billing"
+    assert consumer.prefetch_count == 7
+    assert consumer.ordered is True
+    grouped = consumer_from_url("amqps://localhost/", group="shipping")
+    assert grouped.queue_name == "shipping"
+    producer = producer_from_url("amqp://localhost/?timeout=2.5&persistent=false")
+    assert producer.timeout == 2.5
+    assert producer.persistent is False
+    with pytest.raises(ValueError, match="mandatory='maybe': use true or false"):
+        producer_from_url("amqp://localhost/?mandatory=maybe")
+
+
+def test_plugin_serves_amqp_and_amqps() -> None:
+    for url in ("amqp://localhost/", "amqps://localhost/"):
+        spec = transport_for_url(url)
+        assert spec.name == "rabbitmq"
+        assert RabbitMQEventRoute in spec.route_types
+        assert RabbitMQEventSubscription in spec.subscription_types
+
+
+def test_discovery_and_routes_do_not_import_aio_pika() -> None:
+    code = (
+        "import sys\n"
+        "from dispytch.plugins import transport_for_url\n"
+        "from dispytch.rabbitmq import RabbitMQEventRoute, RabbitMQEventSubscription\n"
+        "transport_for_url('amqp://localhost/')\n"
+        "assert 'aio_pika' not in sys.modules, 'aio_pika imported'\n"
+        "assert 'aiormq' not in sys.modules, 'aiormq imported'\n"
+        "from dispytch.rabbitmq import RabbitMQProducer\n"
+        "assert 'aio_pika' in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_headers_become_text() -> None:
+    assert text_headers(None) == {}
+    assert text_headers({"a": "x", "b": b"y", "c": 3, "d": [1, 2]}) == {
+        "a": "x",
+        "b": "y",
+        "c": "3",
+        "d": "[1, 2]",
+    }
