@@ -458,7 +458,7 @@ class RecordingConsumer(MemoryConsumer):
         self.settled.append(("requeue" if requeue else "reject", message.payload))
         await super().nack(message, requeue=requeue)
 
-    async def listen(self) -> AsyncIterator[Message]:  # type: ignore[override]
+    async def listen(self) -> AsyncIterator[Message]:
         if self.fail_listens:
             self.fail_listens -= 1
             raise ConnectionError("broker connection reset")

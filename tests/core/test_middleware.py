@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
@@ -465,14 +465,20 @@ async def is_even_async(event: Event[Job]) -> bool:
     return event.body.n % 2 == 0
 
 
+async def headers_even_async(headers: Mapping[str, str]) -> bool:
+    await asyncio.sleep(0)
+    return headers.get("x-parity") == "even"
+
+
 @pytest.mark.parametrize(
     "flt",
     [
         Filter(lambda e: e.body.n % 2 == 0),
         Filter(is_even_async),
         Filter(headers=lambda h: h.get("x-parity") == "even"),
+        Filter(headers=headers_even_async),
     ],
-    ids=["event", "async", "headers"],
+    ids=["event", "async", "headers", "async-headers"],
 )
 async def test_filter(kit: Kit, flt: Filter) -> None:
     d = kit.dispatcher()

@@ -22,14 +22,15 @@ class Filter:
 
     Args:
         predicate: A function (sync or async) of the :class:`~dispytch.Event`.
-        headers: A function of the message headers (checked first, without decoding).
+        headers: A function (sync or async) of the message headers, checked first,
+            without decoding the payload.
     """
 
     def __init__(
         self,
         predicate: Callable[[Event[Any]], Any] | None = None,
         *,
-        headers: Callable[[Mapping[str, str]], bool] | None = None,
+        headers: Callable[[Mapping[str, str]], Any] | None = None,
     ) -> None:
         if predicate is None and headers is None:
             raise ValueError("Filter needs a predicate, a headers= predicate, or both.")
@@ -37,9 +38,13 @@ class Filter:
         self.headers = headers
 
     async def __call__(self, ctx: HandlerContext, call_next: CallNext) -> Any:
-        if self.headers is not None and not self.headers(ctx.message.headers):
-            ctx.outcome = Outcome.FILTERED
-            return None
+        if self.headers is not None:
+            verdict = self.headers(ctx.message.headers)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if not verdict:
+                ctx.outcome = Outcome.FILTERED
+                return None
         if self.predicate is not None:
             verdict = self.predicate(ctx.event)  # type: ignore[arg-type]
             if inspect.isawaitable(verdict):

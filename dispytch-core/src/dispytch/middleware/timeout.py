@@ -19,6 +19,9 @@ class Timeout:
 
     Put it inside ``Retry`` for a deadline per attempt, outside for one over all attempts.
 
+    A sync handler runs in a worker thread, which Python cannot interrupt: on expiry the
+    handling fails at once, but the thread finishes its call in the background.
+
     Args:
         seconds: The deadline.
     """
