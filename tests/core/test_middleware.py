@@ -632,3 +632,26 @@ def test_unknown_or_malformed_named_middleware() -> None:
         resolve_middleware(("retry", 5))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="is not a middleware"):
         resolve_middleware(42)  # type: ignore[arg-type]
+
+
+def test_a_module_level_lock_serves_several_event_loops() -> None:
+    lock = AsyncLock()
+    keyed = AsyncLock(key=lambda e: "same")
+    order: list[str] = []
+
+    class Ctx:
+        event = object()
+
+    async def contend(tag: str) -> None:
+        async def nxt(ctx: Any) -> None:
+            order.append(tag)
+            await asyncio.sleep(0)
+
+        ctx: Any = Ctx()
+        await asyncio.gather(*(mw(ctx, nxt) for mw in (lock, lock, keyed, keyed)))
+
+    # Contended in one loop, then in the next one (as a test suite or a restarted
+    # service would): asyncio locks belong to one loop, the middleware must not.
+    asyncio.run(contend("first"))
+    asyncio.run(contend("second"))
+    assert order == ["first"] * 4 + ["second"] * 4

@@ -29,6 +29,16 @@ class AsyncLock:
         self.key = key
         self._global = asyncio.Lock()
         self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+        # asyncio locks belong to one event loop; a middleware declared at module level
+        # may serve several loops in turn (a test suite, a restarted service).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _for_this_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._global = asyncio.Lock()
+            self._locks = {}
 
     def held(self, key: Any) -> bool:
         """Whether ``key``'s lock is held now."""
@@ -36,6 +46,8 @@ class AsyncLock:
         return entry is not None and entry[0].locked()
 
     async def __call__(self, ctx: HandlerContext, call_next: CallNext) -> Any:
+        if self._loop is not asyncio.get_running_loop():
+            self._for_this_loop()
         if self.key is None:
             async with self._global:
                 return await call_next(ctx)
