@@ -97,9 +97,12 @@ async def run_dispytch(n: int, publish: str, batch_size: int, timeout: float) ->
             t_pub = time.perf_counter()
             await common.wait_done(st, time.monotonic() + timeout)
             cpu_info = cpu.stop()
-        await setup.queue_delete(qname, if_unused=False, if_empty=False)
     finally:
-        await conn.close()
+        try:
+            cleanup = await conn.channel()
+            await cleanup.queue_delete(qname, if_unused=False, if_empty=False)
+        finally:
+            await conn.close()
     res: dict[str, Any] = common.rates(n, st.count, t0, t_pub, st.t_last)
     res.update(cpu_info)
     res["dispatcher_stats"] = dict(dispatcher.stats)
