@@ -15,13 +15,15 @@ from dispytch.redis._client import (
     split_url,
     to_bool,
 )
+from dispytch.redis._resp import ClosedEarly, ErrorReply, RespError, bulk, read_replies
 from dispytch.redis.envelope import pack, stream_fields
 from dispytch.redis.routes import RedisEventRoute, RedisStreamRoute
 from dispytch.routes import EventRoute, TopicRoute
 from dispytch.transport import OutgoingMessage
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
@@ -102,6 +104,8 @@ class RedisProducer:
         self.on_no_receivers = on_no_receivers
         self.delivery_timeout = delivery_timeout
         self.last_receivers: int | None = None
+        self._prefixes: dict[str, bytes] = {}
+        self._xadd_prefixes: dict[tuple[str, int | None, bool], tuple[bytes, int]] = {}
         self._owns_client = False
         self._running = False
 
@@ -155,37 +159,7 @@ class RedisProducer:
             EmitTimeoutError: Redis did not answer within ``delivery_timeout``.
             EmitError: Redis refused the command or the connection failed.
         """
-        if not self._running:
-            raise NotStartedError(self._not_started())
-        route = message.route
-        try:
-            if type(route) is RedisEventRoute or not self._is_stream(route):
-                data = pack(message.payload, message.headers, message.key)
-                receivers: int = await self._timed(
-                    self._redis.publish(self._channel_of(route), data)
-                )
-                await self._received(message, receivers)
-                return receivers
-            stream, maxlen, approximate = self._stream_of(route)
-            await self._timed(
-                self._redis.xadd(
-                    stream,
-                    stream_fields(message.payload, message.headers, message.key),  # type: ignore[arg-type]
-                    maxlen=maxlen,
-                    approximate=approximate,
-                )
-            )
-            return None
-        except (TimeoutError, RedisTimeoutError) as exc:
-            raise EmitTimeoutError(
-                f"Redis did not confirm the event for {route.address!r} within "
-                f"{self.delivery_timeout}s: {exc or 'timed out'}. The event may or may not "
-                "have been published."
-            ) from exc
-        except (RedisError, OSError) as exc:
-            raise EmitError(
-                f"Redis refused the event for {route.address!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+        return (await self._publish((message,)))[0]
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
         """Publish many messages in pipelined round trips (no transaction).
@@ -200,62 +174,116 @@ class RedisProducer:
             EmitTimeoutError: A round trip was not answered within ``delivery_timeout``.
             EmitError: Redis refused one of the commands.
         """
+        return await self._publish(messages)
+
+    async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
         if not self._running:
             raise NotStartedError(self._not_started())
         out: list[int | None] = []
         first_error: BaseException | None = None
         for start in range(0, len(messages), PIPELINE_SIZE):
             chunk = messages[start : start + PIPELINE_SIZE]
-            pipe = self._redis.pipeline(transaction=False)
+            parts: list[bytes] = []
             kinds: list[bool] = []
             for message in chunk:
-                route = message.route
-                if type(route) is RedisEventRoute or not self._is_stream(route):
-                    pipe.publish(
-                        self._channel_of(route), pack(message.payload, message.headers, message.key)
-                    )
-                    kinds.append(True)
-                else:
-                    stream, maxlen, approximate = self._stream_of(route)
-                    pipe.xadd(
-                        stream,
-                        stream_fields(message.payload, message.headers, message.key),  # type: ignore[arg-type]
-                        maxlen=maxlen,
-                        approximate=approximate,
-                    )
-                    kinds.append(False)
+                is_pub = self._encode(message, parts)
+                kinds.append(is_pub)
             try:
-                results = await self._timed(pipe.execute(raise_on_error=False))
+                replies = await self._timed(self._round_trip(b"".join(parts), len(chunk)))
             except (TimeoutError, RedisTimeoutError) as exc:
-                first_error = first_error or EmitTimeoutError(
-                    f"Redis did not answer a pipeline of {len(chunk)} events within "
+                error: EmitError = EmitTimeoutError(
+                    f"Redis did not answer {_events(len(chunk), chunk)} within "
                     f"{self.delivery_timeout}s; they may or may not have been published."
                 )
-                first_error.__cause__ = exc
-                out.extend([None] * len(chunk))
-                continue
-            except (RedisError, OSError) as exc:
-                error = EmitError(f"Redis refused a pipeline of {len(chunk)} events: {exc}")
                 error.__cause__ = exc
                 first_error = first_error or error
                 out.extend([None] * len(chunk))
                 continue
-            for message, is_pub, result in zip(chunk, kinds, results, strict=True):
-                if isinstance(result, Exception):
+            except (RedisError, OSError, RespError) as exc:
+                error = EmitError(
+                    f"Redis refused {_events(len(chunk), chunk)}: {type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+                first_error = first_error or error
+                out.extend([None] * len(chunk))
+                continue
+            for message, is_pub, reply in zip(chunk, kinds, replies, strict=True):
+                if isinstance(reply, ErrorReply):
                     if first_error is None:
                         first_error = EmitError(
-                            f"Redis refused the event for {message.route.address!r}: {result}"
+                            f"Redis refused the event for {message.route.address!r}: {reply}"
                         )
-                        first_error.__cause__ = result
+                        first_error.__cause__ = ResponseError(str(reply))
                     out.append(None)
                 elif is_pub:
-                    await self._received(message, result)
-                    out.append(result)
+                    await self._received(message, reply)
+                    out.append(reply)
                 else:
                     out.append(None)
         if first_error is not None:
             raise first_error
         return out
+
+    def _encode(self, message: OutgoingMessage, parts: list[bytes]) -> bool:
+        """Append the RESP command for ``message``; True for PUBLISH, False for XADD."""
+        route = message.route
+        if type(route) is RedisEventRoute or not self._is_stream(route):
+            channel = self._channel_of(route)
+            prefix = self._prefixes.get(channel)
+            if prefix is None:
+                prefix = b"*3\r\n$7\r\nPUBLISH\r\n" + bulk(channel.encode())
+                if len(self._prefixes) < 10_000:
+                    self._prefixes[channel] = prefix
+            data = pack(message.payload, message.headers, message.key)
+            parts.append(prefix)
+            parts.append(b"$%d\r\n" % len(data))
+            parts.append(data)
+            parts.append(b"\r\n")
+            return True
+        stream, maxlen, approximate = self._stream_of(route)
+        key = (stream, maxlen, approximate)
+        cached = self._xadd_prefixes.get(key)
+        if cached is None:
+            args = [b"XADD", stream.encode()]
+            if maxlen is not None:
+                args += [b"MAXLEN", b"~" if approximate else b"=", b"%d" % maxlen]
+            args.append(b"*")
+            cached = (b"".join(bulk(a) for a in args), len(args))
+            if len(self._xadd_prefixes) < 10_000:
+                self._xadd_prefixes[key] = cached
+        prefix, argc = cached
+        fields = stream_fields(message.payload, message.headers, message.key)
+        parts.append(b"*%d\r\n" % (argc + 2 * len(fields)))
+        parts.append(prefix)
+        for name, value in fields.items():
+            parts.append(bulk(name))
+            parts.append(bulk(value))
+        return False
+
+    async def _round_trip(self, request: bytes, count: int) -> list[Any]:
+        """Send pipelined commands on one pooled connection and read ``count`` replies.
+
+        A connection that fails before any reply was read (typically one the server
+        closed while it sat in the pool) is replaced once.
+        """
+        pool = self._redis.connection_pool
+        for attempt in (1, 2):
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(request)
+                return await read_replies(conn, count)
+            except (ClosedEarly, RedisConnectionError) as exc:
+                await conn.disconnect(nowait=True)
+                nothing_read = isinstance(exc, RedisConnectionError) or exc.received == 0
+                if attempt == 2 or not nothing_read:
+                    raise
+            except BaseException:
+                # Cancelled or failed mid-read: the connection's state is unknown.
+                await conn.disconnect(nowait=True)
+                raise
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ internals
     async def _timed(self, aw: Awaitable[Any]) -> Any:
@@ -333,6 +361,12 @@ class RedisStreamProducer(RedisProducer):
             on_no_receivers=on_no_receivers,
             delivery_timeout=delivery_timeout,
         )
+
+
+def _events(count: int, chunk: Sequence[OutgoingMessage]) -> str:
+    if count == 1:
+        return f"the event for {chunk[0].route.address!r}"
+    return f"a pipeline of {count} events"
 
 
 def _where(client: aredis.Redis) -> str:
