@@ -197,20 +197,19 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
     dispatcher = await _resolve_dispatcher(obj, target)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
-    main_task = asyncio.current_task()
+    forced = asyncio.Event()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
         signals_seen += 1
+        name = signal.Signals(signum).name
         if signals_seen == 1:
-            log.info("Received %s: stopping gracefully.", signal.Signals(signum).name)
+            log.info("Received %s: stopping gracefully.", name)
             stop_requested.set()
-        elif main_task is not None:
-            log.warning(
-                "Received %s again: cutting the graceful stop short.", signal.Signals(signum).name
-            )
-            main_task.cancel()
+        else:
+            log.warning("Received %s again: cutting the graceful stop short.", name)
+            forced.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
@@ -236,17 +235,26 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
                 w.cancel()
         if not stop_requested.is_set():
             log.info("The dispatcher stopped on its own.")
-        if stop_timeout is None:
-            await dispatcher.stop()
-        else:
-            await dispatcher.stop(timeout=stop_timeout)
-        log.info("Stopped.")
-        return 0
-    except asyncio.CancelledError:
-        if signals_seen > 1:
-            sys.stderr.write("dispytch: stop interrupted by a second signal.\n")
-            return 1
-        raise
+        # The graceful stop runs as its own task, so that a second signal can abandon it
+        # whatever it is awaiting.
+        stop = dispatcher.stop() if stop_timeout is None else dispatcher.stop(timeout=stop_timeout)
+        stop_task = asyncio.ensure_future(stop)
+        force_task = asyncio.ensure_future(forced.wait())
+        await asyncio.wait((stop_task, force_task), return_when=asyncio.FIRST_COMPLETED)
+        force_task.cancel()
+        if stop_task.done():
+            stop_task.result()  # a failing stop propagates, with its traceback
+            log.info("Stopped.")
+            return 0
+        stop_task.cancel()
+        await asyncio.wait((stop_task,), timeout=1.0)
+        sys.stderr.write("dispytch: stop interrupted by a second signal.\n")
+        if not stop_task.done():
+            # The stop did not give way to cancellation; do not let asyncio.run wait for it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
