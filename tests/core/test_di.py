@@ -479,3 +479,12 @@ async def test_classes_callable_objects_and_partials_as_dependencies(kit: Kit) -
 
     await run_one(kit, register, created(4))
     assert got == [("memory://", 4, "name:u4", 40)]
+
+
+def test_positional_only_parameters_are_refused_at_registration() -> None:
+    async def on_thing(event: Event[Body], /) -> None: ...
+
+    with pytest.raises(
+        HandlerRegistrationError, match=r"parameter 'event' of .*on_thing is positional-only"
+    ):
+        Router().handler(topic="t")(on_thing)

@@ -164,6 +164,13 @@ class HandlerPlan:
         for pname, param in sig.parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
+            if param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
+                # Values are passed by name; a positional-only parameter would fail on
+                # every message instead of here.
+                raise HandlerRegistrationError(
+                    f"Handler {self.handler_name!r}: parameter {pname!r} of {_name(func)} is "
+                    "positional-only; Dispytch passes values by name. Remove the '/'."
+                )
             annotation = hints.get(pname, param.annotation)
             node.params.append(self._source(func, pname, param, annotation, (*stack, func)))
         node.bare_async = node.kind == _ASYNC and not node.params
