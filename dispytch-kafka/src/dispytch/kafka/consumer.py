@@ -342,44 +342,75 @@ class KafkaConsumer:
     async def _start_wrapped(self) -> None:
         raw = self.raw
         assert raw is not None
-        state = raw._subscription
-        current = state.subscription
-        if current is not None and not current.partitions_auto_assigned():
-            # Manual assignment (raw.assign): no group rebalances, nothing to hook.
-            if self._subscriptions:
-                log.debug("Kafka consumer uses a manual assignment; subscriptions unused")
-        else:
-            topics, pattern = _subscription_target(self._subscriptions)
-            user_pattern = state.subscribed_pattern
-            user_topics = set() if current is None or user_pattern else set(current.topics)
-            if user_pattern is not None:
-                extra = [pattern] if pattern else []
-                extra += [f"(?:^{re.escape(t)}$)" for t in sorted(topics)]
-                pattern = "|".join([f"(?:{user_pattern.pattern})", *extra])
-            elif pattern is not None and user_topics:
-                pattern = "|".join(
-                    [pattern, *(f"(?:^{re.escape(t)}$)" for t in sorted(user_topics))]
-                )
-            if current is None and pattern is None and not topics:
-                raise KafkaConfigError(
-                    "The AIOKafkaConsumer is subscribed to nothing and no handler names a "
-                    "topic. Pass topics to AIOKafkaConsumer(...) or register handlers."
-                )
-            chained = state.listener
-            if isinstance(chained, _RebalanceListener):
-                chained = chained.chained
-            listener = _RebalanceListener(self, chained)
-            if pattern is not None:
-                raw.subscribe(pattern=pattern, listener=listener)
-            else:
-                raw.subscribe(topics=sorted(user_topics | topics), listener=listener)
         if getattr(raw, "_closed", False):
             raise NotStartedError(
                 "The AIOKafkaConsumer passed to KafkaConsumer was stopped. Create a new one."
             )
-        if getattr(raw, "_fetcher", True) is None:
-            # Not started yet: start it (it stays yours: Dispytch will not stop it).
+        state = raw._subscription
+        current = state.subscription
+        if current is not None and not state.partitions_auto_assigned():
+            # Manual assignment (raw.assign): no group rebalances, nothing to hook.
+            if self._subscriptions:
+                log.debug("Kafka consumer uses a manual assignment; subscriptions unused")
+        elif getattr(raw, "_fetcher", True) is None:
+            # Not started yet: subscribe it (with our rebalance listener) and start it.
+            # It stays yours: Dispytch will not stop it.
+            self._subscribe_unstarted(raw)
             await raw.start()
+            return
+        elif current is None:
+            raise KafkaConfigError(
+                "The AIOKafkaConsumer was started without a subscription. Pass topics to "
+                "AIOKafkaConsumer(...), or hand Dispytch an unstarted consumer."
+            )
+        else:
+            # Started and subscribed: re-subscribing a running aiokafka consumer is
+            # fragile, so hook our listener into its subscription instead.
+            if state.subscribed_pattern is None:
+                topics, pattern = _subscription_target(self._subscriptions)
+                missing = sorted(topics - set(current.topics))
+                if missing:
+                    raise KafkaConfigError(
+                        f"The running AIOKafkaConsumer is not subscribed to {missing}, which "
+                        "handlers consume. Add them to its topics, or hand Dispytch an "
+                        "unstarted consumer to subscribe."
+                    )
+                if pattern is not None:
+                    log.warning(
+                        "Handlers use topic patterns, but the running AIOKafkaConsumer is "
+                        "subscribed to fixed topics %s only",
+                        sorted(current.topics),
+                    )
+            chained = state.listener
+            if isinstance(chained, _RebalanceListener):
+                chained = chained.chained
+            state._listener = _RebalanceListener(self, chained)
+
+    def _subscribe_unstarted(self, raw: AIOKafkaConsumer) -> None:
+        state = raw._subscription
+        current = state.subscription
+        topics, pattern = _subscription_target(self._subscriptions)
+        user_pattern = state.subscribed_pattern
+        user_topics = set() if current is None or user_pattern else set(current.topics)
+        if user_pattern is not None:
+            extra = [pattern] if pattern else []
+            extra += [f"(?:^{re.escape(t)}$)" for t in sorted(topics)]
+            pattern = "|".join([f"(?:{user_pattern.pattern})", *extra])
+        elif pattern is not None and user_topics:
+            pattern = "|".join([pattern, *(f"(?:^{re.escape(t)}$)" for t in sorted(user_topics))])
+        if pattern is None and not (topics or user_topics):
+            raise KafkaConfigError(
+                "The AIOKafkaConsumer is subscribed to nothing and no handler names a "
+                "topic. Pass topics to AIOKafkaConsumer(...) or register handlers."
+            )
+        chained = state.listener
+        if isinstance(chained, _RebalanceListener):
+            chained = chained.chained
+        listener = _RebalanceListener(self, chained)
+        if pattern is not None:
+            raw.subscribe(pattern=pattern, listener=listener)
+        else:
+            raw.subscribe(topics=sorted(user_topics | topics), listener=listener)
 
     async def stop(self) -> None:
         """Stop fetching; ``listen()`` ends promptly, even while waiting for records."""

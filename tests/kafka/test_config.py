@@ -1,0 +1,167 @@
+"""URLs, options, routes and plugin registration (no broker needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from dispytch.kafka import KafkaConfigError, KafkaEventRoute, KafkaEventSubscription
+from dispytch.kafka.config import parse_kafka_url
+
+
+def test_parse_url_servers_and_options() -> None:
+    servers, opts = parse_kafka_url("kafka://a:9092,b:9093,c?acks=all&linger_ms=5")
+    assert servers == "a:9092,b:9093,c:9092"
+    assert opts == {"acks": "all", "linger_ms": "5"}
+
+
+def test_parse_url_credentials_become_sasl_plain() -> None:
+    _, opts = parse_kafka_url("kafka://svc%40x:s3cr%3At@broker:9094?security_protocol=SASL_SSL")
+    assert opts["sasl_plain_username"] == "svc@x"
+    assert opts["sasl_plain_password"] == "s3cr:t"
+    assert opts["sasl_mechanism"] == "PLAIN"
+    assert opts["security_protocol"] == "SASL_SSL"  # the query wins
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [("amqp://x", "is not a Kafka URL"), ("kafka://", "names no Kafka server")],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    with pytest.raises(KafkaConfigError, match=match):
+        parse_kafka_url(url)
+
+
+def test_producer_options_are_typed_and_checked() -> None:
+    from dispytch.kafka import KafkaProducer
+
+    p = KafkaProducer.from_url("kafka://h:1?linger_ms=7&enable_idempotence=true&acks=all")
+    assert p._options["linger_ms"] == 7
+    assert p._options["enable_idempotence"] is True
+    assert p._options["acks"] == "all"
+    assert p._options["bootstrap_servers"] == "h:1"
+    with pytest.raises(KafkaConfigError, match="has no option 'lingr_ms'"):
+        KafkaProducer.from_url("kafka://h:1?lingr_ms=7")
+    with pytest.raises(KafkaConfigError, match="should be a int"):
+        KafkaProducer.from_url("kafka://h:1?linger_ms=soon")
+
+
+def test_tls_gets_a_default_context_and_objects_pass_through() -> None:
+    import ssl
+
+    from dispytch.kafka import KafkaConsumer
+
+    c = KafkaConsumer.from_url("kafka://h:9093?security_protocol=SSL", group_id="g")
+    assert isinstance(c._options["ssl_context"], ssl.SSLContext)
+    ctx = ssl.create_default_context()
+    c2 = KafkaConsumer.from_url(
+        "kafka://u:p@h:9093", group_id="g", ssl_context=ctx, security_protocol="SASL_SSL"
+    )
+    assert c2._options["ssl_context"] is ctx
+    assert c2._options["sasl_plain_username"] == "u"
+
+
+def test_consumer_url_options() -> None:
+    from dispytch.kafka import KafkaConsumer
+
+    c = KafkaConsumer.from_url("kafka://h?group_id=g1&ordered=false&revoke_timeout=3")
+    assert c.group_id == "g1"
+    assert c.ordered is False
+    assert c.revoke_timeout == 3.0
+    assert c._options["enable_auto_commit"] is False
+    assert c._options["auto_offset_reset"] == "earliest"
+    with pytest.raises(KafkaConfigError, match="enable_auto_commit=True would commit"):
+        KafkaConsumer.from_url("kafka://h?enable_auto_commit=true", group_id="g")
+
+
+def test_consumer_subscription_groups_must_agree() -> None:
+    from dispytch.kafka import KafkaConsumer
+
+    c = KafkaConsumer.from_url("kafka://h")
+    c.subscribe([KafkaEventSubscription(topic="a", group_id="billing")])
+    assert c.group_id == "billing"
+    with pytest.raises(KafkaConfigError, match="wants consumer group 'audit'"):
+        c.subscribe([KafkaEventSubscription(topic="b", group_id="audit")])
+
+
+def test_consumer_rejects_foreign_subscriptions() -> None:
+    from dispytch.kafka import KafkaConsumer
+    from dispytch.memory import MemoryEventRoute  # noqa: F401 - a route, not a subscription
+    from dispytch.routes import EventSubscription
+
+    class Other(EventSubscription):
+        @property
+        def route_pattern(self) -> str:
+            return "x"
+
+    c = KafkaConsumer.from_url("kafka://h", group_id="g")
+    with pytest.raises(TypeError, match="cannot serve"):
+        c.subscribe([Other()])
+
+
+def test_pattern_subscriptions_become_one_regex() -> None:
+    import re
+
+    from dispytch.kafka.consumer import _subscription_target
+    from dispytch.routes import TopicSubscription
+
+    topics, pattern = _subscription_target(
+        [KafkaEventSubscription(topic="orders"), TopicSubscription(topic="user.{id}.events")]
+    )
+    assert topics == set()
+    assert pattern is not None
+    rx = re.compile(pattern)
+    assert rx.match("orders") and rx.match("user.42.events")
+    assert not rx.match("user.42.events.x") and not rx.match("ordersx")
+    topics, pattern = _subscription_target([KafkaEventSubscription(topic="a.b")])
+    assert topics == {"a.b"} and pattern is None
+
+
+def test_routes() -> None:
+    r = KafkaEventRoute(topic="user.{user_id}", key="user_id", partition=2)
+    assert r.is_dynamic
+    assert r.address_fields == ("topic",)
+
+    class Ev:
+        user_id = 7
+
+    resolved = r.resolve(Ev())
+    assert resolved.topic == "user.7" and resolved.partition == 2
+    assert resolved.key_for(Ev()) == b"7"
+    with pytest.raises(ValueError, match="needs a topic"):
+        KafkaEventRoute(topic="")
+    with pytest.raises(ValueError, match="partition is an int >= 0"):
+        KafkaEventRoute(topic="t", partition=-1)
+    with pytest.raises(ValueError, match="needs a topic"):
+        KafkaEventSubscription(topic="")
+    assert KafkaEventSubscription(topic="a.{x}").compiled.names == ("x",)
+
+
+def test_plugin_registration_does_not_import_aiokafka() -> None:
+    code = (
+        "import sys\n"
+        "from dispytch.plugins import transport_for_url\n"
+        "spec = transport_for_url('kafka://localhost:9092')\n"
+        "import dispytch.kafka as k\n"
+        "assert spec.name == 'kafka' and spec.schemes == ('kafka',), spec\n"
+        "assert k.KafkaEventRoute in spec.route_types\n"
+        "assert 'aiokafka' not in sys.modules, 'discovery imported aiokafka'\n"
+        "p = spec.producer_factory('kafka://localhost:9092')\n"
+        "assert 'aiokafka' in sys.modules\n"
+        "print(type(p).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "KafkaProducer"
+
+
+def test_wrapping_checks_the_client() -> None:
+    from dispytch.kafka import KafkaConsumer, KafkaProducer
+
+    with pytest.raises(TypeError, match="wraps an aiokafka.AIOKafkaProducer"):
+        KafkaProducer(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="wraps an aiokafka.AIOKafkaConsumer"):
+        KafkaConsumer(object())  # type: ignore[arg-type]

@@ -1,0 +1,143 @@
+"""KafkaProducer against a real broker (Tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from dispytch.emitter import EventEmitter
+from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
+from dispytch.event import EventBase
+from dispytch.kafka import KafkaEventRoute, KafkaProducer
+from dispytch.routes import TopicRoute
+from dispytch.transport import OutgoingMessage
+
+from .helpers import create_topic
+
+pytestmark = pytest.mark.broker
+
+
+class Ping(EventBase):
+    __event_type__ = "ping"
+    n: int
+    user: str = "ann"
+
+
+async def read(bootstrap: str, topic: str, count: int) -> list:
+    c = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await c.start()
+    got: list = []
+    try:
+        async with asyncio.timeout(30):
+            while len(got) < count:
+                for recs in (await c.getmany(timeout_ms=200)).values():
+                    got.extend(recs)
+    finally:
+        await c.stop()
+    return got
+
+
+async def test_wrapped_producer_round_trip_with_key_headers_partition(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    await create_topic(kafka_bootstrap, topic, 3)
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await raw.start()
+    try:
+        emitter = EventEmitter(KafkaProducer(raw))  # seed usage: no emitter.start()
+        await emitter.emit(
+            Ping(n=1),
+            route=KafkaEventRoute(topic=topic, key="user", partition=2, headers={"a": "b"}),
+            headers={"tenant": "acme"},
+        )
+        await emitter.emit(Ping(n=2), route=TopicRoute(topic=topic))
+    finally:
+        await raw.stop()
+    recs = sorted(await read(kafka_bootstrap, topic, 2), key=lambda r: r.value)
+    first = next(r for r in recs if b'"n":1' in r.value)
+    assert first.partition == 2
+    assert first.key == b"ann"
+    headers = dict(first.headers)
+    assert headers["a"] == b"b" and headers["tenant"] == b"acme"
+    assert headers["dispytch-event-type"] == b"ping"
+
+
+async def test_dynamic_topic(kafka_bootstrap: str, topic: str) -> None:
+    await create_topic(kafka_bootstrap, f"{topic}.ann", 1)
+    async with EventEmitter(KafkaProducer.from_url(f"kafka://{kafka_bootstrap}")) as em:
+        await em.emit(Ping(n=5), route=KafkaEventRoute(topic=topic + ".{user}"))
+    (rec,) = await read(kafka_bootstrap, f"{topic}.ann", 1)
+    assert b'"n":5' in rec.value
+
+
+async def test_send_batch_sends_all(kafka_bootstrap: str, topic: str) -> None:
+    await create_topic(kafka_bootstrap, topic, 2)
+    async with EventEmitter(KafkaProducer.from_url(f"kafka://{kafka_bootstrap}")) as em:
+        await em.producer.send_batch(
+            [em.build(Ping(n=i), route=KafkaEventRoute(topic=topic)) for i in range(300)]
+        )
+    assert len(await read(kafka_bootstrap, topic, 300)) == 300
+
+
+async def test_not_started_raw_producer_raises(kafka_bootstrap: str, topic: str) -> None:
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer = KafkaProducer(raw)
+    msg = OutgoingMessage(KafkaEventRoute(topic=topic), b"{}", {})
+    with pytest.raises(NotStartedError, match=r"await raw_producer.start\(\)"):
+        await producer.send(msg)
+    with pytest.raises(NotStartedError, match="was not started"):
+        await producer.send_batch([msg])
+    await raw.start()
+    await raw.stop()
+    with pytest.raises(NotStartedError, match="was stopped"):
+        await producer.send(msg)
+
+
+async def test_owned_producer_not_started_or_stopped_raises(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    await create_topic(kafka_bootstrap, topic, 1)
+    producer = KafkaProducer.from_url(f"kafka://{kafka_bootstrap}")
+    msg = OutgoingMessage(KafkaEventRoute(topic=topic), b"{}", {})
+    with pytest.raises(NotStartedError, match=r"Call `await emitter.start\(\)`"):
+        await producer.send(msg)
+    await producer.start()
+    await producer.send(msg)
+    await producer.stop()
+    with pytest.raises(NotStartedError, match="not started"):
+        await producer.send(msg)
+
+
+async def test_delivery_timeout_raises_and_reaches_on_timeout(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """A delivery timeout shorter than any round trip: deterministic without a slow broker."""
+    await create_topic(kafka_bootstrap, topic, 1)
+    producer = KafkaProducer.from_url(f"kafka://{kafka_bootstrap}", delivery_timeout=1e-9)
+    async with EventEmitter(producer) as em:
+        with pytest.raises(EmitTimeoutError, match="did not confirm"):
+            await em.emit(Ping(n=1), route=KafkaEventRoute(topic=topic))
+        timed_out: list[EventBase] = []
+        em.on_timeout(timed_out.append)
+        await em.emit(Ping(n=2), route=KafkaEventRoute(topic=topic))
+        assert [e.n for e in timed_out] == [2]  # type: ignore[attr-defined]
+
+
+async def test_unknown_partition_is_an_emit_error(kafka_bootstrap: str, topic: str) -> None:
+    await create_topic(kafka_bootstrap, topic, 1)
+    async with KafkaProducer.from_url(f"kafka://{kafka_bootstrap}") as producer:
+        with pytest.raises(EmitError, match="partition 5"):
+            await producer.send(
+                OutgoingMessage(KafkaEventRoute(topic=topic, partition=5), b"{}", {})
+            )
+
+
+async def test_route_without_topic_is_an_emit_error(kafka_bootstrap: str) -> None:
+    from dispytch.routes import EventRoute
+
+    async with KafkaProducer.from_url(f"kafka://{kafka_bootstrap}") as producer:
+        with pytest.raises(EmitError, match="publishes to topics"):
+            await producer.send(OutgoingMessage(EventRoute(), b"{}", {}))
