@@ -568,3 +568,31 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
         ConnectionError, match=r"Cannot connect to RabbitMQ at amqp://guest:\*\*\*@"
     ):
         await producer.start()
+
+
+async def test_dispytch_headers_travel_as_amqp_properties(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    """Other AMQP clients see content_type, message_id and type; Dispytch gets its
+    headers back. A foreign message's properties do not turn into Dispytch headers."""
+    q = await channel.declare_queue(names.queue("props"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    async with EventEmitter(RabbitMQProducer([channel.default_exchange])) as emitter, consumer:
+        sent = emitter.build(
+            UserEvent(user_id="a", value=1), route=RabbitMQEventRoute(routing_key=q.name)
+        )
+        await emitter.producer.send(sent)
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                b"{}", type="foreign.type", message_id="m-1", content_type="text/plain"
+            ),
+            routing_key=q.name,
+        )
+        ours, foreign = await collect(consumer, 2, ack=True)
+    props = ours.token.delivered.header.properties
+    assert props.message_type == "user_event"
+    assert props.message_id == sent.headers["dispytch-event-id"]
+    assert props.app_id == "dispytch"
+    assert ours.headers == sent.headers
+    assert "dispytch-event-type" not in props.headers
+    assert foreign.headers == {"dispytch-content-type": "text/plain"}

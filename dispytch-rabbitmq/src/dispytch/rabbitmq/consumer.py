@@ -21,14 +21,14 @@ from dispytch.rabbitmq._common import (
     redact,
     text_headers,
 )
-from dispytch.rabbitmq.producer import HEADER_KEY
+from dispytch.rabbitmq.producer import APP_ID, HEADER_KEY
 from dispytch.rabbitmq.routes import (
     DEFAULT_TOPIC_EXCHANGE,
     RabbitMQEventSubscription,
     RabbitMQExchange,
 )
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import HEADER_CONTENT_TYPE, Message
+from dispytch.transport import HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE, Message
 
 _STOP = object()
 _CANCEL_TIMEOUT = 5.0
@@ -477,7 +477,11 @@ def _message(token: _Token, ordered: bool) -> Message:
         k = raw[HEADER_KEY]
         key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
         del headers[HEADER_KEY]
-    if HEADER_CONTENT_TYPE not in headers and props.content_type:
+    if props.app_id == APP_ID:  # see RabbitMQProducer: these travel as properties
+        headers[HEADER_CONTENT_TYPE] = props.content_type  # type: ignore[assignment]
+        headers[HEADER_EVENT_ID] = props.message_id  # type: ignore[assignment]
+        headers[HEADER_EVENT_TYPE] = props.message_type  # type: ignore[assignment]
+    elif HEADER_CONTENT_TYPE not in headers and props.content_type:
         headers[HEADER_CONTENT_TYPE] = props.content_type
     count = raw.get("x-delivery-count") if raw else None
     redelivered = bool(delivery.redelivered)

@@ -20,11 +20,18 @@ from dispytch.rabbitmq._common import (
 )
 from dispytch.rabbitmq.routes import DEFAULT_TOPIC_EXCHANGE, RabbitMQEventRoute, RabbitMQExchange
 from dispytch.routes import EventRoute, TopicRoute
-from dispytch.transport import HEADER_CONTENT_TYPE, HEADER_EVENT_ID, OutgoingMessage
+from dispytch.transport import (
+    HEADER_CONTENT_TYPE,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    OutgoingMessage,
+)
 from pamqp.commands import Basic
 
 #: Header carrying ``OutgoingMessage.key`` (RabbitMQ has no partitioning key of its own).
 HEADER_KEY = "dispytch-key"
+#: ``app_id`` of messages whose Dispytch headers travel as AMQP properties.
+APP_ID = "dispytch"
 
 _PERSISTENT = 2
 _TRANSIENT = 1
@@ -244,6 +251,17 @@ class RabbitMQProducer:
         self, message: OutgoingMessage, route: RabbitMQEventRoute | None
     ) -> Basic.Properties:
         headers: dict[str, Any] = dict(message.headers)
+        content_type = headers.get(HEADER_CONTENT_TYPE)
+        event_id = headers.get(HEADER_EVENT_ID)
+        event_type = headers.get(HEADER_EVENT_TYPE)
+        app_id = None
+        if content_type is not None and event_id is not None and event_type is not None:
+            # Dispytch's own headers travel as the standard AMQP properties they are
+            # (content_type, message_id, type): other AMQP clients read them there, and
+            # the header table, which the client encodes and decodes in Python, shrinks.
+            # app_id marks the message so the consumer restores exactly these headers.
+            del headers[HEADER_CONTENT_TYPE], headers[HEADER_EVENT_ID], headers[HEADER_EVENT_TYPE]
+            app_id = APP_ID
         if message.key is not None:
             headers[HEADER_KEY] = bytearray(message.key)  # AMQP byte array: any bytes travel
         persistent = self.persistent
@@ -255,10 +273,12 @@ class RabbitMQProducer:
             if route.expiration_ms is not None:
                 expiration = str(route.expiration_ms)
         return Basic.Properties(
-            content_type=message.headers.get(HEADER_CONTENT_TYPE),
+            content_type=content_type,
             headers=headers,
             delivery_mode=_PERSISTENT if persistent else _TRANSIENT,
-            message_id=message.headers.get(HEADER_EVENT_ID),
+            message_id=event_id,
+            message_type=event_type,
+            app_id=app_id,
             priority=priority,
             expiration=expiration,
         )
