@@ -299,3 +299,26 @@ async def test_unknown_serializer_name_is_a_clear_error() -> None:
 
     with pytest.raises(PluginError, match="xml"):
         EventEmitter(MemoryProducer(), serializer="xml")
+
+
+class Owner(BaseModel):
+    id: int
+
+
+class Nested(EventBase):
+    __topic__ = "user.{owner.id}.{tags[0]}.{n:03d}"
+    owner: Owner
+    tags: list[str]
+    n: int
+
+
+class NestedBad(EventBase):
+    __topic__ = "user.{owner.name}.events"
+    owner: Owner
+
+
+async def test_dynamic_route_from_nested_fields_and_format_specs(kit: Kit) -> None:
+    msg = kit.emitter.build(Nested(owner=Owner(id=7), tags=["vip", "x"], n=5))
+    assert msg.route.topic == "user.7.vip.005"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"cannot fill .* from NestedBad: AttributeError"):
+        kit.emitter.build(NestedBad(owner=Owner(id=1)))

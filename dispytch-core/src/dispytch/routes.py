@@ -10,6 +10,7 @@ transport accepts them, which is what the older ``__topic__`` events and the
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dispytch.patterns import RoutePattern
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from dispytch.transport import Message
 
@@ -33,7 +34,8 @@ class EventRoute:
     """Base class of routes: where an event goes.
 
     Text fields may hold ``{field}`` placeholders filled from the event's fields when it
-    is emitted (``topic="user.{user_id}.events"``).
+    is emitted (``topic="user.{user_id}.events"``), attributes of nested models included
+    (``"user.{user.id}.events"``).
 
     Attributes:
         key: The partitioning key: the name of an event field, or a callable taking the
@@ -54,7 +56,15 @@ class EventRoute:
             value = getattr(self, f.name)
             if f.name in ("key", "headers") or not isinstance(value, str):
                 continue
-            names = tuple(n for _, n, _, _ in _formatter.parse(value) if n)
+            # "{user.id}" / "{tags[0]}" need the field "user" / "tags"; format_map does
+            # the attribute and item access.
+            names = tuple(
+                dict.fromkeys(
+                    re.split(r"[.\[]", n, maxsplit=1)[0]
+                    for _, n, _, _ in _formatter.parse(value)
+                    if n
+                )
+            )
             if names:
                 out.append((f.name, names))
         return tuple(out)
@@ -82,7 +92,14 @@ class EventRoute:
                     f"Route {self!r} needs the field {exc.name!r}, which "
                     f"{type(event).__name__} does not have. Add the field or fix the route."
                 ) from None
-            changes[name] = getattr(self, name).format_map(values)
+            template = getattr(self, name)
+            try:
+                changes[name] = template.format_map(values)
+            except (AttributeError, LookupError) as exc:
+                raise ValueError(
+                    f"Route {self!r}: cannot fill {template!r} from "
+                    f"{type(event).__name__}: {type(exc).__name__}: {exc}. Fix the route."
+                ) from None
         return dataclasses.replace(self, **changes)
 
     def key_for(self, event: Any) -> bytes | None:
