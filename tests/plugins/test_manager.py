@@ -559,3 +559,44 @@ def test_notify_supports_pluggy_wrappers(register):
     register(Plain(), name="plain")
     notify("dispytch_emitter_started", emitter="E")
     assert order == ["before", "plain", "after"]
+
+
+async def test_no_hook_is_called_per_message(register, monkeypatch):
+    class Observer:
+        @hookimpl
+        def dispytch_dispatcher_started(self, dispatcher):
+            pass
+
+    register(Observer(), name="observer")
+    url = "memory://plugins-per-message"
+    n = 50
+    handled: list[int] = []
+    done = asyncio.Event()
+    dispatcher = EventDispatcher.from_url(url, middlewares=[("retry", {"attempts": 2})])
+
+    @dispatcher.handler(TopicSubscription(topic="ping"), middlewares=["observe"])
+    async def on_ping(event: Event[Ping]):
+        handled.append(event.body.n)
+        if len(handled) == n:
+            done.set()
+
+    async with EventEmitter.from_url(url) as emitter, dispatcher:
+        await emitter.emit(Ping(n=-1))  # warm up: decoders are built on first use
+        pm = get_plugin_manager()
+        hook_calls: list[str] = []
+        collects: list[str] = []
+        undo = pm.add_hookcall_monitoring(
+            lambda name, impls, kwargs: hook_calls.append(name), lambda *args: None
+        )
+        real = manager._call_each
+        monkeypatch.setattr(
+            manager, "_call_each", lambda state, hook: collects.append(hook) or real(state, hook)
+        )
+        try:
+            for i in range(n - 1):
+                await emitter.emit(Ping(n=i))
+            await asyncio.wait_for(done.wait(), 5)
+        finally:
+            undo()
+    assert sorted(handled) == [-1, *range(n - 1)]
+    assert hook_calls == [] and collects == []
