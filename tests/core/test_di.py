@@ -197,7 +197,7 @@ async def test_nested_dependencies_and_per_event_cache(kit: Kit) -> None:
         async def handle(
             r: Annotated[str, Dependency(repo)],
             conn: Annotated[str, Dependency(db)],
-            cfg: dict[str, str] = Dependency(settings),  # type: ignore[assignment]  # the FastAPI idiom
+            cfg: dict[str, str] = Dependency(settings),  # the FastAPI idiom
         ) -> None:
             got.append((r, conn, cfg))
 
@@ -238,7 +238,7 @@ async def test_dependency_as_default_value(kit: Kit) -> None:
 
     def register(d: EventDispatcher) -> None:
         @d.handler(topic="user.{user_id}.created")
-        async def handle(x: str = Dependency(async_dep)) -> None:  # type: ignore[assignment]
+        async def handle(x: str = Dependency(async_dep)) -> None:
             got.append(x)
 
     await run_one(kit, register)
@@ -293,7 +293,7 @@ def _make_cycle() -> tuple[Any, Any]:
     def first(x: Any = None) -> str:
         return "a"
 
-    def second(y: str = Dependency(first)) -> str:  # type: ignore[assignment]
+    def second(y: str = Dependency(first)) -> str:
         return y
 
     # Close the loop: first now depends on second.
@@ -305,7 +305,7 @@ def test_cycle_is_reported_at_registration_naming_the_chain() -> None:
     first, _ = _make_cycle()
     router = Router()
 
-    async def handle(v: str = Dependency(first)) -> None: ...  # type: ignore[assignment]
+    async def handle(v: str = Dependency(first)) -> None: ...
 
     with pytest.raises(
         HandlerRegistrationError,
@@ -320,7 +320,7 @@ def test_self_dependency_is_a_cycle() -> None:
 
     me.__defaults__ = (Dependency(me),)
 
-    async def handle(v: str = Dependency(me)) -> None: ...  # type: ignore[assignment]
+    async def handle(v: str = Dependency(me)) -> None: ...
 
     with pytest.raises(HandlerRegistrationError, match="dependency cycle"):
         Router().handler(topic="t")(handle)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dispytch.middleware.base import HandlerContext
 
 
-class Dependency:
+class DependencyMarker:
     """Declare a dependency: ``Annotated[Service, Dependency(get_service)]``.
 
     Args:
@@ -54,6 +54,16 @@ class Dependency:
 
     def __repr__(self) -> str:
         return f"Dependency({getattr(self.func, '__qualname__', self.func)!r})"
+
+
+if TYPE_CHECKING:
+    # For type checkers ``Dependency(...)`` is ``Any``, like FastAPI's ``Depends``, so that
+    # ``svc: Service = Dependency(get_service)`` type-checks as a default value.
+    def Dependency(func: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802
+        """Declare a dependency (see :class:`DependencyMarker`)."""
+
+else:
+    Dependency = DependencyMarker
 
 
 # Parameter sources
@@ -186,14 +196,14 @@ class HandlerPlan:
     ) -> tuple[str, int, Any]:
         from dispytch.middleware.base import HandlerContext
 
-        dep: Dependency | None = None
+        dep: DependencyMarker | None = None
         base = annotation
         if get_origin(annotation) is Annotated:
             base, *extras = get_args(annotation)
             for extra in extras:
-                if isinstance(extra, Dependency):
+                if isinstance(extra, DependencyMarker):
                     dep = extra
-        if isinstance(param.default, Dependency):
+        if isinstance(param.default, DependencyMarker):
             dep = param.default
         if dep is not None:
             return (pname, _DEP, self._compile(dep.func, use_cache=dep.use_cache, stack=stack))
