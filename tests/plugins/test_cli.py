@@ -98,7 +98,8 @@ def test_plugins_json_is_scriptable(capsys, register):
     register(ListedPlugin(), name="listed-plugin")
     assert main(["plugins", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"plugins", "failures", "conflicts"}
+    assert set(report) == {"plugins", "failures", "conflicts", "selection"}
+    assert report["selection"] is None
     by_name = {p["name"]: p for p in report["plugins"]}
     assert by_name["builtin"]["distribution"] == "dispytch-core"
     assert by_name["builtin"]["version"] == __version__
@@ -480,3 +481,11 @@ async def test_run_stop_timeout_bounds_the_graceful_stop(tmp_path):
             await proc.wait()
     assert code == 0
     assert "still in flight" in err  # handed back to the broker, not lost
+
+
+def test_plugins_mentions_an_active_selection(capsys, monkeypatch):
+    monkeypatch.setenv("DISPYTCH_PLUGINS", "none")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("builtin: dispytch-core")
+    assert out.endswith("\nDISPYTCH_PLUGINS=none limits which entry points are loaded.\n")

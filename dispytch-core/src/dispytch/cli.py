@@ -66,6 +66,7 @@ def _plugins_report() -> dict[str, Any]:
             for f in load_failures()
         ],
         "conflicts": transport_problems(),
+        "selection": os.environ.get("DISPYTCH_PLUGINS") or None,
     }
 
 
@@ -97,6 +98,10 @@ def _print_plugins(report: dict[str, Any], out: TextIO) -> None:
         out.write("\nConflicts:\n")
         for c in report["conflicts"]:
             out.write(f"  {c}\n")
+    if report["selection"]:
+        out.write(
+            f"\nDISPYTCH_PLUGINS={report['selection']} limits which entry points are loaded.\n"
+        )
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
