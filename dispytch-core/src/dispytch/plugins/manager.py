@@ -58,6 +58,9 @@ KNOWN_SCHEMES: dict[str, str] = {
     "rediss+streams": "dispytch-redis",
 }
 
+#: Names people reach for that are not URL schemes, and the scheme they mean.
+SCHEME_ALIASES: dict[str, str] = {"rabbitmq": "amqp", "rabbit": "amqp", "mem": "memory"}
+
 #: Hooks that hand out records once (called through :func:`_collect`).
 REGISTRATION_HOOKS = ("dispytch_transports", "dispytch_serializers", "dispytch_middlewares")
 #: Hooks that report lifecycle events (called through :func:`notify`).
@@ -400,8 +403,11 @@ def transport_for_url(url: str) -> TransportSpec:
     """
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if not scheme:
+        head = url.split(":", 1)[0].lower() if ":" in url else ""
+        known = head in KNOWN_SCHEMES or head in _transport_table().by_scheme
+        example = f"{head}://..." if known else "scheme://..."
         raise TransportNotFoundError(
-            f"{url!r} has no scheme. Write it as scheme://..., e.g. 'memory://' or "
+            f"{url!r} has no scheme. Write it as {example}, e.g. 'memory://' or "
             "'kafka://localhost:9092'."
         )
     table = _transport_table()
@@ -418,16 +424,20 @@ def _not_found_message(scheme: str, installed: list[str]) -> str:
     first = f"No transport serves {scheme + '://'!r}."
     lines: list[str] = []
     dist = KNOWN_SCHEMES.get(scheme)
+    suggestion: str | None = None
     if dist is None:
-        close = difflib.get_close_matches(scheme, [*installed, *KNOWN_SCHEMES], n=1, cutoff=0.6)
-        if close:
-            first += f" Did you mean {close[0] + '://'!r}?"
-            if close[0] not in installed:
-                dist = KNOWN_SCHEMES[close[0]]
+        suggestion = SCHEME_ALIASES.get(scheme)
+        if suggestion is None:
+            close = difflib.get_close_matches(scheme, [*installed, *KNOWN_SCHEMES], n=1)
+            suggestion = close[0] if close else None
+        if suggestion is not None:
+            first += f" Did you mean {suggestion + '://'!r}?"
+            if suggestion not in installed:
+                dist = KNOWN_SCHEMES.get(suggestion)
     first += f" Installed: {', '.join(installed) or 'none'}."
     if dist is not None:
         lines.append(_install_hint(state, dist))
-    elif not first.count("Did you mean"):
+    elif suggestion is None:
         lines.append(
             "If a third-party plugin serves it, install that distribution and check "
             "`dispytch plugins`."
