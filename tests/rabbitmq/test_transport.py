@@ -596,3 +596,18 @@ async def test_dispytch_headers_travel_as_amqp_properties(
     assert ours.headers == sent.headers
     assert "dispytch-event-type" not in props.headers
     assert foreign.headers == {"dispytch-content-type": "text/plain"}
+
+
+async def test_a_plain_channel_closing_fails_listen_loudly(names: Names) -> None:
+    """Over a non-robust channel nothing resumes consuming: listen() says so."""
+    conn = await aio_pika.connect(AMQP_URL)
+    ch = await conn.channel()
+    q = await ch.declare_queue(names.queue("plain"), durable=True)
+    consumer = RabbitMQConsumer(q, prefetch_count=5)
+    await consumer.start()
+    listening = asyncio.ensure_future(anext(consumer.listen()))
+    await asyncio.sleep(0)
+    await conn.close()
+    with pytest.raises(ConnectionError, match="does not reconnect.*connect_robust"):
+        await asyncio.wait_for(listening, 10)
+    await consumer.close()

@@ -142,6 +142,7 @@ class RabbitMQConsumer:
         self._queues: list[AbstractQueue] = []
         self._consumer_tags: list[tuple[AbstractQueue, aiormq.abc.AbstractChannel, str]] = []
         self._watched: list[Any] = []
+        self._plain: list[Any] = []
         self._handoff: asyncio.Queue[Any] = asyncio.Queue()
         self._running = False
         self._stopping = False
@@ -219,6 +220,9 @@ class RabbitMQConsumer:
                 if callbacks is not None:
                     callbacks.add(self._on_reopen)
                     self._watched.append(ch)
+                else:  # a plain channel: nothing will resume it, so say so
+                    ch.close_callbacks.add(self._on_lost)
+                    self._plain.append(ch)
         except BaseException:
             await self._cancel_consumers()
             await self._close_owned()
@@ -316,6 +320,18 @@ class RabbitMQConsumer:
                 else:
                     log.info("Consuming %r again after a reconnection", q.name)
 
+    def _on_lost(self, channel: Any, exc: BaseException | None = None) -> None:
+        """A channel that does not reconnect closed: make ``listen()`` fail loudly."""
+        if self._stopping or not self._running:
+            return
+        self._handoff.put_nowait(
+            ConnectionError(
+                f"The RabbitMQ channel of this consumer closed ({exc}) and does not "
+                "reconnect, so nothing more will arrive. Open the connection with "
+                "aio_pika.connect_robust() (or build the consumer from a URL)."
+            )
+        )
+
     def _callback(self, queue_name: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         handoff = self._handoff
 
@@ -345,6 +361,8 @@ class RabbitMQConsumer:
             item = handoff.get_nowait() if handoff.qsize() else await handoff.get()
             if item is _STOP:
                 break
+            if isinstance(item, BaseException):
+                raise item
             if self._stopping:
                 await _settle(item, requeue=True)
                 break
@@ -397,7 +415,7 @@ class RabbitMQConsumer:
         handoff = self._handoff
         while handoff.qsize():
             item = handoff.get_nowait()
-            if item is not _STOP:
+            if isinstance(item, _Token):
                 await _settle(item, requeue=True)
         if self._stopping:
             handoff.put_nowait(_STOP)  # a later listen() must end too
@@ -413,6 +431,9 @@ class RabbitMQConsumer:
         for ch in self._watched:
             ch.reopen_callbacks.discard(self._on_reopen)
         self._watched = []
+        for ch in self._plain:
+            ch.close_callbacks.discard(self._on_lost)
+        self._plain = []
         await self._close_owned()
 
     async def _close_owned(self) -> None:
