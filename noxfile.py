@@ -146,7 +146,7 @@ def sample_plugin(session: nox.Session) -> None:
                 "tests/plugins/sample_plugin")
     session.install(*(str(p) for p in dist.glob("*.whl")), *TEST_DEPS)
     session.run("dispytch", "plugins")
-    _pytest(session, "tests/plugins/test_sample_installed.py")
+    _pytest(session, "tests/plugins")
 
 
 @nox.session

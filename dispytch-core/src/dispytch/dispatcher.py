@@ -324,13 +324,18 @@ class EventDispatcher:
             await self.consumer.stop()
         except Exception:
             log.exception("Consumer of %r failed to stop fetching", self.name)
-        if self._reader is not None:
+        reader = self._reader
+        if reader is not None and not reader.done():
             try:
-                await asyncio.wait_for(asyncio.shield(self._reader), max(0.0, t_end - loop.time()))
-            except (TimeoutError, asyncio.CancelledError):
-                self._reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._reader
+                await asyncio.wait_for(asyncio.shield(reader), max(0.0, t_end - loop.time()))
+            except TimeoutError:
+                await _cancel(reader)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not reader.done() or (me is not None and me.cancelling()):
+                    await _cancel(reader)
+                    raise  # the caller of stop() was cancelled: let it be
+                # else the reader itself was cancelled (a crash): carry on stopping
         pending_tasks = set(self._tasks)
         while pending_tasks:
             # Tasks finishing may start the next message of their lane: wait again.
@@ -585,6 +590,12 @@ class EventDispatcher:
                 "Could not settle a message on %r with the broker; it will be delivered again",
                 msg.route,
             )
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _serializer(content_type: str) -> Serializer:
