@@ -611,3 +611,28 @@ async def test_a_plain_channel_closing_fails_listen_loudly(names: Names) -> None
     with pytest.raises(ConnectionError, match="does not reconnect.*connect_robust"):
         await asyncio.wait_for(listening, 10)
     await consumer.close()
+
+
+async def test_stop_lets_sends_in_progress_be_confirmed(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    q_name = names.queue("drain")
+    ch = await amqp.channel()
+    await ch.declare_queue(q_name, durable=True)
+    await ch.close()
+    producer = RabbitMQProducer.from_url(AMQP_URL)
+    await producer.start()
+    batch = asyncio.create_task(
+        producer.send_batch([outgoing(RabbitMQEventRoute(routing_key=q_name))] * 50)
+    )
+
+    async def begun() -> None:
+        while producer._in_flight < 50:
+            await asyncio.sleep(0)  # one loop turn at a time: no confirm can be back yet
+
+    await asyncio.wait_for(begun(), 10)
+    await producer.stop()
+    await asyncio.wait_for(batch, 10)  # all confirmed, none failed
+    assert await ready_count(amqp, q_name) == 50
+    with pytest.raises(NotStartedError, match="not started"):
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q_name)))

@@ -129,6 +129,8 @@ class RabbitMQProducer:
         self._targets: dict[str, AbstractChannel] = {}
         self._lookups: dict[str, asyncio.Future[AbstractChannel]] = {}
         self._running = False
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQProducer:
@@ -180,11 +182,23 @@ class RabbitMQProducer:
         self._running = True
 
     async def stop(self) -> None:
-        """Stop accepting sends; close the connection when this producer owns it.
-
-        Sends in progress have returned or failed by then (each waits for its confirm).
+        """Stop accepting sends, let sends in progress get their confirms (at most
+        ``timeout``), then close the connection when this producer owns it.
         """
         self._running = False
+        if self._in_flight:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.timeout)
+            except TimeoutError:
+                log.warning(
+                    "Stopping the RabbitMQ producer with %d send(s) still unconfirmed after "
+                    "%gs; they fail.",
+                    self._in_flight,
+                    self.timeout,
+                )
+            finally:
+                self._drained = None
         self._lookups.clear()
         if self._connection is not None:
             conn, self._connection = self._connection, None
@@ -304,6 +318,7 @@ class RabbitMQProducer:
         exchange, routing_key, route = self._address(message.route)
         properties = self._properties(message, route)
         deadline = asyncio.get_running_loop().time() + self.timeout
+        self._in_flight += 1
         try:
             channel = self._targets.get(exchange)
             if channel is None:
@@ -318,6 +333,10 @@ class RabbitMQProducer:
                 f"{routing_key!r} within {self.timeout:g}s (is the broker reachable?). It may "
                 "or may not have been stored: emit it again if it must arrive."
             ) from None
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
 
     async def _publish(
         self,
