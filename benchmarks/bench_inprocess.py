@@ -26,10 +26,9 @@ from typing import Annotated, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_workload, run_baseline  # noqa: E402
-
-from dispytch import Dependency, Event, EventBase, EventDispatcher, EventEmitter  # noqa: E402
-from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryEventRoute, MemoryProducer  # noqa: E402
+from _common import load_workload, run_baseline
+from dispytch import Dependency, Event, EventBase, EventDispatcher, EventEmitter
+from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryEventRoute, MemoryProducer
 
 common = load_workload()
 Model = common.Event
@@ -69,9 +68,7 @@ async def dispytch_run(events: list[Any], max_in_flight: int) -> float:
     dispatcher = EventDispatcher(MemoryConsumer(broker), max_in_flight=max_in_flight)
 
     @dispatcher.handler(topic="bench.events")
-    async def handle(
-        event: Event[Model], svc: Annotated[Service, Dependency(get_service)]
-    ) -> None:
+    async def handle(event: Event[Model], svc: Annotated[Service, Dependency(get_service)]) -> None:
         svc.count += 1
         if svc.count >= n:
             done.set()
@@ -115,7 +112,9 @@ def main() -> None:
         "dispytch_msgs_s": round(statistics.median(ours)),
         "dispytch_sequential_msgs_s": round(statistics.median(ours_seq)),
     }
-    result["ratio_vs_floor"] = round(result["dispytch_msgs_s"] / result["floor_dump_validate_msgs_s"], 3)
+    result["ratio_vs_floor"] = round(
+        result["dispytch_msgs_s"] / result["floor_dump_validate_msgs_s"], 3
+    )
     result["ratio_sequential_vs_floor"] = round(
         result["dispytch_sequential_msgs_s"] / result["floor_dump_validate_msgs_s"], 3
     )

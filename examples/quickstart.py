@@ -15,8 +15,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from pydantic import BaseModel
-
 from dispytch import (
     DeadLetter,
     Dependency,
@@ -31,6 +29,7 @@ from dispytch import (
     TopicRoute,
     TopicSubscription,
 )
+from pydantic import BaseModel
 
 URL = "memory://quickstart"
 
@@ -108,8 +107,7 @@ async def on_registered(
     audit: Annotated[list[str], Dependency(audit_log)],
     ctx: HandlerContext,
 ) -> None:
-    print(f"handled user_registered for user {user_id}: {event.body.user.name} "
-          f"(try {ctx.attempt})")
+    print(f"handled user_registered for user {user_id}: {event.body.user.name} (try {ctx.attempt})")
     await mailer.send_welcome(event.body.user)
     audit.append(f"user {user_id} registered")
 
@@ -125,9 +123,11 @@ dead: list[Message] = []
 @users.handler(TopicSubscription(topic="user.dead-letters"))
 async def on_dead_letter(message: Message) -> None:
     dead.append(message)
-    print(f"  dead-letter <- {message.headers['dispytch-original-route']}: "
-          f"{message.headers['dispytch-error-type']}: "
-          f"{message.headers['dispytch-error-message']}")
+    print(
+        f"  dead-letter <- {message.headers['dispytch-original-route']}: "
+        f"{message.headers['dispytch-error-type']}: "
+        f"{message.headers['dispytch-error-message']}"
+    )
 
 
 async def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
 from dispytch.testing import MemoryHarness
 from dispytch.testing.conformance import TransportConformance
 

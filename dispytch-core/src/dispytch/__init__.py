@@ -12,11 +12,11 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)
 
-from dispytch._version import __version__  # noqa: E402
-from dispytch.di import Dependency  # noqa: E402
-from dispytch.dispatcher import AckPolicy, EventDispatcher  # noqa: E402
-from dispytch.emitter import EventEmitter  # noqa: E402
-from dispytch.errors import (  # noqa: E402
+from dispytch._version import __version__
+from dispytch.di import Dependency
+from dispytch.dispatcher import AckPolicy, EventDispatcher
+from dispytch.emitter import EventEmitter
+from dispytch.errors import (
     DispytchError,
     EmitError,
     EmitTimeoutError,
@@ -25,8 +25,8 @@ from dispytch.errors import (  # noqa: E402
     PluginError,
     TransportNotFoundError,
 )
-from dispytch.event import Event, EventBase  # noqa: E402
-from dispytch.middleware import (  # noqa: E402
+from dispytch.event import Event, EventBase
+from dispytch.middleware import (
     AsyncLock,
     DeadLetter,
     Filter,
@@ -37,9 +37,9 @@ from dispytch.middleware import (  # noqa: E402
     Retry,
     Timeout,
 )
-from dispytch.router import HandlerGroup, Router  # noqa: E402
-from dispytch.routes import EventRoute, EventSubscription, TopicRoute, TopicSubscription  # noqa: E402
-from dispytch.transport import Acknowledger, Consumer, Message, OutgoingMessage, Producer  # noqa: E402
+from dispytch.router import HandlerGroup, Router
+from dispytch.routes import EventRoute, EventSubscription, TopicRoute, TopicSubscription
+from dispytch.transport import Acknowledger, Consumer, Message, OutgoingMessage, Producer
 
 __all__ = [
     "AckPolicy",

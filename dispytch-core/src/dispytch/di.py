@@ -59,7 +59,7 @@ class DependencyMarker:
 if TYPE_CHECKING:
     # For type checkers ``Dependency(...)`` is ``Any``, like FastAPI's ``Depends``, so that
     # ``svc: Service = Dependency(get_service)`` type-checks as a default value.
-    def Dependency(func: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802
+    def Dependency(func: Callable[..., Any], *, use_cache: bool = True) -> Any:
         """Declare a dependency (see :class:`DependencyMarker`)."""
 
 else:

@@ -62,7 +62,7 @@ else:
         return loop.create_task(coro)
 
 
-class AckPolicy(str, enum.Enum):
+class AckPolicy(enum.StrEnum):
     """When a message is acknowledged.
 
     ``AFTER`` (default, at-least-once): once every handler finished, or the message was
@@ -145,9 +145,7 @@ class EventDispatcher:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1.")
         self.consumer = consumer
-        self.middlewares: tuple[Middleware, ...] = tuple(
-            resolve_middleware(m) for m in middlewares
-        )
+        self.middlewares: tuple[Middleware, ...] = tuple(resolve_middleware(m) for m in middlewares)
         self.max_in_flight = max_in_flight
         self.ack_policy = AckPolicy(ack_policy)
         self.stop_timeout = stop_timeout
@@ -344,7 +342,9 @@ class EventDispatcher:
                 log.warning(
                     "Dispatcher %r: %d message(s) still in flight after %.1fs; handing them "
                     "back to the broker for redelivery.",
-                    self.name, len(self._inflight), deadline,
+                    self.name,
+                    len(self._inflight),
+                    deadline,
                 )
                 self._abandoning = True  # cancelled work must not start what waits behind it
                 for t in still:
@@ -501,7 +501,9 @@ class EventDispatcher:
             self.stats["unknown_route"] += 1
             log.warning(
                 "No handler for route %r (%d bytes, headers %s); rejecting it.",
-                msg.route, len(msg.payload), dict(msg.headers),
+                msg.route,
+                len(msg.payload),
+                dict(msg.headers),
             )
             if policy is AckPolicy.AFTER:
                 await self._settle(msg, consumer.nack, requeue=False)
@@ -540,8 +542,13 @@ class EventDispatcher:
                 log.error(
                     "Handler %r failed for good on route %r (%d bytes, attempt %d, "
                     "delivery %d): %s: %s",
-                    spec.name, msg.route, len(msg.payload), ctx.attempt, msg.attempt,
-                    type(exc).__name__, exc,
+                    spec.name,
+                    msg.route,
+                    len(msg.payload),
+                    ctx.attempt,
+                    msg.attempt,
+                    type(exc).__name__,
+                    exc,
                     exc_info=exc,
                 )
             else:
@@ -575,7 +582,8 @@ class EventDispatcher:
             if ack is None or not ack.settled:
                 log.warning(
                     "Manual acknowledgement: a message on %r was neither acked nor nacked by "
-                    "its handlers; the broker will deliver it again.", msg.route,
+                    "its handlers; the broker will deliver it again.",
+                    msg.route,
                 )
             self._inflight.discard(msg)
         else:

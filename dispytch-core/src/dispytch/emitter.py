@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
@@ -85,8 +84,7 @@ class EventEmitter:
         from dispytch.plugins import transport_for_url
 
         spec = transport_for_url(url)
-        return cls(spec.producer_factory(url, **options), serializer=serializer,
-                   owns_producer=True)
+        return cls(spec.producer_factory(url, **options), serializer=serializer, owns_producer=True)
 
     async def start(self) -> None:
         """Start the producer."""
@@ -192,7 +190,7 @@ class EventEmitter:
         message = self.build(event, headers=headers, key=key, route=route)
         try:
             await self.producer.send(message)
-        except (EmitTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, EmitTimeoutError) as exc:
             await self._timed_out([event], exc)
 
     async def emit_batch(
@@ -209,7 +207,7 @@ class EventEmitter:
         messages = [self.build(e, headers=headers) for e in evs]
         try:
             await self.producer.send_batch(messages)
-        except (EmitTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, EmitTimeoutError) as exc:
             await self._timed_out(evs, exc)
 
     async def _timed_out(self, events: list[EventBase], exc: BaseException) -> None:

@@ -43,7 +43,7 @@ class TransportNotFoundError(PluginError):
     """No installed plugin serves a URL scheme."""
 
 
-class RequeueMessage(DispytchError):  # noqa: N818 - it is a signal, not a failure
+class RequeueMessage(DispytchError):
     """Raised by middleware to hand the message back to the broker for redelivery.
 
     The message is neither acknowledged nor rejected: the transport redelivers it (the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -131,10 +131,10 @@ class Event(Generic[T]):
         raw = self._message.headers.get("dispytch-timestamp")
         if raw:
             try:
-                return datetime.fromtimestamp(float(raw), tz=timezone.utc)
+                return datetime.fromtimestamp(float(raw), tz=UTC)
             except ValueError:
                 pass
-        return datetime.now(tz=timezone.utc)
+        return datetime.now(tz=UTC)
 
     def __repr__(self) -> str:
         return f"Event(route={self.route!r}, type={self.type!r}, body={self.body!r})"

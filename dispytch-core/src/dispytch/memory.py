@@ -82,7 +82,9 @@ class MemoryBroker:
                 for msg in self._parked.pop(topic):
                     group.queue.put_nowait(msg)
 
-    def publish(self, topic: str, payload: bytes, headers: dict[str, str], key: bytes | None) -> None:
+    def publish(
+        self, topic: str, payload: bytes, headers: dict[str, str], key: bytes | None
+    ) -> None:
         """Deliver one message to every group subscribed to ``topic``."""
         self.published += 1
         groups = self._route_cache.get(topic)
@@ -96,8 +98,13 @@ class MemoryBroker:
             return
         for grp in groups:
             grp.queue.put_nowait(
-                Message(payload, route=topic, headers=dict(headers), key=key,
-                        metadata={"group": grp.name})
+                Message(
+                    payload,
+                    route=topic,
+                    headers=dict(headers),
+                    key=key,
+                    metadata={"group": grp.name},
+                )
             )
 
     def pending(self, group: str) -> int:
@@ -143,8 +150,7 @@ class MemoryProducer:
                 "The memory producer is not started. Call `await emitter.start()` or use "
                 "`async with emitter:` before emitting."
             )
-        self.broker.publish(_topic_of(message.route), message.payload, message.headers,
-                            message.key)
+        self.broker.publish(_topic_of(message.route), message.payload, message.headers, message.key)
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         for m in messages:

@@ -46,9 +46,7 @@ class Router:
     """
 
     def __init__(self, *, middlewares: Sequence[MiddlewareLike] = ()) -> None:
-        self.middlewares: tuple[Middleware, ...] = tuple(
-            resolve_middleware(m) for m in middlewares
-        )
+        self.middlewares: tuple[Middleware, ...] = tuple(resolve_middleware(m) for m in middlewares)
         self.handlers: list[HandlerSpec] = []
         self.routers: list[Router] = []
 

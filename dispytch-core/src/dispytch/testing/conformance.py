@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -76,7 +76,7 @@ def placed(i: int, user: str = "ann") -> Placed:
         amount=12.5 + i,
         address=Address(street=f"{i} Main St", city="Springfield"),
         tags=["web", f"t{i % 3}"],
-        at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 
@@ -189,8 +189,10 @@ class TransportConformance:
 
         async with self.running(harness, name, register), self.emitter(harness) as em:
             await em.emit(
-                placed(1), route=harness.route(name),
-                headers={"tenant": "acme", "trace.id": "abc-123"}, key="user-7",
+                placed(1),
+                route=harness.route(name),
+                headers={"tenant": "acme", "trace.id": "abc-123"},
+                key="user-7",
             )
             await eventually(lambda: bool(got), self.timeout, "event handled")
         msg = got[0]
@@ -226,9 +228,7 @@ class TransportConformance:
         assert sorted(placed_ids) == [1, 3]
         assert cancelled_ids == [2]
 
-    async def test_invalid_payload_does_not_stop_the_loop(
-        self, harness: TransportHarness
-    ) -> None:
+    async def test_invalid_payload_does_not_stop_the_loop(self, harness: TransportHarness) -> None:
         name = harness.unique_name()
         got: list[int] = []
         dlq_seen: list[Message] = []
@@ -247,7 +247,8 @@ class TransportConformance:
                 await em.emit(placed(7), route=route)
                 await eventually(lambda: 7 in got, self.timeout, "valid event after bad one")
                 await eventually(
-                    lambda: dispatcher.stats["invalid_payload"] >= 1, self.timeout,
+                    lambda: dispatcher.stats["invalid_payload"] >= 1,
+                    self.timeout,
                     "invalid payload counted",
                 )
             assert dispatcher.running
@@ -286,10 +287,12 @@ class TransportConformance:
                 if len(attempts) < 3:
                     raise ConnectionError("flaky")
 
-        async with self.running(harness, name, register) as dispatcher:
-            async with self.emitter(harness) as em:
-                await em.emit(placed(1), route=harness.route(name))
-                await eventually(lambda: dispatcher.stats["handled"] >= 1, self.timeout, "handled")
+        async with (
+            self.running(harness, name, register) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            await em.emit(placed(1), route=harness.route(name))
+            await eventually(lambda: dispatcher.stats["handled"] >= 1, self.timeout, "handled")
         assert len(attempts) == 3
 
     async def test_redelivery_of_unacknowledged(self, harness: TransportHarness) -> None:
@@ -305,13 +308,13 @@ class TransportConformance:
                 if len(deliveries) == 1:
                     raise RequeueMessage("not yet")
 
-        async with self.running(harness, name, register):
-            async with self.emitter(harness) as em:
-                await em.emit(placed(1), route=harness.route(name))
-                await eventually(
-                    lambda: len(deliveries) >= 2, harness.redelivery_timeout + self.timeout,
-                    "redelivery",
-                )
+        async with self.running(harness, name, register), self.emitter(harness) as em:
+            await em.emit(placed(1), route=harness.route(name))
+            await eventually(
+                lambda: len(deliveries) >= 2,
+                harness.redelivery_timeout + self.timeout,
+                "redelivery",
+            )
         assert len(deliveries) >= 2
 
     async def test_unsettled_work_goes_to_the_next_consumer(
@@ -349,13 +352,12 @@ class TransportConformance:
             await first.stop(timeout=0.2)
         async with self.running(harness, name, finish, group=group):
             await eventually(
-                lambda: 9 in second, harness.redelivery_timeout + self.timeout,
+                lambda: 9 in second,
+                harness.redelivery_timeout + self.timeout,
                 "redelivery to the next consumer",
             )
 
-    async def test_graceful_stop_finishes_in_flight_work(
-        self, harness: TransportHarness
-    ) -> None:
+    async def test_graceful_stop_finishes_in_flight_work(self, harness: TransportHarness) -> None:
         name = harness.unique_name()
         group = f"g-{uuid.uuid4().hex[:8]}"
         started = asyncio.Event()
@@ -386,9 +388,7 @@ class TransportConformance:
                 async def on_placed(event: Event[Placed]) -> None:
                     later.append(event.body.order_id)
 
-            async with self.running(harness, name, again, group=group), self.emitter(
-                harness
-            ) as em:
+            async with self.running(harness, name, again, group=group), self.emitter(harness) as em:
                 await em.emit(placed(6), route=harness.route(name))
                 await eventually(lambda: 6 in later, self.timeout, "next event")
             assert later == [6]
@@ -416,9 +416,10 @@ class TransportConformance:
                 async def on_dead(message: Message) -> None:
                     dead.append(message)
 
-            async with self.running(harness, dlq_name, watch), self.running(
-                harness, name, register
-            ) as dispatcher:
+            async with (
+                self.running(harness, dlq_name, watch),
+                self.running(harness, name, register) as dispatcher,
+            ):
                 original = em.build(placed(4), route=harness.route(name))
                 await em.producer.send(original)
                 await eventually(lambda: bool(dead), self.timeout, "dead-lettered copy")
@@ -451,7 +452,8 @@ class TransportConformance:
             async with self.emitter(harness) as em:
                 await em.emit(placed(1), route=harness.route(name))
                 await eventually(
-                    lambda: len(seen) >= 2, harness.redelivery_timeout + self.timeout,
+                    lambda: len(seen) >= 2,
+                    harness.redelivery_timeout + self.timeout,
                     "the original delivered again",
                 )
             assert dispatcher.stats["dead_lettered"] == 0
@@ -468,11 +470,11 @@ class TransportConformance:
             async def on_placed(event: Event[Placed], user_id: int) -> None:
                 got.append((user_id, event.body.order_id))
 
-        async with self.running(
-            harness, f"{name}.42", register, subscription_name=f"{name}.{{user_id}}"
-        ), self.emitter(harness) as em:
+        async with (
+            self.running(harness, f"{name}.42", register, subscription_name=f"{name}.{{user_id}}"),
+            self.emitter(harness) as em,
+        ):
             await harness.prepare(f"{name}.42", group="unused")
             await em.emit(placed(1), route=harness.route(f"{name}.42"))
             await eventually(lambda: bool(got), self.timeout, "pattern-routed event")
         assert got == [(42, 1)]
-
