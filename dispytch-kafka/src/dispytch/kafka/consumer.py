@@ -200,6 +200,7 @@ class KafkaConsumer:
         self._closed = False
         self._stop_future: asyncio.Future[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._last_commit = 0.0
         self._dirty = False
         self._options: dict[str, Any] = {}
@@ -429,6 +430,9 @@ class KafkaConsumer:
             return
         await self.stop()
         self._closed = True
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         task = self._commit_task
         if task is not None and not task.done():
             with contextlib.suppress(Exception):
@@ -533,15 +537,14 @@ class KafkaConsumer:
                         lane=lane,
                         token=delivery,
                     )
-            self._maybe_commit()
 
     # -- settling --------------------------------------------------------------------
     async def ack(self, message: Message) -> None:
         """The record was handled (or filtered, or dead-lettered): it may be committed."""
         delivery: Delivery = message.token
-        if delivery.partition.finish(delivery):
+        if delivery.partition.finish(delivery) and not self._dirty:
             self._dirty = True
-            self._maybe_commit()
+            self._schedule_commit()
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         """Hand the record back (``requeue=True``) or give up on it (``requeue=False``).
@@ -554,9 +557,9 @@ class KafkaConsumer:
         delivery: Delivery = message.token
         st = delivery.partition
         if not requeue:
-            if st.finish(delivery):
+            if st.finish(delivery) and not self._dirty:
                 self._dirty = True
-                self._maybe_commit()
+                self._schedule_commit()
             return
         if st.rewind(delivery) and self.raw is not None and self._running:
             try:
@@ -565,18 +568,34 @@ class KafkaConsumer:
                 pass  # no longer ours: the new owner starts from the committed offset
 
     # -- committing ------------------------------------------------------------------
-    def _maybe_commit(self) -> None:
-        if not self._dirty or self.raw is None:
+    def _schedule_commit(self) -> None:
+        """Commit what became due within ``commit_interval`` (one timer, not per ack)."""
+        if self._commit_timer is not None or self._closed or self.raw is None:
             return
         task = self._commit_task
         if task is not None and not task.done():
-            return
+            return  # its done-callback reschedules
         loop = asyncio.get_running_loop()
-        if loop.time() - self._last_commit < self.commit_interval:
+        delay = max(0.0, self._last_commit + self.commit_interval - loop.time())
+        self._commit_timer = loop.call_later(delay, self._start_commit)
+
+    def _start_commit(self) -> None:
+        self._commit_timer = None
+        if not self._dirty or self._closed or self.raw is None:
             return
         self._dirty = False
+        loop = asyncio.get_running_loop()
         self._last_commit = loop.time()
-        self._commit_task = loop.create_task(self._commit(list(self._states.values())))
+        task = loop.create_task(self._commit(list(self._states.values())))
+        task.add_done_callback(self._commit_done)
+        self._commit_task = task
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("Kafka commit failed: %r", task.exception())
+            self._dirty = True
+        if self._dirty:
+            self._schedule_commit()
 
     async def _commit(self, states: list[PartitionOffsets]) -> None:
         raw = self.raw

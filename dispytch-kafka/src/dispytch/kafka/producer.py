@@ -226,10 +226,16 @@ class KafkaProducer:
             ) from exc
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Queue every message without waiting for each, then wait for all confirmations.
+        """Publish many messages without waiting for each, then wait for all confirmations.
 
-        aiokafka batches the queued records per partition, so this is the fast path for
-        many events. Every message is attempted; the first failure is raised afterwards.
+        The records are packed straight into full per-partition record batches (aiokafka's
+        ``create_batch``/``send_batch``), one delivery future per batch instead of one per
+        record: fewer produce requests, and far less per-record overhead than ``send()``
+        in a loop. Keyed records go to the partition the producer's partitioner picks
+        (the same one :meth:`send` would use, so per-key order holds across both); records
+        without key or partition stick to one partition per topic within a call, as
+        Kafka's sticky partitioner does. Every message is attempted; the first failure is
+        raised afterwards.
 
         Raises:
             NotStartedError: The client is not running (nothing was sent).
@@ -239,31 +245,112 @@ class KafkaProducer:
         raw = self._check_running()
         if not messages:
             return
-        first_error: BaseException | None = None
-        futures: list[tuple[asyncio.Future[Any], OutgoingMessage]] = []
         try:
             async with asyncio.timeout(self.delivery_timeout):
-                for message in messages:
-                    try:
-                        futures.append((await self._enqueue(raw, message), message))
-                    except EmitError as exc:
-                        first_error = first_error or exc
-                for fut, message in futures:
-                    try:
-                        await self._settle(fut, message)
-                    except EmitError as exc:
-                        first_error = first_error or exc
-        except TimeoutError as exc:
-            if isinstance(exc, EmitTimeoutError):
-                raise
+                first_error = await self._send_packed(raw, messages)
+        except TimeoutError:
             raise EmitTimeoutError(
                 f"Kafka did not confirm a batch of {len(messages)} events within "
                 f"{self.delivery_timeout} s."
             ) from None
         if first_error is not None:
-            failed = sum(1 for f, _ in futures if f.done() and f.exception() is not None)
-            log.warning("%d of %d Kafka deliveries failed", failed, len(messages))
             raise first_error
+
+    async def _send_packed(
+        self, raw: AIOKafkaProducer, messages: Sequence[OutgoingMessage]
+    ) -> BaseException | None:
+        first_error: BaseException | None = None
+        known: set[str] = set()
+        sticky: dict[str, int] = {}
+        open_batches: dict[tuple[str, int], Any] = {}
+        full: list[tuple[Any, str, int, int]] = []
+        counts: dict[tuple[str, int], int] = {}
+        singles: list[OutgoingMessage] = []
+        for message in messages:
+            try:
+                topic, partition = _address(message.route)
+                if topic not in known:
+                    await self._metadata(raw, topic)
+                    known.add(topic)
+                key = message.key
+                if partition is None:
+                    if key is None:
+                        partition = sticky.get(topic)
+                        if partition is None:
+                            partition = sticky[topic] = raw._partition(
+                                topic, None, None, None, None, None
+                            )
+                    else:
+                        partition = raw._partition(topic, None, key, None, key, None)
+            except EmitError as exc:
+                first_error = first_error or exc
+                continue
+            headers = _headers(message) if message.headers else None
+            slot = (topic, partition)
+            batch = open_batches.get(slot)
+            if batch is None:
+                batch = open_batches[slot] = raw.create_batch()
+                counts[slot] = 0
+            if batch.append(timestamp=None, key=key, value=message.payload, headers=headers):
+                counts[slot] += 1
+                continue
+            # The batch is full: queue it and start another.
+            if counts[slot]:
+                full.append((batch, topic, partition, counts[slot]))
+            batch = open_batches[slot] = raw.create_batch()
+            counts[slot] = 0
+            if batch.append(timestamp=None, key=key, value=message.payload, headers=headers):
+                counts[slot] += 1
+            else:
+                singles.append(message)  # larger than a batch: send() reports why
+        for slot, batch in open_batches.items():
+            if counts[slot]:
+                full.append((batch, slot[0], slot[1], counts[slot]))
+        futures: list[tuple[asyncio.Future[Any], str, int]] = []
+        for batch, topic, partition, count in full:
+            try:
+                fut = await raw.send_batch(batch, topic, partition=partition)
+            except (KafkaError, AssertionError) as exc:
+                first_error = first_error or EmitError(
+                    f"Kafka refused {count} events for {topic!r} partition {partition}: {exc!r}"
+                )
+                continue
+            futures.append((fut, topic, count))
+        single_futures = []
+        for message in singles:
+            try:
+                single_futures.append((await self._enqueue(raw, message), message))
+            except EmitError as exc:
+                first_error = first_error or exc
+        for fut, topic, count in futures:
+            try:
+                await fut
+            except _TIMEOUTS as exc:
+                first_error = first_error or EmitTimeoutError(
+                    f"Kafka did not confirm {count} events for {topic!r} in time ({exc!r})."
+                )
+            except KafkaError as exc:
+                first_error = first_error or EmitError(
+                    f"Kafka failed to store {count} events for {topic!r}: {exc!r}"
+                )
+        for fut, message in single_futures:
+            try:
+                await self._settle(fut, message)
+            except EmitError as exc:
+                first_error = first_error or exc
+        return first_error
+
+    @staticmethod
+    async def _metadata(raw: AIOKafkaProducer, topic: str) -> None:
+        try:
+            await raw.partitions_for(topic)
+        except _TIMEOUTS as exc:
+            raise EmitTimeoutError(
+                f"Kafka has no metadata for topic {topic!r} ({exc}). Check that the topic "
+                "exists (or auto-creation is on) and the broker is reachable."
+            ) from exc
+        except KafkaError as exc:
+            raise EmitError(f"Kafka refused topic {topic!r}: {exc!r}") from exc
 
     def __repr__(self) -> str:
         owner = "owned" if self._owned else "wrapped"
