@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,7 +26,7 @@ from dispytch.transport import Message, OutgoingMessage
 
 
 class _Group:
-    __slots__ = ("broker", "name", "patterns", "queue", "unacked")
+    __slots__ = ("broker", "metadata", "name", "patterns", "queue", "unacked")
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.broker = broker
@@ -33,6 +34,7 @@ class _Group:
         self.patterns: set[RoutePattern] = set()
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.unacked: dict[int, tuple[Message, MemoryConsumer]] = {}
+        self.metadata: Mapping[str, Any] = MappingProxyType({"group": name})
 
     def matches(self, topic: str) -> bool:
         return any(p.match(topic) is not None for p in self.patterns)
@@ -103,7 +105,7 @@ class MemoryBroker:
                     route=topic,
                     headers=dict(headers),
                     key=key,
-                    metadata={"group": grp.name},
+                    metadata=grp.metadata,
                 )
             )
 

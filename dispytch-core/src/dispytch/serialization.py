@@ -43,7 +43,8 @@ class JsonSerializer:
 
     def decoder(self, target: type[T]) -> Callable[[bytes], T]:
         if isinstance(target, type) and issubclass(target, BaseModel):
-            return target.model_validate_json
+            # The model's own core validator: model_validate_json without its Python wrapper.
+            return target.__pydantic_validator__.validate_json
         return TypeAdapter(target).validate_json
 
 
