@@ -226,3 +226,50 @@ async def test_broker_restart_loses_no_confirmed_message(names: Names, restartab
     assert len(confirmed) >= n - len(failed)
     assert confirmed <= set(seen)  # every confirmed message was handled
     assert -1 not in seen
+
+
+async def close_connection_named(name: str) -> None:
+    """Have the broker drop one connection (ours, found by its connection_name)."""
+    assert RABBITMQCTL is not None
+    proc = await asyncio.create_subprocess_exec(
+        RABBITMQCTL, "list_connections", "pid", "client_properties", "-q",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    pids = [line.split("\t")[0] for line in out.decode().splitlines() if name in line]
+    assert pids, f"no connection named {name!r}"
+    for pid in pids:
+        await rabbitmqctl("close_connection", pid, "dispytch test: dropped connection")
+
+
+async def test_dropped_connections_mid_stream_are_survived(names: Names) -> None:
+    """The broker drops the consumer's and the producer's connections mid-run: consuming
+    resumes, publishing waits for the reconnection, every confirmed message is handled."""
+    if RABBITMQCTL is None:
+        pytest.skip("rabbitmqctl is not installed here")
+    n = 200
+    queue = names.queue("drop")
+    await declare(queue)
+    tag = queue.rsplit(".", 1)[-1]
+    seen: Counter[int] = Counter()
+    consumer = RabbitMQConsumer.from_url(
+        f"{FAST_URL}&name=dispytch-consumer-{tag}", queue=queue, prefetch_count=20
+    )
+    dispatcher = EventDispatcher(consumer)
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=queue))
+    async def on_item(event: Event[Item]) -> None:
+        seen[event.body.i] += 1
+
+    producer = RabbitMQProducer.from_url(f"{FAST_URL}&name=dispytch-producer-{tag}", timeout=60)
+    route = RabbitMQEventRoute(routing_key=queue)
+    async with dispatcher, EventEmitter(producer) as emitter:
+        for i in range(n // 2):
+            await emitter.emit(Item(i=i), route=route)
+        await wait_until(lambda: len(seen) >= n // 4, timeout=30)
+        await close_connection_named(f"dispytch-consumer-{tag}")
+        await close_connection_named(f"dispytch-producer-{tag}")
+        for i in range(n // 2, n):
+            await emitter.emit(Item(i=i), route=route)  # waits for the reconnection
+        await wait_until(lambda: set(seen) == set(range(n)), timeout=60)
+    assert set(seen) == set(range(n))

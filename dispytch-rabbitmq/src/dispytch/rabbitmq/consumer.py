@@ -85,8 +85,9 @@ class RabbitMQConsumer:
         url: Instead of queues: ``amqp://user:pass@host:port/vhost`` or ``amqps://``.
         queue: With ``url``: the queue for subscriptions that name none (the consumer
             group: consumers on one queue share its messages).
-        prefetch_count: Unacknowledged deliveries in flight per channel (URL default 100;
-            over your queues, set on their channels only when given).
+        prefetch_count: Unacknowledged deliveries in flight per queue consumed (RabbitMQ
+            applies ``basic.qos`` per consumer). URL default 100; over your queues it is
+            set on their channels only when given.
         declare: With ``url``: exchanges to declare at start.
         queue_arguments: With ``url``: arguments for the queues it declares
             (``{"x-dead-letter-exchange": "dlx", "x-queue-type": "quorum"}``).

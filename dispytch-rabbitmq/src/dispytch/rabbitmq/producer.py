@@ -252,7 +252,14 @@ class RabbitMQProducer:
 
     async def _lookup(self, exchange: str) -> AbstractChannel:
         assert self._connection is not None and self._channel is not None
-        if not await exchange_exists(self._connection, exchange):
+        try:
+            exists = await exchange_exists(self._connection, exchange)
+        except CONNECTION_ERRORS as exc:
+            raise EmitError(
+                f"Could not check that the exchange {exchange!r} exists: the connection to "
+                f"RabbitMQ was lost ({exc}). Nothing was published; emit again."
+            ) from exc
+        if not exists:
             raise EmitError(
                 f"The exchange {exchange!r} does not exist on {redact(self._url or '')}. "
                 "Declare it (RabbitMQProducer.from_url(url, declare=[RabbitMQExchange("
