@@ -636,3 +636,23 @@ async def test_stop_lets_sends_in_progress_be_confirmed(
     assert await ready_count(amqp, q_name) == 50
     with pytest.raises(NotStartedError, match="not started"):
         await producer.send(outgoing(RabbitMQEventRoute(routing_key=q_name)))
+
+
+async def test_from_url_everywhere(names: Names) -> None:
+    """EventEmitter.from_url / EventDispatcher.from_url find the plugin by scheme."""
+    q_name = names.queue("fromurl")
+    got: list[int] = []
+    dispatcher = EventDispatcher.from_url(f"{AMQP_URL}?queue={q_name}&prefetch_count=5")
+
+    @dispatcher.handler(topic=f"{q_name}.events")
+    async def on_event(event: Event[UserEvent]) -> None:
+        got.append(event.body.value)
+
+    async with dispatcher, EventEmitter.from_url(AMQP_URL) as emitter:
+        await emitter.emit(
+            UserEvent(user_id="a", value=5), route=TopicRoute(topic=f"{q_name}.events")
+        )
+        await wait_until(lambda: got == [5])
+    assert isinstance(dispatcher.consumer, RabbitMQConsumer)
+    assert dispatcher.consumer.prefetch_count == 5
+    assert isinstance(emitter.producer, RabbitMQProducer)
