@@ -656,3 +656,13 @@ async def test_from_url_everywhere(names: Names) -> None:
     assert isinstance(dispatcher.consumer, RabbitMQConsumer)
     assert dispatcher.consumer.prefetch_count == 5
     assert isinstance(emitter.producer, RabbitMQProducer)
+
+
+async def test_unbounded_user_channel_is_warned_about(
+    channel: aio_pika.abc.AbstractChannel, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = await channel.declare_queue(names.queue("noqos"), durable=True)
+    async with RabbitMQConsumer(q):
+        pass
+    assert "no prefetch limit" in caplog.text
+    assert "prefetch_count=100" in caplog.text

@@ -231,12 +231,20 @@ class RabbitMQConsumer:
         self._running = True
 
     async def _start_over_queues(self) -> None:
-        if self.prefetch_count is not None:
-            seen: set[int] = set()
-            for q in self._user_queues:
-                if id(q.channel) not in seen:
-                    seen.add(id(q.channel))
-                    await q.channel.set_qos(prefetch_count=self.prefetch_count)
+        seen: set[int] = set()
+        for q in self._user_queues:
+            if id(q.channel) in seen:
+                continue
+            seen.add(id(q.channel))
+            if self.prefetch_count is not None:
+                await q.channel.set_qos(prefetch_count=self.prefetch_count)
+            elif getattr(q.channel, "_prefetch_count", None) == 0:  # robust channels know
+                log.warning(
+                    "The channel of queue %r has no prefetch limit: RabbitMQ will push the "
+                    "whole queue into memory. Pass RabbitMQConsumer(..., prefetch_count=100) "
+                    "or call channel.set_qos(prefetch_count=...).",
+                    q.name,
+                )
         self._queues = list(self._user_queues)
 
     async def _start_from_url(self) -> None:
