@@ -212,10 +212,35 @@ async def test_no_receivers_is_counted_and_logged(
         await producer.stop()
     assert receivers == 0
     assert producer.last_receivers == 0
-    assert any(
-        r.levelno == logging.WARNING and "no client is subscribed" in r.getMessage()
-        for r in caplog.records
-    )
+    assert producer.unheard == 1
+    warnings = [r for r in caplog.records if "no client is subscribed" in r.getMessage()]
+    assert [r.levelno for r in warnings] == [logging.WARNING]
+
+
+async def test_no_receivers_warnings_are_rate_limited_per_channel(
+    client: aredis.Redis, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispytch.redis import producer as producer_module
+
+    producer = RedisProducer(client)
+    await producer.start()
+    quiet, other = names.channel(), names.channel()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dispytch.redis"):
+            await producer.send_batch([outgoing(RedisEventRoute(channel=quiet))] * 5)
+            await producer.send(outgoing(RedisEventRoute(channel=other)))
+            producer._warned[quiet] = (
+                producer._warned[quiet][0] - producer_module.WARN_INTERVAL,
+                producer._warned[quiet][1],
+            )
+            await producer.send(outgoing(RedisEventRoute(channel=quiet)))
+    finally:
+        await producer.stop()
+    assert producer.unheard == 7
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert quiet in messages[0] and other in messages[1]
+    assert "(4 more since the last warning)" in messages[2]
 
 
 async def test_no_receivers_warning_can_be_silenced_and_hooked(

@@ -107,3 +107,69 @@ def test_split_url_errors() -> None:
         split_url("kafka://h:9092", {}, {})
     with pytest.raises(ValueError, match=r"Bad value 'many' for \?max_deliveries="):
         split_url("redis://h?max_deliveries=many", {}, {"max_deliveries": int})
+
+
+# ---------------------------------------------------------------------- RESP fast paths
+def _frames(data: bytes) -> tuple[list[list[object]], int]:
+    from dispytch.redis._resp import parse_frames
+
+    got: list[list[object]] = []
+    consumed = parse_frames(bytearray(data), got.append)
+    return got, consumed
+
+
+def test_parse_frames_resp2_and_resp3() -> None:
+    message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    push = b">4\r\n$8\r\npmessage\r\n$3\r\nch*\r\n$2\r\nch\r\n$0\r\n\r\n"
+    confirm = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    got, consumed = _frames(message + push + confirm)
+    assert consumed == len(message + push + confirm)
+    assert got == [
+        [b"message", b"ch", b"hello"],
+        [b"pmessage", b"ch*", b"ch", b""],
+        [b"subscribe", b"ch", 1],
+    ]
+
+
+def test_parse_frames_keeps_partial_frames_for_later() -> None:
+    data = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhel\r\n\r\n" * 2
+    data = data.replace(b"$5\r\nhel\r\n\r\n", b"$5\r\nhe\r\nl\r\n")  # CRLF inside payload
+    whole, consumed = _frames(data)
+    assert consumed == len(data)
+    assert [f[2] for f in whole] == [b"he\r\nl", b"he\r\nl"]
+    for cut in range(len(data)):
+        got, consumed = _frames(data[:cut])
+        assert consumed in (0, len(data) // 2)
+        assert len(got) == (1 if consumed else 0)
+
+
+def test_parse_frames_rejects_what_it_does_not_know() -> None:
+    from dispytch.redis._resp import RespError
+
+    with pytest.raises(RespError, match="expected an array"):
+        _frames(b"+OK\r\n")
+    with pytest.raises(RespError, match="unexpected element"):
+        _frames(b"*1\r\n*1\r\n:1\r\n")
+
+
+def test_parse_replies() -> None:
+    from dispytch.redis._resp import ErrorReply, RespError, parse_replies
+
+    data = b":3\r\n$15\r\n1700000000000-0\r\n-WRONGTYPE bad key\r\n$-1\r\n+OK\r\n:7"
+    out: list[object] = []
+    consumed = parse_replies(bytearray(data), out, 10)
+    assert out == [3, b"1700000000000-0", "WRONGTYPE bad key", None, b"OK"]
+    assert isinstance(out[2], ErrorReply)
+    assert consumed == len(data) - 2  # the incomplete ":7" waits for its CRLF
+    out = []
+    assert parse_replies(bytearray(b":1\r\n:2\r\n"), out, 1) == 4
+    assert out == [1]
+    with pytest.raises(RespError, match="unexpected reply"):
+        parse_replies(bytearray(b"*1\r\n:1\r\n"), [], 1)
+
+
+def test_command_encoding() -> None:
+    from dispytch.redis._resp import bulk, command
+
+    assert bulk(b"ab") == b"$2\r\nab\r\n"
+    assert command(b"PUBLISH", b"ch", b"") == b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$0\r\n\r\n"

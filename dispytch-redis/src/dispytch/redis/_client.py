@@ -49,7 +49,7 @@ def check_client_options(client: aredis.Redis, owner: str) -> None:
     """Refuse client options the transport cannot work with.
 
     Raises:
-        ValueError: For ``decode_responses=True`` (payloads are bytes) or RESP3.
+        ValueError: For ``decode_responses=True`` (payloads are bytes).
     """
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("decode_responses"):
@@ -57,11 +57,6 @@ def check_client_options(client: aredis.Redis, owner: str) -> None:
             f"{owner} reads raw bytes, but this Redis client was created with "
             "decode_responses=True. Create the client with decode_responses=False (the "
             "default)."
-        )
-    if str(kwargs.get("protocol", 2)) == "3":
-        raise ValueError(
-            f"{owner} speaks RESP2, but this Redis client was created with protocol=3. "
-            "Create the client without protocol=3."
         )
 
 
@@ -127,7 +122,7 @@ def split_url(
 
 
 def client_from_url(url: str) -> aredis.Redis:
-    """A new asyncio client for a redis-py URL (bytes responses, RESP2)."""
+    """A new asyncio client for a redis-py URL (responses as bytes)."""
     return aredis.Redis.from_url(url, decode_responses=False)
 
 

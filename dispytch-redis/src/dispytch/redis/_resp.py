@@ -1,4 +1,4 @@
-"""Minimal RESP2 encoding and decoding for the hot paths (pipelines, Pub/Sub frames).
+"""Minimal RESP encoding and decoding for the hot paths (pipelines, Pub/Sub frames).
 
 redis-py's pure-Python parser costs about 1.5 µs per element; a Pub/Sub message is four
 elements and a stream entry eight or more, which made the parser the single largest
@@ -42,8 +42,9 @@ def command(*args: bytes) -> bytes:
 def parse_frames(buf: bytearray, handle: Callable[[list[Any]], None]) -> int:
     """Hand every complete top-level array in ``buf`` to ``handle``.
 
-    Elements may be bulk strings (``bytes``, ``None`` for nil), integers and simple
-    strings; nested arrays are not expected in RESP2 Pub/Sub frames.
+    Frames are RESP2 arrays or RESP3 pushes; elements may be bulk strings (``bytes``,
+    ``None`` for nil), integers and simple strings (nested aggregates do not occur in
+    Pub/Sub frames).
 
     Returns:
         How many bytes were consumed (complete frames only).
@@ -55,7 +56,7 @@ def parse_frames(buf: bytearray, handle: Callable[[list[Any]], None]) -> int:
     size = len(buf)
     find = buf.find
     while pos < size:
-        if buf[pos] != 42:  # "*"
+        if buf[pos] not in (42, 62):  # "*" array (RESP2) or ">" push (RESP3)
             raise RespError(f"expected an array, got {bytes(buf[pos : pos + 40])!r}")
         end = find(b"\r\n", pos)
         if end < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +38,8 @@ NoReceiversCallback = Callable[[OutgoingMessage], Awaitable[Any] | Any]
 
 #: Commands per pipeline round trip in :meth:`RedisProducer.send_batch`.
 PIPELINE_SIZE = 1000
+#: Seconds between two "no receivers" warnings for one channel (the rest are counted).
+WARN_INTERVAL = 5.0
 
 
 def _opt_float(value: str) -> float | None:
@@ -62,8 +65,10 @@ class RedisProducer:
 
     Publishing to a channel with no subscriber is not silent: the number of clients that
     received each message is kept in :attr:`last_receivers` (and returned by
-    :meth:`send` / :meth:`send_batch`), a zero is logged at WARNING unless
-    ``warn_no_receivers=False``, and ``on_no_receivers`` is called with the message.
+    :meth:`send` / :meth:`send_batch`), messages that reached nobody are counted in
+    :attr:`unheard`, a zero is logged at WARNING unless ``warn_no_receivers=False``
+    (once per channel every :data:`WARN_INTERVAL` seconds, with the number suppressed),
+    and ``on_no_receivers`` is called with each such message.
 
     Headers and key travel in a small envelope before the payload on Pub/Sub, and as
     entry fields on Streams (see :mod:`dispytch.redis.envelope`).
@@ -82,6 +87,7 @@ class RedisProducer:
     Attributes:
         last_receivers: Receivers of the most recent Pub/Sub message (``None`` before
             the first). Stream appends do not change it.
+        unheard: How many Pub/Sub messages reached no subscriber.
     """
 
     def __init__(
@@ -104,6 +110,8 @@ class RedisProducer:
         self.on_no_receivers = on_no_receivers
         self.delivery_timeout = delivery_timeout
         self.last_receivers: int | None = None
+        self.unheard = 0
+        self._warned: dict[str, tuple[float, int]] = {}
         self._prefixes: dict[str, bytes] = {}
         self._xadd_prefixes: dict[tuple[str, int | None, bool], tuple[bytes, int]] = {}
         self._owns_client = False
@@ -268,7 +276,7 @@ class RedisProducer:
         """
         pool = self._redis.connection_pool
         for attempt in (1, 2):
-            conn = await pool.get_connection()
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.send_packed_command(request)
                 return await read_replies(conn, count)
@@ -296,17 +304,32 @@ class RedisProducer:
         self.last_receivers = receivers
         if receivers:
             return
+        self.unheard += 1
         if self.warn_no_receivers:
-            log.warning(
-                "Published to Redis channel %r but no client is subscribed: the event is "
-                "gone (Pub/Sub keeps nothing). Subscribe first, or use RedisStreamRoute for "
-                "durable delivery; pass warn_no_receivers=False to silence this.",
-                message.route.address,
-            )
+            self._warn_unheard(message.route.address)
         if self.on_no_receivers is not None:
             result = self.on_no_receivers(message)
             if inspect.isawaitable(result):
                 await result
+
+    def _warn_unheard(self, channel: str) -> None:
+        """WARNING for a message nobody received; per channel at most every few seconds."""
+        now = time.monotonic()
+        last = self._warned.get(channel)
+        if last is not None and now - last[0] < WARN_INTERVAL:
+            self._warned[channel] = (last[0], last[1] + 1)
+            return
+        more = f" ({last[1]} more since the last warning)" if last and last[1] else ""
+        log.warning(
+            "Published to Redis channel %r but no client is subscribed: the event is gone "
+            "(Pub/Sub keeps nothing)%s. Subscribe first, or use RedisStreamRoute for durable "
+            "delivery; pass warn_no_receivers=False to silence this.",
+            channel,
+            more,
+        )
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+        self._warned[channel] = (now, 0)
 
     def _is_stream(self, route: EventRoute) -> bool:
         if isinstance(route, RedisStreamRoute):

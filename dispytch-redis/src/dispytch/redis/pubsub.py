@@ -18,6 +18,7 @@ from dispytch.redis._client import (
     to_bool,
 )
 from dispytch.redis._inbox import Inbox
+from dispytch.redis._resp import RespError, parse_frames
 from dispytch.redis.envelope import unpack
 from dispytch.redis.routes import RedisEventSubscription, RedisStreamSubscription
 from dispytch.routes import EventSubscription, TopicSubscription
@@ -25,6 +26,7 @@ from dispytch.transport import Message
 
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
@@ -104,6 +106,8 @@ class RedisConsumer:
         self._names: dict[bytes, str] = {}
         self._meta: dict[bytes | None, Mapping[str, Any]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._buf = bytearray()
+        self._fast = True
         self._running = False
         self._started = False
 
@@ -236,13 +240,46 @@ class RedisConsumer:
         )
 
     async def _read_loop(self) -> None:
+        """Read frames until stopped, reconnecting (and resubscribing) after failures.
+
+        Fast path: complete frames are parsed straight from the connection's stream
+        (:func:`~dispytch.redis._resp.parse_frames`), several per read. It falls back to
+        redis-py's ``parse_response`` to reconnect, and for good if the bytes are ever
+        not what it expects.
+        """
         ps = self._pubsub
         inbox = self._inbox
         handle = self._handle
+        buf = self._buf
         delay = 0.1
         while self._running:
             try:
-                response = await ps.parse_response(block=True)
+                conn = ps.connection
+                reader = getattr(conn, "_reader", None)
+                if not (self._fast and isinstance(reader, asyncio.StreamReader)) or not (
+                    conn is not None and conn.is_connected
+                ):
+                    buf.clear()
+                    response = await ps.parse_response(block=True)  # reconnects if needed
+                    if response is not None:
+                        handle(response)
+                else:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        buf.clear()
+                        await conn.disconnect()
+                        raise RedisConnectionError("Redis closed the Pub/Sub connection")
+                    buf += chunk
+                    consumed = parse_frames(buf, handle)
+                    if consumed:
+                        del buf[:consumed]
+            except RespError as exc:
+                log.warning("Unexpected Pub/Sub frame (%s); using redis-py's parser.", exc)
+                self._fast = False
+                buf.clear()
+                if ps.connection is not None:
+                    await ps.connection.disconnect()
+                continue
             except (RedisError, OSError) as exc:
                 if not self._running:
                     return
@@ -257,10 +294,8 @@ class RedisConsumer:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.1
-            if response is not None:
-                handle(response)
-                if inbox.full:
-                    await inbox.wait_space()
+            if inbox.full:
+                await inbox.wait_space()
 
     async def listen(self) -> AsyncIterator[Message]:
         """Yield messages until :meth:`stop`.
@@ -303,6 +338,12 @@ class RedisConsumer:
             # Safe: redis-py's parser keeps partial reads and resumes on the next call.
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if self._buf:
+            # The fast reader stopped inside a frame: the connection's stream is no longer
+            # at a frame boundary. Drop it; redis-py reconnects and resubscribes on next use.
+            self._buf.clear()
+            if self._pubsub.connection is not None:
+                await self._pubsub.connection.disconnect()
         dropped = self._inbox.drain()
         if dropped:
             log.warning(

@@ -149,7 +149,7 @@ class RedisStreamConsumer:
     ) -> None:
         self._redis = check_async_client(redis, type(self).__name__)
         # redis-py's stream command stubs are unions of RESP2/RESP3 shapes; the
-        # client is checked to answer RESP2 bytes, so commands go through an Any view.
+        # client is checked to answer bytes, so commands go through an Any view.
         self._r: Any = self._redis
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: read at least 1 entry at a time.")
