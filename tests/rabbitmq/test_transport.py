@@ -666,3 +666,18 @@ async def test_unbounded_user_channel_is_warned_about(
         pass
     assert "no prefetch limit" in caplog.text
     assert "prefetch_count=100" in caplog.text
+
+
+async def test_a_deleted_queue_fails_listen_loudly(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    q_name = names.queue("deleted")
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name, prefetch_count=5)
+    consumer.subscribe([RabbitMQEventSubscription(queue=q_name)])
+    async with consumer:
+        listening = asyncio.ensure_future(anext(consumer.listen()))
+        ch = await amqp.channel()
+        await ch.queue_delete(q_name, if_unused=False, if_empty=False)
+        await ch.close()
+        with pytest.raises(ConnectionError, match=f"cancelled the consumer of queue '{q_name}'"):
+            await asyncio.wait_for(listening, 10)

@@ -307,9 +307,25 @@ class RabbitMQConsumer:
         message object per delivery, and no buffer but the handoff (bounded by prefetch).
         """
         raw = await q.channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
         ok = await raw.basic_consume(q.name, self._callback(q.name), no_ack=False)
         assert ok.consumer_tag is not None
         self._consumer_tags.append((q, raw, ok.consumer_tag))
+
+    def _on_cancelled(self, frame: Any) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted, ...)."""
+        for entry in self._consumer_tags:
+            if entry[2] == frame.consumer_tag:
+                self._consumer_tags.remove(entry)
+                if not self._stopping:
+                    self._handoff.put_nowait(
+                        ConnectionError(
+                            f"RabbitMQ cancelled the consumer of queue {entry[0].name!r} (was "
+                            "the queue deleted?). Nothing more arrives from it; re-create the "
+                            "queue and restart the consumer."
+                        )
+                    )
+                return
 
     async def _on_reopen(self, channel: Any) -> None:
         """A robust channel came back after a lost connection: consume its queues again.
