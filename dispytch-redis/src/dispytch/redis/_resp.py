@@ -185,3 +185,113 @@ async def _read_one(conn: Any) -> Any:
         return await conn.read_response()
     except ResponseError as exc:
         return ErrorReply(str(exc))
+
+
+class ReplyParser:
+    """Incremental parser of one RESP2/RESP3 reply of any shape (``XREADGROUP``'s).
+
+    Feed it the bytes read from the connection; :meth:`feed` returns ``True`` once the
+    reply is complete (then read :attr:`value`). Aggregates become lists (a RESP3 map
+    becomes a flat list of keys and values), nulls ``None``, errors :class:`ErrorReply`.
+    Work already done is kept between feeds, so a large reply is parsed once.
+    """
+
+    __slots__ = ("_buf", "_pos", "_stack", "done", "value")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._stack: list[list[Any]] = []  # [items, remaining]
+        self.done = False
+        self.value: Any = None
+
+    def feed(self, chunk: bytes) -> bool:
+        """Add bytes; True when the reply is complete.
+
+        Raises:
+            RespError: On an unknown type byte, or bytes after the reply.
+        """
+        buf = self._buf
+        if self._pos:
+            del buf[: self._pos]
+            self._pos = 0
+        buf += chunk
+        pos = 0
+        size = len(buf)
+        find = buf.find
+        stack = self._stack
+        while True:
+            if pos >= size:
+                break
+            kind = buf[pos]
+            end = find(b"\r\n", pos)
+            if end < 0:
+                break
+            if kind == 36:  # "$" bulk string
+                length = int(buf[pos + 1 : end])
+                if length < 0:
+                    value: Any = None
+                    pos = end + 2
+                else:
+                    stop = end + 2 + length
+                    if stop + 2 > size:
+                        break
+                    value = bytes(buf[end + 2 : stop])
+                    pos = stop + 2
+            elif kind in (42, 62, 37, 126):  # "*" array, ">" push, "%" map, "~" set
+                count = int(buf[pos + 1 : end])
+                pos = end + 2
+                if kind == 37:
+                    count *= 2
+                if count < 0:
+                    value = None
+                elif count == 0:
+                    value = []
+                else:
+                    stack.append([[], count])
+                    continue
+            elif kind == 58:  # ":" integer
+                value = int(buf[pos + 1 : end])
+                pos = end + 2
+            elif kind == 43:  # "+" simple string
+                value = bytes(buf[pos + 1 : end])
+                pos = end + 2
+            elif kind == 45:  # "-" error
+                value = ErrorReply(buf[pos + 1 : end].decode("utf-8", "replace"))
+                pos = end + 2
+            elif kind == 95:  # "_" null
+                value = None
+                pos = end + 2
+            else:
+                raise RespError(f"unexpected reply type {bytes(buf[pos : pos + 40])!r}")
+            while stack:
+                top = stack[-1]
+                top[0].append(value)
+                top[1] -= 1
+                if top[1]:
+                    break
+                value = top[0]
+                stack.pop()
+            else:
+                if pos != size:
+                    raise RespError(f"{size - pos} unexpected bytes after the reply")
+                self.done = True
+                self.value = value
+                self._buf = bytearray()
+                return True
+        self._pos = pos
+        return False
+
+
+async def read_reply(conn: Any) -> Any:
+    """Read one reply from a redis-py connection we hold exclusively (see above)."""
+    reader = getattr(conn, "_reader", None)
+    if not isinstance(reader, asyncio.StreamReader) or getattr(conn, "_parser", None) is None:
+        return await _read_one(conn)
+    parser = ReplyParser()
+    while True:
+        chunk = await reader.read(262144)
+        if not chunk:
+            raise ClosedEarly(0, 1)
+        if parser.feed(chunk):
+            return parser.value

@@ -45,6 +45,7 @@ from dispytch.redis._client import (
     to_optional_int,
 )
 from dispytch.redis._inbox import Inbox
+from dispytch.redis._resp import ErrorReply, RespError, command, read_reply
 from dispytch.redis.envelope import encode_headers, unpack_fields
 from dispytch.redis.routes import (
     RedisEventSubscription,
@@ -89,6 +90,22 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 
 # (stream, group, entry id, member)
 Token = tuple[str, str, bytes, str]
+
+
+def _stream_pairs(reply: Any) -> Iterable[tuple[bytes, list[Any]]]:
+    """``(stream, entries)`` from an XREADGROUP reply in any of its shapes.
+
+    RESP2: a list of ``[name, entries]``; RESP3: a map, which the fast parser flattens to
+    ``[name, entries, name, entries, ...]`` and redis-py returns as a dict; ``None`` when
+    BLOCK timed out.
+    """
+    if not reply:
+        return ()
+    if isinstance(reply, dict):
+        return reply.items()
+    if isinstance(reply[0], bytes):
+        return zip(reply[::2], reply[1::2], strict=True)
+    return ((pair[0], pair[1]) for pair in reply)
 
 
 def default_consumer_name() -> str:
@@ -367,36 +384,60 @@ class RedisStreamConsumer:
                 raise
 
     async def _read_loop(self, group: str, member: str, streams: list[str]) -> None:
-        redis = self._r
+        """``XREADGROUP ... BLOCK`` until stopped, on a connection held for the purpose.
+
+        The reply is parsed straight from the connection's stream
+        (:class:`~dispytch.redis._resp.ReplyParser`): redis-py's parser was the largest
+        cost per entry. Errors reconnect with a backoff; a vanished group is recreated.
+        """
         inbox = self._inbox
         if self._named:
             await self._guard(self._read_own_pending(group, member, streams))
-        wanted = {s: ">" for s in streams}
+        request = command(
+            b"XREADGROUP", b"GROUP", group.encode(), member.encode(),
+            b"COUNT", b"%d" % self.batch_size, b"BLOCK", b"%d" % self.block_ms,
+            b"STREAMS", *(s.encode() for s in streams), *(b">" for _ in streams),
+        )  # fmt: skip
+        pool = self._redis.connection_pool
+        conn: Any = None
         delay = 0.1
-        while self._running:
-            if inbox.full:
-                await inbox.wait_space()
-                continue
-            try:
-                response = await redis.xreadgroup(
-                    group, member, wanted, count=self.batch_size, block=self.block_ms
-                )
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    log.warning("Redis group %r vanished (%s); recreating it.", group, exc)
-                    for stream in streams:
-                        await self._guard(self._create_group(stream, group, "0"))
+        try:
+            while self._running:
+                if inbox.full:
+                    await inbox.wait_space()
                     continue
-                await self._backoff(exc, delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except (RedisError, OSError) as exc:
-                await self._backoff(exc, delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            for raw_name, entries in response or ():
-                inbox.put_many(self._messages(self._name(raw_name), group, member, entries, None))
+                try:
+                    if conn is None:
+                        conn = await pool.get_connection()
+                    await conn.send_packed_command(request)
+                    reply = await read_reply(conn)
+                except BaseException as exc:
+                    if conn is not None:
+                        await conn.disconnect(nowait=True)
+                        await pool.release(conn)
+                        conn = None
+                    if not isinstance(exc, RedisError | OSError | RespError):
+                        raise
+                    await self._backoff(exc, delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                if isinstance(reply, ErrorReply):
+                    if reply.startswith("NOGROUP"):
+                        log.warning("Redis group %r vanished (%s); recreating it.", group, reply)
+                        for stream in streams:
+                            await self._guard(self._create_group(stream, group, "0"))
+                    else:
+                        await self._backoff(ResponseError(reply), delay)
+                        delay = min(delay * 2, 5.0)
+                    continue
+                delay = 0.1
+                for raw_name, entries in _stream_pairs(reply):
+                    inbox.put_many(
+                        self._messages(self._name(raw_name), group, member, entries, None)
+                    )
+        finally:
+            if conn is not None:
+                await pool.release(conn)
 
     async def _read_own_pending(self, group: str, member: str, streams: list[str]) -> None:
         """Entries this member name left pending before a restart (fixed names only)."""
@@ -425,7 +466,7 @@ class RedisStreamConsumer:
         stream: str,
         group: str,
         member: str,
-        entries: Iterable[tuple[bytes, dict[bytes, bytes] | None]],
+        entries: Iterable[Any],
         attempts: dict[bytes, int] | None,
     ) -> list[Message]:
         out = []
@@ -436,6 +477,9 @@ class RedisStreamConsumer:
             if fields is None:  # trimmed away (MAXLEN) while pending: nothing to deliver
                 self._ack_later(stream, group, entry_id)
                 continue
+            if type(fields) is list:  # flat [name, value, ...] from the fast parser
+                it = iter(fields)
+                fields = dict(zip(it, it, strict=True))
             try:
                 payload, headers, key = unpack_fields(fields)
             except ValueError as exc:
