@@ -408,7 +408,7 @@ class RedisStreamConsumer:
                     continue
                 try:
                     if conn is None:
-                        conn = await pool.get_connection()
+                        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                     await conn.send_packed_command(request)
                     reply = await read_reply(conn)
                 except BaseException as exc:
