@@ -243,6 +243,8 @@ class RabbitMQProducer:
         pending = self._lookups.get(exchange)
         if pending is None:
             pending = asyncio.ensure_future(self._lookup(exchange))
+            # Its error reaches every waiter; mark it retrieved even if all gave up.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._lookups[exchange] = pending
         try:
             return await asyncio.shield(pending)
