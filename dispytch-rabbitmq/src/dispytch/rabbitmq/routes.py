@@ -74,8 +74,9 @@ class RabbitMQEventSubscription(EventSubscription):
 
     Attributes:
         exchange: Only deliveries published to this exchange (``None``: any).
-        queue: Only deliveries from this queue (``None``: any; a URL-built consumer then
-            uses its own ``queue``).
+        queue: Only deliveries from this queue. ``None``: deliveries of any queue the
+            consumer reads (a URL-built consumer declares and binds its own ``queue`` for
+            it); name the queue when one consumer reads several.
         routing_key: The routing-key pattern (default ``"#"``: any key, also the empty
             key that fanout and headers exchanges often carry).
         binding_arguments: Arguments of the binding a URL-built consumer creates: for a
