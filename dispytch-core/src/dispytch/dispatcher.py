@@ -149,6 +149,10 @@ class EventDispatcher:
         self.max_in_flight = max_in_flight
         self.ack_policy = AckPolicy(ack_policy)
         self.stop_timeout = stop_timeout
+        #: Wait before handing a message back for redelivery (doubles per delivery attempt,
+        #: up to ``max_requeue_delay``).
+        self.requeue_delay = 0.05
+        self.max_requeue_delay = 5.0
         self.owns_consumer = owns_consumer
         self.name = name or type(consumer).__name__
         self.router = Router()
@@ -560,6 +564,12 @@ class EventDispatcher:
         if requeue:
             self.stats["requeued"] += 1
             if policy is AckPolicy.AFTER:
+                # Brokers redeliver a requeued message at once; a short backoff that grows
+                # with the delivery attempt keeps a persistent cause (a dead-letter route
+                # that is down) from turning into a hot loop.
+                delay = min(self.requeue_delay * 2 ** (msg.attempt - 1), self.max_requeue_delay)
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 await self._settle(msg, consumer.nack, requeue=True)
                 return
         elif failed is not None:
