@@ -429,3 +429,45 @@ async def test_nack_with_requeue_warns_that_the_message_is_gone(
         await consumer.nack(msg, requeue=True)
     assert "cannot redeliver" in caplog.records[0].getMessage()
     await consumer.close()
+
+
+async def test_users_pubsub_is_usable_after_a_stop_under_load(
+    client: aredis.Redis, names: Names
+) -> None:
+    """Stopping the fast reader mid-stream (possibly inside a frame) must leave the
+    user's PubSub working: the connection is dropped and redis-py reconnects it."""
+    busy, later = names.channel(), names.channel()
+    pubsub = client.pubsub()
+    consumer = RedisConsumer(pubsub, max_buffered=10)
+    consumer.subscribe([RedisEventSubscription(channel=busy)])
+    await consumer.start()
+    big = b"x" * 200_000
+    stop_publishing = asyncio.Event()
+
+    async def flood() -> None:
+        while not stop_publishing.is_set():
+            await client.publish(busy, big)
+            await asyncio.sleep(0)
+
+    flooder = asyncio.create_task(flood())
+    seen = 0
+    async for _ in consumer.listen():
+        seen += 1
+        if seen == 5:
+            break
+    await consumer.stop()
+    stop_publishing.set()
+    await asyncio.wait_for(flooder, TIMEOUT)
+    await consumer.close()
+
+    await pubsub.subscribe(later)
+
+    async def next_data() -> bytes:
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None and msg["channel"] == later.encode():
+                return bytes(msg["data"])
+            await client.publish(later, b"after")
+
+    assert await asyncio.wait_for(next_data(), TIMEOUT) == b"after"
+    await pubsub.aclose()

@@ -357,8 +357,8 @@ class RedisStreamConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        leftovers = [m.token for m in self._inbox.drain()]
-        leftovers += [t for t in self._inflight if t not in set(leftovers)]
+        self._inbox.drain()  # read but never handed out: their tokens are in _inflight
+        leftovers = list(self._inflight)
         self._inflight.clear()
         try:
             if leftovers:
