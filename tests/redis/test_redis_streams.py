@@ -394,3 +394,60 @@ async def test_from_url_reads_options(names: Names) -> None:
     assert (consumer.min_idle_time, consumer.max_deliveries) == (5.0, 4)
     assert consumer.dead_letter_stream == f"{stream}.dlq"
     await consumer.close()
+
+
+async def test_fixed_member_name_resumes_its_own_pending_entries(
+    client: aredis.Redis, names: Names
+) -> None:
+    """A restarted process with a fixed member name gets its pending entries at once."""
+    stream = names.stream()
+    await client.xgroup_create(stream, "g", id="$", mkstream=True)
+    for i in range(3):
+        await client.xadd(stream, entry(i))
+    await client.xreadgroup("g", "worker-7", {stream: ">"}, count=10)  # then it "crashed"
+
+    got: list[tuple[int, int]] = []
+    dispatcher = EventDispatcher(
+        fast(client, consumer="worker-7", min_idle_time=60.0, claim_interval=60.0)
+    )
+
+    @dispatcher.handler(RedisStreamSubscription(stream=stream))
+    async def on_order(event: Event[Order]) -> None:
+        got.append((event.body.order_id, event.attempt))
+
+    async with dispatcher:
+        await wait_for(lambda: len(got) == 3, "own pending entries")
+        await client.xadd(stream, entry(3))
+        await wait_for(lambda: len(got) == 4, "a new entry after them")
+    assert sorted(got) == [(0, 2), (1, 2), (2, 2), (3, 1)]
+    assert await pending(client, stream, "g") == 0
+    # A fixed name is kept in the group (it is the user's to manage).
+    assert [c["name"] for c in await client.xinfo_consumers(stream, "g")] == [b"worker-7"]
+
+
+async def test_trimmed_pending_entries_are_skipped(client: aredis.Redis, names: Names) -> None:
+    stream = names.stream()
+    await client.xgroup_create(stream, "g", id="$", mkstream=True)
+    await client.xadd(stream, entry(1))
+    await client.xreadgroup("g", "worker-8", {stream: ">"}, count=10)
+    await client.xtrim(stream, maxlen=0)  # the pending entry's data is gone
+    await client.xadd(stream, entry(2))
+
+    got: list[int] = []
+    dispatcher = EventDispatcher(fast(client, consumer="worker-8"))
+
+    @dispatcher.handler(RedisStreamSubscription(stream=stream))
+    async def on_order(event: Event[Order]) -> None:
+        got.append(event.body.order_id)
+
+    async with dispatcher:
+        await wait_for(lambda: got == [2], "the surviving entry")
+
+        async def settled() -> bool:
+            return await pending(client, stream, "g") == 0
+
+        for _ in range(300):
+            if await settled():
+                break
+            await asyncio.sleep(0.01)
+    assert await pending(client, stream, "g") == 0
