@@ -380,3 +380,107 @@ async def test_pattern_subscription_with_route_params(kafka_bootstrap: str, topi
             while len(got) < 4:
                 await asyncio.sleep(0.02)
     assert sorted(got) == [("eu", 0), ("eu", 1), ("us", 0), ("us", 1)]
+
+
+async def test_revoke_waits_for_in_flight_records(kafka_bootstrap: str, new_topic: str) -> None:
+    """A record still being handled when its partition is revoked is waited for (within
+    revoke_timeout) and committed before the partition goes: the new owner does not get
+    it again."""
+    await emit_items(kafka_bootstrap, new_topic, range(1))
+    gid = group()
+    release = asyncio.Event()
+    started = asyncio.Event()
+    handled: list[int] = []
+    revoking = asyncio.Event()
+    first = consumer(kafka_bootstrap, gid, commit_interval=3600)
+    original = first._on_revoked
+
+    async def spy(revoked: Any) -> None:
+        if revoked:
+            revoking.set()
+        await original(revoked)
+
+    first._on_revoked = spy  # type: ignore[method-assign]
+    dispatcher = EventDispatcher(first)
+
+    @dispatcher.handler(KafkaEventSubscription(topic=new_topic))
+    async def on_item(event: Event[Item]) -> None:
+        started.set()
+        await asyncio.wait_for(release.wait(), T)
+        handled.append(event.body.n)
+
+    async with dispatcher:
+        await asyncio.wait_for(started.wait(), T)
+        second = consumer(kafka_bootstrap, gid)
+        second.subscribe([KafkaEventSubscription(topic=new_topic)])
+        joining = asyncio.create_task(second.start())  # the rebalance begins
+        await asyncio.wait_for(revoking.wait(), T)
+        assert await committed(kafka_bootstrap, gid, new_topic) == [None]
+        release.set()  # the handler finishes while the revoke listener waits
+        await asyncio.wait_for(joining, T)
+        try:
+            assert await committed(kafka_bootstrap, gid, new_topic) == [1]
+        finally:
+            await second.stop()
+            await second.close()
+    assert handled == [0]
+
+
+async def test_wrapped_unstarted_consumer_is_subscribed_and_keeps_the_users_listener(
+    kafka_bootstrap: str, new_topic: str
+) -> None:
+    from aiokafka import ConsumerRebalanceListener
+
+    calls: list[str] = []
+
+    class Mine(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            calls.append("revoked")
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            calls.append("assigned")
+
+    gid = group()
+    raw = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=gid,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **FAST_GROUP,
+    )
+    raw.subscribe(pattern="^nothing-matches-this$", listener=Mine())
+    await emit_items(kafka_bootstrap, new_topic, range(3))
+    got: list[int] = []
+    dispatcher = EventDispatcher(KafkaConsumer(raw))
+
+    @dispatcher.handler(KafkaEventSubscription(topic=new_topic))
+    async def on_item(event: Event[Item]) -> None:
+        got.append(event.body.n)
+
+    try:
+        async with dispatcher:  # starts the raw consumer, subscribed to both
+            async with asyncio.timeout(T):
+                while len(got) < 3:
+                    await asyncio.sleep(0.02)
+        assert "assigned" in calls
+        assert not raw._closed
+    finally:
+        await raw.stop()
+    assert got == [0, 1, 2]
+
+
+async def test_running_consumer_missing_a_topic_is_refused(
+    kafka_bootstrap: str, new_topic: str
+) -> None:
+    raw = AIOKafkaConsumer(
+        new_topic, bootstrap_servers=kafka_bootstrap, group_id=group(), enable_auto_commit=False,
+        **FAST_GROUP,
+    )  # fmt: skip
+    await raw.start()
+    try:
+        c = KafkaConsumer(raw)
+        c.subscribe([KafkaEventSubscription(topic="elsewhere")])
+        with pytest.raises(KafkaConfigError, match=r"not subscribed to \['elsewhere'\]"):
+            await c.start()
+    finally:
+        await raw.stop()

@@ -64,7 +64,7 @@ def coerce_options(
         KafkaConfigError: On an option the client does not know, or a value of the
             wrong form.
     """
-    params = inspect.signature(client.__init__).parameters
+    params = inspect.signature(client).parameters
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key in ours:
@@ -109,7 +109,7 @@ def ensure_ssl_context(options: dict[str, Any]) -> None:
     """Give TLS protocols a default SSL context (system CAs) when none was passed."""
     protocol = str(options.get("security_protocol", "PLAINTEXT")).upper()
     if protocol in ("SSL", "SASL_SSL") and options.get("ssl_context") is None:
-        from aiokafka.helpers import create_ssl_context
+        from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
         options["ssl_context"] = create_ssl_context()
 

@@ -30,8 +30,12 @@ import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
     ConsumerStoppedError,
     IllegalStateError,
@@ -606,7 +610,7 @@ class KafkaConsumer:
         for st in states:
             due = st.due
             if due is not None and st.key in assigned:
-                offsets[st.key] = due  # type: ignore[index]
+                offsets[st.key] = due
         if not offsets:
             return
         try:
@@ -621,7 +625,7 @@ class KafkaConsumer:
             log.warning("Kafka commit of %s failed, will retry: %r", offsets, exc)
             return
         for st in states:
-            off = offsets.get(st.key)  # type: ignore[call-overload]
+            off = offsets.get(st.key)
             if off is not None and (st.committed is None or off > st.committed):
                 st.committed = off
 
@@ -649,8 +653,8 @@ class KafkaConsumer:
         await self._commit(states)
         for st in states:
             st.close()
-            if self._states.get(st.key) is st:  # type: ignore[call-overload]
-                del self._states[st.key]  # type: ignore[arg-type]
+            if self._states.get(st.key) is st:
+                del self._states[st.key]
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:

@@ -7,8 +7,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, RequestTimedOutError
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    KafkaError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
 from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
 from dispytch.kafka.config import coerce_options, ensure_ssl_context, parse_kafka_url
 from dispytch.routes import EventRoute
@@ -97,7 +101,7 @@ class KafkaProducer:
 
     def _init_owned(self, options: dict[str, Any], delivery_timeout: float | None) -> None:
         self._options = options
-        self.raw = None  # type: ignore[assignment]  # made in start(): it needs the running loop
+        self.raw = None  # made in start(): it needs the running loop
         self.delivery_timeout = delivery_timeout
         self._owned = True
         self._started = False
@@ -125,7 +129,7 @@ class KafkaProducer:
         self._stopped = True
         if self._owned:
             self._started = False
-            raw, self.raw = self.raw, None  # type: ignore[assignment]
+            raw, self.raw = self.raw, None
             await raw.stop()
         elif not self._raw_closed():
             await self.raw.flush()
