@@ -484,3 +484,24 @@ async def test_running_consumer_missing_a_topic_is_refused(
             await c.start()
     finally:
         await raw.stop()
+
+
+async def test_dispatcher_restart_resumes_from_the_commit(
+    kafka_bootstrap: str, new_topic: str
+) -> None:
+    gid = group()
+    got: list[int] = []
+    dispatcher = EventDispatcher(consumer(kafka_bootstrap, gid))
+
+    @dispatcher.handler(KafkaEventSubscription(topic=new_topic))
+    async def on_item(event: Event[Item]) -> None:
+        got.append(event.body.n)
+
+    await emit_items(kafka_bootstrap, new_topic, range(3))
+    for expected in (3, 6):
+        async with dispatcher:
+            async with asyncio.timeout(T):
+                while len(got) < expected:
+                    await asyncio.sleep(0.02)
+        await emit_items(kafka_bootstrap, new_topic, range(expected, expected + 3))
+    assert got == list(range(6))

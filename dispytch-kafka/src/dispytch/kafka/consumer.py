@@ -297,7 +297,7 @@ class KafkaConsumer:
                     f"{self.group_id!r}. One Kafka consumer belongs to one group: use one "
                     "dispatcher (and consumer) per group."
                 )
-        self._subscriptions.extend(subscriptions)
+        self._subscriptions.extend(s for s in subscriptions if s not in self._subscriptions)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -306,8 +306,12 @@ class KafkaConsumer:
         Raises:
             KafkaConfigError: Nothing to consume, or no consumer group.
         """
-        if self._started:
+        if self._started and not self._closed:
             return
+        # A closed consumer may start again (a dispatcher restarted): fresh trackers.
+        self._closed = False
+        self._states = {}
+        self._dirty = False
         loop = asyncio.get_running_loop()
         self._stop_future = loop.create_future()
         if self._owned:
