@@ -673,22 +673,25 @@ class RedisStreamConsumer:
         try:
             while self._acks:
                 batch, self._acks = self._acks, {}
-                try:
-                    if len(batch) == 1:
-                        (((stream, group), ids),) = batch.items()
-                        await self._r.xack(stream, group, *ids)
-                    else:
+                for attempt in range(3):
+                    try:
                         pipe = self._r.pipeline(transaction=False)
                         for (stream, group), ids in batch.items():
                             pipe.xack(stream, group, *ids)
                         await pipe.execute()
-                except (RedisError, OSError) as exc:
-                    log.warning(
-                        "XACK of %d entries failed (%s); they stay pending and will be "
-                        "delivered again after min_idle_time.",
-                        sum(len(v) for v in batch.values()),
-                        exc,
-                    )
+                        break
+                    except (RedisError, OSError) as exc:
+                        # XACK is idempotent: retrying is safe, and the first failure is
+                        # usually a pooled connection the server had closed.
+                        if attempt < 2:
+                            await asyncio.sleep(0.05 * (attempt + 1))
+                            continue
+                        log.warning(
+                            "XACK of %d entries failed (%s); they stay pending and will be "
+                            "delivered again after min_idle_time.",
+                            sum(len(v) for v in batch.values()),
+                            exc,
+                        )
         finally:
             self._ack_task = None
 
