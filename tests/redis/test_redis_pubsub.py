@@ -116,7 +116,7 @@ async def test_headers_and_key_travel_in_the_envelope(client: aredis.Redis, name
         message = OutgoingMessage(
             RedisEventRoute(channel=channel), b'{"x":1}', {"tenant": "acme", "é": "ü"}, b"k-1"
         )
-        assert await producer.send(message) == 1
+        assert await producer.publish(message) == 1
 
         async def take() -> None:
             async for msg in consumer.listen():
@@ -159,7 +159,8 @@ async def test_topic_route_goes_to_a_channel(client: aredis.Redis, names: Names)
     producer = RedisProducer(client)
     await producer.start()
     try:
-        assert await producer.send(outgoing(TopicRoute(topic=channel))) == 1
+        await producer.send(outgoing(TopicRoute(topic=channel)))
+        assert producer.last_receivers == 1
     finally:
         await producer.stop()
         await consumer.close()
@@ -173,7 +174,7 @@ async def test_send_batch_returns_receivers(client: aredis.Redis, names: Names) 
     producer = RedisProducer(client, warn_no_receivers=False)
     await producer.start()
     try:
-        result = await producer.send_batch(
+        result = await producer.publish_batch(
             [
                 outgoing(RedisEventRoute(channel=heard)),
                 outgoing(RedisEventRoute(channel=unheard)),
@@ -184,6 +185,7 @@ async def test_send_batch_returns_receivers(client: aredis.Redis, names: Names) 
         await producer.stop()
         await consumer.close()
     assert result == [1, 0, 1]
+    assert producer.last_batch_receivers == [1, 0, 1]
     assert producer.last_receivers == 1
 
 
@@ -192,7 +194,7 @@ async def test_pubsub_producer_also_appends_to_streams(client: aredis.Redis, nam
     producer = RedisProducer(client)
     await producer.start()
     try:
-        assert await producer.send(outgoing(RedisStreamRoute(stream=stream), b"p")) is None
+        assert await producer.publish(outgoing(RedisStreamRoute(stream=stream), b"p")) is None
     finally:
         await producer.stop()
     entries = await client.xrange(stream)
@@ -207,7 +209,7 @@ async def test_no_receivers_is_counted_and_logged(
     await producer.start()
     try:
         with caplog.at_level(logging.WARNING, logger="dispytch.redis"):
-            receivers = await producer.send(outgoing(RedisEventRoute(channel=names.channel())))
+            receivers = await producer.publish(outgoing(RedisEventRoute(channel=names.channel())))
     finally:
         await producer.stop()
     assert receivers == 0
@@ -336,7 +338,7 @@ async def test_unknown_route_type_is_refused(client: aredis.Redis) -> None:
     await producer.start()
     try:
         # MemoryEventRoute is a TopicRoute: accepted as a channel name.
-        assert await producer.send(outgoing(MemoryEventRoute(topic="t.none"))) == 0
+        assert await producer.publish(outgoing(MemoryEventRoute(topic="t.none"))) == 0
         with pytest.raises(TypeError, match="cannot publish to"):
             await producer.send(outgoing(Other()))
     finally:

@@ -64,8 +64,9 @@ class RedisProducer:
       ``redis+streams://`` URLs use).
 
     Publishing to a channel with no subscriber is not silent: the number of clients that
-    received each message is kept in :attr:`last_receivers` (and returned by
-    :meth:`send` / :meth:`send_batch`), messages that reached nobody are counted in
+    received each message is returned by :meth:`publish` / :meth:`publish_batch` and kept
+    in :attr:`last_receivers` / :attr:`last_batch_receivers` after :meth:`send` /
+    :meth:`send_batch` (what the emitter calls), messages that reached nobody are counted in
     :attr:`unheard`, a zero is logged at WARNING unless ``warn_no_receivers=False``
     (once per channel every :data:`WARN_INTERVAL` seconds, with the number suppressed),
     and ``on_no_receivers`` is called with each such message.
@@ -87,6 +88,8 @@ class RedisProducer:
     Attributes:
         last_receivers: Receivers of the most recent Pub/Sub message (``None`` before
             the first). Stream appends do not change it.
+        last_batch_receivers: Per message of the most recent send (or batch): receivers,
+            ``None`` for stream appends and failed sends.
         unheard: How many Pub/Sub messages reached no subscriber.
     """
 
@@ -110,6 +113,7 @@ class RedisProducer:
         self.on_no_receivers = on_no_receivers
         self.delivery_timeout = delivery_timeout
         self.last_receivers: int | None = None
+        self.last_batch_receivers: list[int | None] = []
         self.unheard = 0
         self._warned: dict[str, tuple[float, int]] = {}
         self._prefixes: dict[str, bytes] = {}
@@ -155,33 +159,44 @@ class RedisProducer:
         if self._owns_client:
             await self._redis.aclose()
 
-    async def send(self, message: OutgoingMessage) -> int | None:
-        """Publish one message and wait for Redis to answer.
+    async def send(self, message: OutgoingMessage) -> None:
+        """Publish one message and wait for Redis to answer (the Producer protocol).
 
-        Returns:
-            For Pub/Sub, how many clients received it (also in :attr:`last_receivers`);
-            ``None`` for a stream append.
+        Its receivers are in :attr:`last_receivers` afterwards; :meth:`publish` returns
+        them.
 
         Raises:
             NotStartedError: Before :meth:`start` or after :meth:`stop`.
             EmitTimeoutError: Redis did not answer within ``delivery_timeout``.
             EmitError: Redis refused the command or the connection failed.
         """
-        return (await self._publish((message,)))[0]
+        await self._publish((message,))
 
-    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish many messages in pipelined round trips (no transaction).
 
-        Every message is attempted; the first failure is raised afterwards.
-
-        Returns:
-            Per message: the receivers of a Pub/Sub message, ``None`` for a stream append.
+        Every message is attempted; the first failure is raised afterwards. Receivers
+        per message are in :attr:`last_batch_receivers`; :meth:`publish_batch` returns
+        them.
 
         Raises:
             NotStartedError: Before :meth:`start` or after :meth:`stop`.
             EmitTimeoutError: A round trip was not answered within ``delivery_timeout``.
             EmitError: Redis refused one of the commands.
         """
+        await self._publish(messages)
+
+    async def publish(self, message: OutgoingMessage) -> int | None:
+        """:meth:`send`, returning how many clients received a Pub/Sub message.
+
+        Returns:
+            The receivers (0 when nobody was subscribed); ``None`` for a stream append.
+        """
+        return (await self._publish((message,)))[0]
+
+    async def publish_batch(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
+        """:meth:`send_batch`, returning the receivers of each message (``None`` for
+        stream appends)."""
         return await self._publish(messages)
 
     async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
@@ -228,6 +243,7 @@ class RedisProducer:
                     out.append(reply)
                 else:
                     out.append(None)
+        self.last_batch_receivers = out
         if first_error is not None:
             raise first_error
         return out
