@@ -43,12 +43,12 @@ class RedisPubSubHarness(TransportHarness):
 
 
 class RedisStreamsHarness(TransportHarness):
-    """Streams: consumer groups, XAUTOCLAIM redelivery, exact stream names."""
+    """Streams: consumer groups, XAUTOCLAIM redelivery, stream patterns found by SCAN."""
 
     name = "redis-streams"
     at_least_once = True
     supports_keys = True
-    supports_patterns = False
+    supports_patterns = True
     redelivery_timeout = 10.0
 
     def __init__(self) -> None:
@@ -78,7 +78,12 @@ class RedisStreamsHarness(TransportHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         return RedisStreamConsumer.from_url(
-            STREAMS_URL, group=group, min_idle_time=2.0, claim_interval=0.2, block_ms=100
+            STREAMS_URL,
+            group=group,
+            min_idle_time=2.0,
+            claim_interval=0.2,
+            block_ms=100,
+            discover_interval=0.2,
         )
 
     async def cleanup(self) -> None:

@@ -366,8 +366,6 @@ async def test_subscription_checks(client: aredis.Redis) -> None:
     consumer = RedisStreamConsumer(client)
     with pytest.raises(TypeError, match="Pub/Sub subscription.*RedisStreamSubscription"):
         consumer.subscribe([RedisEventSubscription(channel="c")])
-    with pytest.raises(ValueError, match="read by exact key"):
-        consumer.subscribe([TopicSubscription(topic="orders.*")])
     with pytest.raises(ValueError, match="nothing to read"):
         await consumer.start()
     consumer.subscribe([RedisStreamSubscription(stream="s", group="g", consumer="a")])
@@ -451,3 +449,32 @@ async def test_trimmed_pending_entries_are_skipped(client: aredis.Redis, names: 
                 break
             await asyncio.sleep(0.01)
     assert await pending(client, stream, "g") == 0
+
+
+async def test_pattern_subscriptions_find_streams_and_inject_params(
+    client: aredis.Redis, names: Names
+) -> None:
+    base = names.stream("region")
+    eu, us, later = f"{base}.eu", f"{base}.us", f"{base}.apac"
+    names.keys += [eu, us, later]
+    await client.xadd(eu, entry(1))
+    await client.xadd(us, entry(2))
+    await client.set(f"{base}.notastream", b"x")
+    names.keys.append(f"{base}.notastream")
+    got: list[tuple[str, int, str]] = []
+    dispatcher = EventDispatcher(
+        RedisStreamConsumer(client, group="g", start_id="0", discover_interval=0.1)
+    )
+
+    @dispatcher.handler(RedisStreamSubscription(stream=base + ".{region}"))
+    async def on_order(event: Event[Order], region: str) -> None:
+        got.append((region, event.body.order_id, event.route))
+
+    async with dispatcher:
+        await wait_for(lambda: len(got) == 2, "entries of the streams that exist")
+        # A stream created after start is found by the next SCAN, from its first entry.
+        await client.xadd(later, entry(3))
+        await wait_for(lambda: len(got) == 3, "an entry of a stream created later")
+    assert sorted(got) == [("apac", 3, later), ("eu", 1, eu), ("us", 2, us)]
+    for stream in (eu, us, later):
+        assert await pending(client, stream, "g") == 0

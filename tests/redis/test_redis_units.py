@@ -75,12 +75,11 @@ def test_stream_route_rejects_nonpositive_maxlen() -> None:
         RedisStreamRoute(stream="s", maxlen=0)
 
 
-def test_stream_subscription_rejects_patterns() -> None:
-    with pytest.raises(ValueError, match="read by exact key"):
-        RedisStreamSubscription(stream="orders.*", group="g")
-    with pytest.raises(ValueError, match="read by exact key"):
-        RedisStreamSubscription(stream="orders.{region}", group="g")
-    assert RedisStreamSubscription(stream="orders.eu").route_pattern == "orders.eu"
+def test_stream_subscription_patterns() -> None:
+    sub = RedisStreamSubscription(stream="orders.{region}", group="g")
+    assert sub.compiled.glob == "orders.*"
+    assert sub.compiled.match("orders.eu") == {"region": "eu"}
+    assert RedisStreamSubscription(stream="orders.eu").compiled.is_static
 
 
 def test_pubsub_subscription_patterns_become_globs() -> None:

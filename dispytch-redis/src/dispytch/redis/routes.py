@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription
 
 __all__ = [
@@ -99,7 +98,9 @@ class RedisStreamSubscription(EventSubscription):
     created (with ``MKSTREAM``) when the consumer starts if it does not exist yet.
 
     Attributes:
-        stream: The stream key. Streams are read by exact name, so no patterns.
+        stream: The stream key, or a pattern (``"orders.*"``, ``"orders.{region}"``)
+            matched against existing streams (found with ``SCAN``, see
+            :class:`~dispytch.redis.RedisStreamConsumer`).
         group: The consumer group; ``None`` uses the consumer's ``group`` option.
         consumer: This member's name in the group; ``None`` uses the consumer's own
             (by default unique per process, so a restarted process is a new member and
@@ -110,23 +111,6 @@ class RedisStreamSubscription(EventSubscription):
     group: str | None = None
     consumer: str | None = None
 
-    def __post_init__(self) -> None:
-        check_stream_name(self.stream)
-
     @property
     def route_pattern(self) -> str:
         return self.stream
-
-
-def check_stream_name(stream: str) -> None:
-    """Reject stream names that are patterns: Redis reads streams by exact key only.
-
-    Raises:
-        ValueError: When ``stream`` holds ``*``, ``#`` or ``{name}`` segments.
-    """
-    if not RoutePattern(stream).is_static:
-        raise ValueError(
-            f"Redis Streams are read by exact key, but {stream!r} is a pattern. "
-            "Subscribe to each stream by its name, or use RedisEventSubscription "
-            "(Pub/Sub) for channel patterns."
-        )

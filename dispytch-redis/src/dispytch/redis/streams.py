@@ -3,7 +3,10 @@
 How an entry travels (``XREADGROUP`` -> handler -> ``XACK``):
 
 * ``start`` creates each group with ``XGROUP CREATE ... MKSTREAM`` if it is missing
-  (from ``start_id``: ``"$"`` new entries only, ``"0"`` the whole stream).
+  (from ``start_id``: ``"$"`` new entries only, ``"0"`` the whole stream). Pattern
+  subscriptions (``"orders.{region}"``) read every existing stream that matches, found
+  with ``SCAN ... TYPE stream`` on start and every ``discover_interval``; the concrete
+  stream is ``Message.route`` and named segments reach handlers.
 * A reader task per (group, member) runs ``XREADGROUP ... BLOCK`` and hands entries to
   ``listen``. An entry read is *pending* (in the group's PEL) until it is acknowledged.
 * ``ack`` sends ``XACK``, batched in the background (a crash before the flush means the
@@ -37,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispytch.errors import NotStartedError
+from dispytch.patterns import RoutePattern
 from dispytch.redis._client import (
     check_async_client,
     client_from_url,
@@ -50,7 +54,6 @@ from dispytch.redis.envelope import encode_headers, unpack_fields
 from dispytch.redis.routes import (
     RedisEventSubscription,
     RedisStreamSubscription,
-    check_stream_name,
 )
 from dispytch.routes import EventSubscription, TopicSubscription
 from dispytch.transport import (
@@ -86,6 +89,7 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "dead_letter_stream": str,
     "start_id": str,
     "ordered": to_bool,
+    "discover_interval": float,
 }
 
 # (stream, group, entry id, member)
@@ -146,6 +150,8 @@ class RedisStreamConsumer:
         ordered: Handle the entries of one stream one after another, in order (the
             stream is the ``Message.lane``). Redeliveries can still come out of order.
         max_buffered: Entries read ahead of the handlers (default ``2 * batch_size``).
+        discover_interval: Seconds between two ``SCAN``s for streams matching pattern
+            subscriptions (each scans the keyspace: keep it modest on large databases).
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class RedisStreamConsumer:
         start_id: str = "$",
         ordered: bool = False,
         max_buffered: int | None = None,
+        discover_interval: float = 5.0,
     ) -> None:
         self._redis = check_async_client(redis, type(self).__name__)
         # redis-py's stream command stubs are unions of RESP2/RESP3 shapes; the
@@ -201,7 +208,12 @@ class RedisStreamConsumer:
         self._inflight: dict[Token, float] = {}
         self._acks: dict[tuple[str, str], list[bytes]] = {}
         self._ack_task: asyncio.Task[None] | None = None
-        self._readers: list[asyncio.Task[None]] = []
+        self._patterns: list[tuple[RoutePattern, str, str]] = []
+        # (group, member) -> streams read by that member (replaced, never mutated)
+        self._members: dict[tuple[str, str], list[str]] = {}
+        self._readers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.discover_interval = discover_interval
+        self._next_discovery = 0.0
         self._keeper: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()
         self._owns_client = False
@@ -229,11 +241,15 @@ class RedisStreamConsumer:
 
     # ------------------------------------------------------------------ lifecycle
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
-        """Collect the (stream, group) pairs to read when :meth:`start` runs.
+        """Collect the streams (or stream patterns) and groups to read on :meth:`start`.
+
+        A pattern (``"orders.*"``, ``"orders.{region}"``) is resolved to existing streams
+        with ``SCAN ... TYPE stream`` on start and every ``discover_interval`` seconds;
+        groups on streams found after start begin at their first entry.
 
         Raises:
             TypeError: For a Pub/Sub or another transport's subscription.
-            ValueError: For a stream name that is a pattern.
+            ValueError: When one stream and group would be read as two members.
             RuntimeError: When called after :meth:`start`.
         """
         if self._started:
@@ -243,12 +259,11 @@ class RedisStreamConsumer:
             )
         for sub in subscriptions:
             if isinstance(sub, RedisStreamSubscription):
-                key = (sub.stream, sub.group or self.group)
+                stream, group = sub.stream, sub.group or self.group
                 member = sub.consumer or self.consumer_name
             elif isinstance(sub, TopicSubscription):
-                check_stream_name(sub.topic)
                 options = getattr(sub, "options", None) or {}
-                key = (sub.topic, str(options.get("group") or self.group))
+                stream, group = sub.topic, str(options.get("group") or self.group)
                 member = str(options.get("consumer") or self.consumer_name)
             elif isinstance(sub, RedisEventSubscription):
                 raise TypeError(
@@ -261,15 +276,28 @@ class RedisStreamConsumer:
                     f"RedisStreamConsumer cannot consume {type(sub).__name__}. Use "
                     "RedisStreamSubscription(stream=..., group=...) or TopicSubscription."
                 )
-            other = self._targets.setdefault(key, member)
-            if other != member:
-                raise ValueError(
-                    f"Stream {key[0]!r} in group {key[1]!r} is subscribed as two members "
-                    f"({other!r} and {member!r}) by one consumer. Use one member name."
-                )
+            pattern = sub.compiled
+            if pattern.is_static:
+                self._add_target(stream, group, member)
+            else:
+                self._patterns.append((pattern, group, member))
+
+    def _add_target(self, stream: str, group: str, member: str) -> bool:
+        """Record a stream to read; True if it is new. Readers pick it up on their next read."""
+        other = self._targets.setdefault((stream, group), member)
+        if other != member:
+            raise ValueError(
+                f"Stream {stream!r} in group {group!r} is subscribed as two members "
+                f"({other!r} and {member!r}) by one consumer. Use one member name."
+            )
+        streams = self._members.get((group, member), [])
+        if stream in streams:
+            return False
+        self._members[(group, member)] = [*streams, stream]  # a new list: readers notice
+        return True
 
     async def start(self) -> None:
-        """Create missing groups (``MKSTREAM``) and start reading.
+        """Create missing groups (``MKSTREAM``), resolve patterns, start reading.
 
         Raises:
             ValueError: When there is nothing to read.
@@ -277,26 +305,39 @@ class RedisStreamConsumer:
         """
         if self._running:
             return
-        if not self._targets:
+        if not self._targets and not self._patterns:
             raise ValueError(
                 "RedisStreamConsumer has nothing to read. Register a handler with "
                 "RedisStreamSubscription(stream=..., group=...)."
             )
         for stream, group in self._targets:
             await self._create_group(stream, group, self.start_id)
-        readers: dict[tuple[str, str], list[str]] = {}
-        for (stream, group), member in self._targets.items():
-            readers.setdefault((group, member), []).append(stream)
+        await self._discover(self.start_id)
         self._running = self._started = True
+        self._spawn_readers()
+        self._keeper = asyncio.get_running_loop().create_task(
+            self._keep_loop(), name="dispytch-redis-streams-claims"
+        )
+
+    def _spawn_readers(self) -> None:
         loop = asyncio.get_running_loop()
-        for (group, member), streams in readers.items():
-            self._readers.append(
-                loop.create_task(
-                    self._read_loop(group, member, streams),
+        for group, member in self._members:
+            if (group, member) not in self._readers:
+                self._readers[(group, member)] = loop.create_task(
+                    self._read_loop(group, member),
                     name=f"dispytch-redis-streams-reader:{group}:{member}",
                 )
-            )
-        self._keeper = loop.create_task(self._keep_loop(), name="dispytch-redis-streams-claims")
+
+    async def _discover(self, start_id: str) -> None:
+        """Find streams matching the pattern subscriptions (``SCAN ... TYPE stream``)."""
+        for pattern, group, member in self._patterns:
+            async for raw in self._r.scan_iter(match=pattern.glob, count=1000, _type="stream"):
+                name = self._name(raw)
+                if (name, group) in self._targets or pattern.match(name) is None:
+                    continue
+                await self._create_group(name, group, start_id)
+                if self._add_target(name, group, member):
+                    log.info("Reading Redis stream %r (matches %r).", name, pattern.pattern)
 
     async def listen(self) -> AsyncIterator[Message]:
         """Yield entries until :meth:`stop`.
@@ -350,8 +391,8 @@ class RedisStreamConsumer:
         are made claimable at once (as on ``nack(requeue=True)``).
         """
         await self.stop()
-        tasks = [*self._readers, *([self._keeper] if self._keeper else [])]
-        self._readers, self._keeper = [], None
+        tasks = [*self._readers.values(), *([self._keeper] if self._keeper else [])]
+        self._readers, self._keeper = {}, None
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.block_ms / 1000 + 5.0)
             for task in pending:
@@ -383,21 +424,19 @@ class RedisStreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _read_loop(self, group: str, member: str, streams: list[str]) -> None:
+    async def _read_loop(self, group: str, member: str) -> None:
         """``XREADGROUP ... BLOCK`` until stopped, on a connection held for the purpose.
 
         The reply is parsed straight from the connection's stream
         (:class:`~dispytch.redis._resp.ReplyParser`): redis-py's parser was the largest
         cost per entry. Errors reconnect with a backoff; a vanished group is recreated.
+        Streams found later by a pattern join on the next read.
         """
         inbox = self._inbox
+        streams = self._members[(group, member)]
         if self._named:
             await self._guard(self._read_own_pending(group, member, streams))
-        request = command(
-            b"XREADGROUP", b"GROUP", group.encode(), member.encode(),
-            b"COUNT", b"%d" % self.batch_size, b"BLOCK", b"%d" % self.block_ms,
-            b"STREAMS", *(s.encode() for s in streams), *(b">" for _ in streams),
-        )  # fmt: skip
+        request = self._xreadgroup(group, member, streams)
         pool = self._redis.connection_pool
         conn: Any = None
         delay = 0.1
@@ -406,6 +445,13 @@ class RedisStreamConsumer:
                 if inbox.full:
                     await inbox.wait_space()
                     continue
+                current = self._members[(group, member)]
+                if current is not streams:
+                    added = [s for s in current if s not in streams]
+                    streams = current
+                    request = self._xreadgroup(group, member, streams)
+                    if self._named:
+                        await self._guard(self._read_own_pending(group, member, added))
                 try:
                     if conn is None:
                         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -438,6 +484,13 @@ class RedisStreamConsumer:
         finally:
             if conn is not None:
                 await pool.release(conn)
+
+    def _xreadgroup(self, group: str, member: str, streams: list[str]) -> bytes:
+        return command(
+            b"XREADGROUP", b"GROUP", group.encode(), member.encode(),
+            b"COUNT", b"%d" % self.batch_size, b"BLOCK", b"%d" % self.block_ms,
+            b"STREAMS", *(s.encode() for s in streams), *(b">" for _ in streams),
+        )  # fmt: skip
 
     async def _read_own_pending(self, group: str, member: str, streams: list[str]) -> None:
         """Entries this member name left pending before a restart (fixed names only)."""
@@ -516,13 +569,20 @@ class RedisStreamConsumer:
     async def _keep_loop(self) -> None:
         """Periodically refresh our pending entries and take over those of dead members."""
         while self._running:
+            if self._patterns and time.monotonic() >= self._next_discovery:
+                self._next_discovery = time.monotonic() + self.discover_interval
+                await self._guard(self._discover("0"))
+                self._spawn_readers()
             await self._guard(self._refresh_inflight())
             for (stream, group), member in list(self._targets.items()):
                 if not self._running:
                     return
                 await self._guard(self._autoclaim(stream, group, member))
+            pause = self.claim_interval
+            if self._patterns:
+                pause = min(pause, max(0.0, self._next_discovery - time.monotonic()))
             try:
-                await asyncio.wait_for(self._poke.wait(), self.claim_interval)
+                await asyncio.wait_for(self._poke.wait(), pause)
             except TimeoutError:
                 pass
             self._poke.clear()
