@@ -183,9 +183,9 @@ def main() -> None:
                 print(json.dumps(res), file=sys.stderr, flush=True)
                 runs[(mode, impl)].append(res)
 
-    def median(mode: str, impl: str, key: str) -> float | None:
+    def median(mode: str, impl: str, key: str, digits: int = 1) -> float | None:
         vals = [r[key] for r in runs[(mode, impl)] if r.get(key) is not None and "error" not in r]
-        return round(statistics.median(vals), 1) if vals else None
+        return round(statistics.median(vals), digits) if vals else None
 
     out: dict[str, Any] = {
         "bench": "redis-e2e",
@@ -197,7 +197,7 @@ def main() -> None:
     for mode in modes:
         for impl in impls:
             out[f"{mode}_{impl}_e2e_msgs_s"] = median(mode, impl, "e2e_msgs_s")
-            out[f"{mode}_{impl}_client_cpu_s"] = median(mode, impl, "client_cpu_s")
+            out[f"{mode}_{impl}_client_cpu_s"] = median(mode, impl, "client_cpu_s", 3)
             errors = [r["error"] for r in runs[(mode, impl)] if "error" in r]
             if errors:
                 out[f"{mode}_{impl}_errors"] = errors
