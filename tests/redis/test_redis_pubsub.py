@@ -473,3 +473,12 @@ async def test_users_pubsub_is_usable_after_a_stop_under_load(
 
     assert await asyncio.wait_for(next_data(), TIMEOUT) == b"after"
     await pubsub.aclose()
+
+
+async def test_a_stopped_consumer_cannot_restart(client: aredis.Redis, names: Names) -> None:
+    consumer = RedisConsumer(client)
+    consumer.subscribe([RedisEventSubscription(channel=names.channel())])
+    await consumer.start()
+    await consumer.close()
+    with pytest.raises(RuntimeError, match="cannot be restarted"):
+        await consumer.start()

@@ -478,3 +478,13 @@ async def test_pattern_subscriptions_find_streams_and_inject_params(
     assert sorted(got) == [("apac", 3, later), ("eu", 1, eu), ("us", 2, us)]
     for stream in (eu, us, later):
         assert await pending(client, stream, "g") == 0
+
+
+async def test_a_stopped_consumer_cannot_restart(client: aredis.Redis, names: Names) -> None:
+    consumer = fast(client)
+    consumer.subscribe([RedisStreamSubscription(stream=names.stream())])
+    await consumer.start()
+    await consumer.stop()
+    await consumer.close()
+    with pytest.raises(RuntimeError, match="cannot be restarted"):
+        await consumer.start()

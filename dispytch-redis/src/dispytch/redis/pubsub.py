@@ -167,6 +167,10 @@ class RedisConsumer:
         """
         if self._running:
             return
+        if self._started:
+            raise RuntimeError(
+                "This RedisConsumer was stopped; a consumer cannot be restarted. Create a new one."
+            )
         ps = self._pubsub
         if not (self._channels or self._patterns or ps.subscribed):
             raise ValueError(

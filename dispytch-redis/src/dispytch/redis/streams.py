@@ -305,6 +305,11 @@ class RedisStreamConsumer:
         """
         if self._running:
             return
+        if self._started:
+            raise RuntimeError(
+                "This RedisStreamConsumer was stopped; a consumer cannot be restarted. "
+                "Create a new one (its unsettled entries were handed back to the group)."
+            )
         if not self._targets and not self._patterns:
             raise ValueError(
                 "RedisStreamConsumer has nothing to read. Register a handler with "
@@ -405,7 +410,7 @@ class RedisStreamConsumer:
             if leftovers:
                 await self._hand_back(leftovers)
             await self._flush_all()
-            if not self._named:
+            if self._started and not self._named:
                 await self._forget_member()
         except (RedisError, OSError) as exc:
             log.warning(
