@@ -15,7 +15,9 @@ How it works:
   ``enable_auto_commit`` is never used.
 * ``nack(requeue=True)`` seeks the partition back to that record: it and everything after
   it are fetched and delivered again (records after it that the dispatcher already held
-  may therefore be handled twice), and nothing at or past it is committed before then.
+  may therefore be handled twice, the first time before the requeued one comes back), and
+  nothing at or past it is committed before then. Kafka keeps no delivery counter:
+  ``attempt`` counts redeliveries within this consumer only.
 * ``nack(requeue=False)``: Kafka cannot reject a record, so giving up on one means
   committing past it, as for an ack. Dead-letter it first (the ``DeadLetter``
   middleware) if it must not be lost.
