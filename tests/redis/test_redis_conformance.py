@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from dispytch.testing.conformance import TransportConformance
-
-from tests.redis.harness import RedisPubSubHarness, RedisStreamsHarness
+from redis_support import RedisPubSubHarness, RedisStreamsHarness
 
 pytestmark = pytest.mark.broker
 

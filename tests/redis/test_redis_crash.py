@@ -16,8 +16,7 @@ from dispytch import Event
 from dispytch.dispatcher import EventDispatcher
 from dispytch.redis import RedisStreamConsumer, RedisStreamSubscription
 from pydantic import BaseModel
-
-from tests.redis.conftest import REDIS_URL, Names
+from redis_support import REDIS_URL, Names
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

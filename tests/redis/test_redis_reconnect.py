@@ -15,8 +15,7 @@ from dispytch.redis import (
     RedisStreamConsumer,
     RedisStreamSubscription,
 )
-
-from tests.redis.conftest import REDIS_URL, Names
+from redis_support import REDIS_URL, Names
 
 pytestmark = pytest.mark.broker
 

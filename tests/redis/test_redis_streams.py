@@ -22,8 +22,7 @@ from dispytch.redis import (
 )
 from dispytch.routes import TopicRoute, TopicSubscription
 from dispytch.transport import Message, OutgoingMessage
-
-from tests.redis.conftest import STREAMS_URL, Names
+from redis_support import STREAMS_URL, Names
 
 pytestmark = pytest.mark.broker
 

@@ -1,6 +1,13 @@
-"""Conformance harnesses for Redis Pub/Sub and Redis Streams."""
+"""Shared pieces of the Redis tests: URLs, unique names, conformance harnesses.
+
+Imported by bare name (pytest puts this folder on ``sys.path``), so the tests run the
+same under ``pytest`` and ``python -m pytest``.
+"""
 
 from __future__ import annotations
+
+import os
+import uuid
 
 import redis.asyncio as aredis
 from dispytch.redis import (
@@ -18,7 +25,32 @@ from dispytch.testing.harness import TransportHarness
 from dispytch.transport import Consumer, Producer
 from redis.exceptions import ResponseError
 
-from tests.redis.conftest import REDIS_URL, STREAMS_URL
+REDIS_URL = os.environ.get("DISPYTCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+STREAMS_URL = REDIS_URL.replace("redis://", "redis+streams://", 1)
+
+
+class Names:
+    """Unique channel/stream names for one test; the streams are deleted afterwards."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def channel(self, prefix: str = "ch") -> str:
+        return f"test.{prefix}.{uuid.uuid4().hex[:10]}"
+
+    def stream(self, prefix: str = "st") -> str:
+        name = f"test.{prefix}.{uuid.uuid4().hex[:10]}"
+        self.keys.append(name)
+        return name
+
+    async def cleanup(self) -> None:
+        if not self.keys:
+            return
+        client = aredis.Redis.from_url(REDIS_URL)
+        try:
+            await client.delete(*self.keys)
+        finally:
+            await client.aclose()
 
 
 class RedisPubSubHarness(TransportHarness):
