@@ -481,3 +481,31 @@ async def test_a_stopped_consumer_cannot_restart(client: aredis.Redis, names: Na
     await consumer.close()
     with pytest.raises(RuntimeError, match="cannot be restarted"):
         await consumer.start()
+
+
+async def test_a_reader_bug_ends_listen_instead_of_hanging(
+    client: aredis.Redis,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import dispytch.redis.pubsub as pubsub_module
+
+    def broken(buf: bytearray, handle: Any) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(pubsub_module, "parse_frames", broken)
+    channel = names.channel()
+    consumer = RedisConsumer(client)
+    consumer.subscribe([RedisEventSubscription(channel=channel)])
+    await consumer.start()
+
+    async def drain() -> None:
+        async for _ in consumer.listen():
+            pass
+
+    with caplog.at_level(logging.ERROR, logger="dispytch.redis"):
+        await client.publish(channel, b"x")
+        await asyncio.wait_for(drain(), TIMEOUT)
+    await consumer.close()
+    assert "Pub/Sub reader failed" in caplog.records[0].getMessage()

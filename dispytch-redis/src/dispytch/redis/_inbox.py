@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -93,3 +94,24 @@ class Inbox(Generic[T]):
         items = list(self._items)
         self._items.clear()
         return items
+
+
+def close_on_failure(
+    inbox: Inbox[Any], what: str, log: logging.Logger
+) -> Callable[[asyncio.Task[None]], None]:
+    """A task done-callback: a background task that died of a bug ends ``listen``.
+
+    Errors the tasks expect (connection losses) are handled inside them; anything else
+    is logged with its traceback and the inbox closed, so the dispatcher sees the
+    consumer end instead of waiting forever.
+    """
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("%s failed; the consumer stops.", what, exc_info=exc)
+            inbox.close()
+
+    return done

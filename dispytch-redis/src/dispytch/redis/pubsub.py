@@ -17,7 +17,7 @@ from dispytch.redis._client import (
     split_url,
     to_bool,
 )
-from dispytch.redis._inbox import Inbox
+from dispytch.redis._inbox import Inbox, close_on_failure
 from dispytch.redis._resp import RespError, parse_frames
 from dispytch.redis.envelope import unpack
 from dispytch.redis.routes import RedisEventSubscription, RedisStreamSubscription
@@ -203,6 +203,9 @@ class RedisConsumer:
                 self._handle(response)
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name="dispytch-redis-pubsub-reader"
+        )
+        self._reader.add_done_callback(
+            close_on_failure(self._inbox, "The Redis Pub/Sub reader", log)
         )
         self._started = True
         self._running = True

@@ -48,7 +48,7 @@ from dispytch.redis._client import (
     to_bool,
     to_optional_int,
 )
-from dispytch.redis._inbox import Inbox
+from dispytch.redis._inbox import Inbox, close_on_failure
 from dispytch.redis._resp import ErrorReply, RespError, command, read_reply
 from dispytch.redis.envelope import encode_headers, unpack_fields
 from dispytch.redis.routes import (
@@ -323,14 +323,20 @@ class RedisStreamConsumer:
         self._keeper = asyncio.get_running_loop().create_task(
             self._keep_loop(), name="dispytch-redis-streams-claims"
         )
+        self._keeper.add_done_callback(
+            close_on_failure(self._inbox, "The Redis Streams recovery task", log)
+        )
 
     def _spawn_readers(self) -> None:
         loop = asyncio.get_running_loop()
         for group, member in self._members:
             if (group, member) not in self._readers:
-                self._readers[(group, member)] = loop.create_task(
+                task = self._readers[(group, member)] = loop.create_task(
                     self._read_loop(group, member),
                     name=f"dispytch-redis-streams-reader:{group}:{member}",
+                )
+                task.add_done_callback(
+                    close_on_failure(self._inbox, f"The Redis Streams reader of {group!r}", log)
                 )
 
     async def _discover(self, start_id: str) -> None:
