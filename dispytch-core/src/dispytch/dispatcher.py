@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
-import sys
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,17 +48,6 @@ log = logging.getLogger("dispytch.dispatcher")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ROUTE_CACHE_LIMIT = 4096
-
-if sys.version_info >= (3, 12):
-
-    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.eager_task_factory(loop, coro)  # type: ignore[attr-defined]
-
-else:
-
-    def _eager_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
-        return loop.create_task(coro)
-
 
 class AckPolicy(enum.StrEnum):
     """When a message is acknowledged.
@@ -169,6 +156,8 @@ class EventDispatcher:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lanes: dict[Hashable, deque[Message]] = {}
+        self._ready: deque[Message] = deque()
+        self._free_workers = 0
         self._abandoning = False
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[Message] = set()
@@ -301,6 +290,8 @@ class EventDispatcher:
         self._closed = asyncio.Event()
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._lanes = {}
+        self._ready = deque()
+        self._free_workers = 0
         self._tasks = set()
         self._abandoning = False
         self._loop = asyncio.get_running_loop()
@@ -402,6 +393,7 @@ class EventDispatcher:
         assert slots is not None
         submit = self._submit
         inflight = self._inflight
+        inline = self.max_in_flight == 1
         backoff = 0.1
         while not self._stopping:
             messages = self.consumer.listen()
@@ -416,7 +408,14 @@ class EventDispatcher:
                         slots.release()
                         raise
                     inflight.add(msg)
-                    submit(msg)
+                    if inline:
+                        # One at a time anyway: no hand-off to a worker.
+                        try:
+                            await self._process(msg)
+                        finally:
+                            slots.release()
+                    else:
+                        submit(msg)
                     backoff = 0.1
             except StopAsyncIteration:
                 if self._stopping:
@@ -441,58 +440,57 @@ class EventDispatcher:
         if not self._stopping:
             asyncio.get_running_loop().create_task(self.stop())
 
-    # Scheduling: one task per message, started eagerly where Python can (3.12+: the
-    # task runs at once, inside the reader's turn, until it first has to wait, so a
-    # handler that never waits costs no scheduling round trip). Messages of a busy lane
-    # wait in the lane's deque and start when the one before them finished.
+    # Scheduling. Workers are tasks that handle messages from a deque until it is empty,
+    # then end. Messages without a lane share one deque and as many workers as it takes
+    # to keep every free slot busy: a new worker starts only when a message waits and no
+    # worker is free to take it. A lane has its own deque and at most one worker, so its
+    # messages are handled in order. While handlers keep up, a burst of messages costs
+    # one task in all, not one per message.
     def _submit(self, msg: Message) -> None:
         lane = msg.lane
-        if lane is not None:
-            waiting = self._lanes.get(lane)
-            if waiting is not None:
-                waiting.append(msg)
-                return
-            self._lanes[lane] = deque()
-            self._run_lane(lane, msg)
+        if lane is None:
+            self._ready.append(msg)
+            if self._free_workers == 0:
+                self._free_workers += 1
+                self._spawn(self._ready, None)
             return
-        if self._start(msg):
-            self._done(msg)
+        waiting = self._lanes.get(lane)
+        if waiting is not None:
+            waiting.append(msg)
+            return
+        waiting = self._lanes[lane] = deque((msg,))
+        self._spawn(waiting, lane)
 
-    def _start(self, msg: Message) -> bool:
-        """Start handling ``msg``; True if it already finished, else it runs as a task."""
-        task = _eager_task(self._loop, self._process(msg))
-        if task.done():
-            if not task.cancelled():
-                task.exception()  # _process settles every error itself; just retrieve it
-            return True
+    def _spawn(self, queue: deque[Message], lane: Hashable | None) -> None:
+        task = self._loop.create_task(self._work(queue, lane))
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, msg))
-        return False
+        task.add_done_callback(self._tasks.discard)
 
-    def _task_done(self, msg: Message, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        self._done(msg)
-        lane = msg.lane
-        if lane is not None and not self._abandoning:
-            waiting = self._lanes.get(lane)
-            if waiting:
-                self._run_lane(lane, waiting.popleft())
-            else:
-                self._lanes.pop(lane, None)
-
-    def _run_lane(self, lane: Hashable, msg: Message | None) -> None:
-        waiting = self._lanes[lane]
-        while msg is not None:
-            if not self._start(msg):
-                return  # continues as a task; _task_done starts the next one
-            self._done(msg)
-            msg = waiting.popleft() if waiting else None
-        self._lanes.pop(lane, None)
-
-    def _done(self, msg: Message) -> None:
+    async def _work(self, queue: deque[Message], lane: Hashable | None) -> None:
         slots = self._slots
         assert slots is not None
-        slots.release()
+        process = self._process
+        shared = lane is None
+        try:
+            while queue and not self._abandoning:
+                msg = queue.popleft()
+                if shared:
+                    self._free_workers -= 1
+                    if queue and not self._free_workers:
+                        # More is waiting and this worker may be busy for a while.
+                        self._free_workers += 1
+                        self._spawn(queue, None)
+                try:
+                    await process(msg)
+                finally:
+                    slots.release()
+                    if shared:
+                        self._free_workers += 1
+        finally:
+            if shared:
+                self._free_workers -= 1
+            else:
+                self._lanes.pop(lane, None)
 
     async def _process(self, msg: Message) -> None:
         """Handle one message and settle it. Never raises (but for cancellation)."""
