@@ -49,6 +49,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _ROUTE_CACHE_LIMIT = 4096
 
+
 class AckPolicy(enum.StrEnum):
     """When a message is acknowledged.
 
