@@ -183,9 +183,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy --strict on core, installed as a wheel (mypy does not follow extend_path across
-    editable source folders)."""
-    session.install("mypy", CORE + "[msgpack]", *TEST_DEPS)
+    """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
+    not follow extend_path across editable source folders)."""
+    session.install("mypy", CORE + "[msgpack]", *PLUGINS.values(), "orjson", *TEST_DEPS)
     session.run("mypy", "--strict", "-p", "dispytch")
 
 
