@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dispytch.errors import NotStartedError, RequeueMessage
+from dispytch.errors import NotStartedError, PayloadError, RequeueMessage
 from dispytch.middleware.base import (
     CallNext,
     HandlerContext,
@@ -540,7 +540,7 @@ class EventDispatcher:
             except Exception as exc:
                 failed = exc
                 self.stats["failed_handlers"] += 1
-                if type(exc).__name__ == "PayloadError":
+                if isinstance(exc, PayloadError):
                     self.stats["invalid_payload"] += 1
                 log.error(
                     "Handler %r failed for good on route %r (%d bytes, attempt %d, "
@@ -583,7 +583,9 @@ class EventDispatcher:
         elif ran:
             self.stats["handled"] += 1
         else:
+            # Handlers take this route, but none takes this event type.
             self.stats["skipped"] += 1
+            log.debug("No handler for event type %r on %r; acknowledging it.", etype, msg.route)
         if policy is AckPolicy.AFTER:
             await self._settle(msg, consumer.ack)
         elif policy is AckPolicy.MANUAL:
