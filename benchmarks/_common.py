@@ -36,12 +36,17 @@ def load_workload() -> Any:
     return common
 
 
-def run_baseline(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
-    """Run one of the shared baseline scripts and return its JSON line."""
-    cmd = [sys.executable, str(shared_bench() / script), *args]
+def run_json(cmd: list[str], timeout: float, what: str) -> dict[str, Any]:
+    """Run ``cmd`` in its own process and return the last JSON line it printed."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     for line in reversed(proc.stdout.splitlines()):
         line = line.strip()
         if line.startswith("{"):
             return json.loads(line)  # type: ignore[no-any-return]
-    return {"error": f"{script} {' '.join(args)} printed no result", "stderr": proc.stderr[-2000:]}
+    return {"error": f"{what} printed no result", "stderr": proc.stderr[-2000:]}
+
+
+def run_baseline(script: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """Run one of the shared baseline scripts and return its JSON line."""
+    cmd = [sys.executable, str(shared_bench() / script), *args]
+    return run_json(cmd, timeout, f"{script} {' '.join(args)}")

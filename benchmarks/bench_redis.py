@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_workload, run_baseline
+from _common import load_workload, run_baseline, run_json
 from dispytch import Event, EventBase, EventEmitter
 
 BenchEvent: Any = None
@@ -141,13 +140,7 @@ def run_self(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         sys.executable, __file__, "--child", "--mode", mode, "-n", str(args.n),
         "--batch-size", str(args.batch_size), "--timeout", str(args.timeout),
     ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=args.timeout + 60, check=False
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)  # type: ignore[no-any-return]
-    return {"impl": "dispytch", "error": "no result", "stderr": proc.stderr[-2000:]}
+    return {"impl": "dispytch", **run_json(cmd, args.timeout + 60, "the Dispytch run")}
 
 
 # ----------------------------------------------------------------- the comparison
