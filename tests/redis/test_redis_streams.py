@@ -393,6 +393,25 @@ async def test_from_url_reads_options(names: Names) -> None:
     await consumer.close()
 
 
+async def test_one_url_configures_emitter_and_dispatcher(names: Names) -> None:
+    """Consumer options in the URL are not handed to the producer's redis client (and the
+    producer's not to the consumer's), so one URL serves both sides."""
+    stream = names.stream()
+    url = f"{STREAMS_URL}?group=shared&max_deliveries=3&delivery_timeout=5"
+    got: list[int] = []
+    emitter = EventEmitter.from_url(url)
+    dispatcher = EventDispatcher.from_url(url)
+
+    @dispatcher.handler(TopicSubscription(topic=stream))
+    async def on_order(event: Event[Order]) -> None:
+        got.append(event.body.order_id)
+
+    async with emitter, dispatcher:
+        await emitter.emit(Order(order_id=1), route=TopicRoute(topic=stream))
+        await wait_for(lambda: got == [1], "the event through one URL")
+    assert dispatcher.consumer.group == "shared"  # type: ignore[attr-defined]
+
+
 async def test_fixed_member_name_resumes_its_own_pending_entries(
     client: aredis.Redis, names: Names
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,13 +87,18 @@ def check_async_pubsub(pubsub: object, owner: str) -> AsyncPubSub:
 
 
 def split_url(
-    url: str, options: dict[str, Any], known: dict[str, Callable[[str], Any]]
+    url: str,
+    options: dict[str, Any],
+    known: dict[str, Callable[[str], Any]],
+    other_side: Collection[str] = (),
 ) -> tuple[str, dict[str, Any]]:
     """Turn a Dispytch Redis URL into a redis-py URL plus Dispytch options.
 
     ``redis+streams://`` becomes ``redis://``; query parameters named in ``known`` are
     taken out (converted with their callable) unless already given in ``options``, the
-    rest stay for redis-py (``?socket_timeout=5``).
+    rest stay for redis-py (``?socket_timeout=5``), but for those in ``other_side``: the
+    options of the consumer when building a producer and the other way round, dropped so
+    that one URL can configure both an emitter and a dispatcher.
 
     Raises:
         ValueError: For a scheme that is not a Redis one.
@@ -108,6 +113,8 @@ def split_url(
     rest = []
     merged = dict(options)
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in other_side and name not in known:
+            continue
         if name in known:
             if name not in merged:
                 try:

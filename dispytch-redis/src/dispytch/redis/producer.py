@@ -128,7 +128,10 @@ class RedisProducer:
         ``?warn_no_receivers=false`` and ``?delivery_timeout=5`` are read from the query;
         other query parameters go to redis-py (``?socket_timeout=5``).
         """
-        redis_url, options = split_url(url, options, _URL_OPTIONS)
+        from dispytch.redis import pubsub, streams
+
+        consumer_options = {*pubsub._URL_OPTIONS, *streams._URL_OPTIONS}
+        redis_url, options = split_url(url, options, _URL_OPTIONS, consumer_options)
         producer = cls(client_from_url(redis_url), **options)
         producer._owns_client = True
         return producer

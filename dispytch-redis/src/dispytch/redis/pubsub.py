@@ -118,7 +118,9 @@ class RedisConsumer:
         ``?ordered=true``, ``?max_buffered=N`` and ``?subscribe_timeout=S`` are read from
         the query; other query parameters go to redis-py.
         """
-        redis_url, options = split_url(url, options, _URL_OPTIONS)
+        from dispytch.redis import producer
+
+        redis_url, options = split_url(url, options, _URL_OPTIONS, producer._URL_OPTIONS)
         client = client_from_url(redis_url)
         consumer = cls(client, **options)
         consumer._owned_client = client

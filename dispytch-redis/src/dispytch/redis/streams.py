@@ -229,7 +229,9 @@ class RedisStreamConsumer:
         max_deliveries=10&dead_letter_stream=dlq&batch_size=100&block_ms=500&
         claim_interval=1&start_id=0&ordered=true``; other parameters go to redis-py.
         """
-        redis_url, options = split_url(url, options, _URL_OPTIONS)
+        from dispytch.redis import producer
+
+        redis_url, options = split_url(url, options, _URL_OPTIONS, producer._URL_OPTIONS)
         consumer = cls(client_from_url(redis_url), **options)
         consumer._owns_client = True
         return consumer
