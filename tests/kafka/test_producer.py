@@ -82,6 +82,38 @@ async def test_send_batch_sends_all(kafka_bootstrap: str, topic: str) -> None:
     assert len(await read(kafka_bootstrap, topic, 300)) == 300
 
 
+@pytest.mark.parametrize(
+    ("batch_bytes", "expected"),
+    [(None, 256 * 1024), (64 * 1024, 64 * 1024), (1024, 16384), (10**9, 1048576)],
+)
+async def test_send_batch_packs_batch_bytes(
+    kafka_bootstrap: str, topic: str, batch_bytes: int | None, expected: int
+) -> None:
+    """Batches of ``batch_bytes`` (never below the client's ``max_batch_size``, never
+    above its ``max_request_size``) keep order and headers across batch boundaries."""
+    await create_topic(kafka_bootstrap, topic, 1)
+    producer = KafkaProducer.from_url(f"kafka://{kafka_bootstrap}", batch_bytes=batch_bytes)
+    async with EventEmitter(producer) as em:
+        assert producer.raw is not None
+        batch = producer._batch_maker(producer.raw)()
+        fits = 0
+        while batch.append(timestamp=None, key=None, value=b"x" * 1000, headers=[]):
+            fits += 1
+        assert fits * 1000 <= expected < (fits + 1) * 1100  # ~1000 B per record
+        route = KafkaEventRoute(topic=topic, headers={"tenant": "acme"})
+        await em.producer.send_batch(
+            [em.build(Ping(n=i, user="x" * 200), route=route) for i in range(2000)]
+        )
+    recs = await read(kafka_bootstrap, topic, 2000)
+    assert [Ping.model_validate_json(r.value).n for r in recs] == list(range(2000))
+    assert all(dict(r.headers)["tenant"] == b"acme" for r in recs)
+
+
+def test_batch_bytes_from_url() -> None:
+    producer = KafkaProducer.from_url("kafka://127.0.0.1:9?batch_bytes=65536")
+    assert producer.batch_bytes == 65536
+
+
 async def test_not_started_raw_producer_raises(kafka_bootstrap: str, topic: str) -> None:
     raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     producer = KafkaProducer(raw)
