@@ -96,7 +96,7 @@ async def run_dispytch(
             t_pub = time.perf_counter()
             await common.wait_done(st, time.monotonic() + timeout)
             cpu_info = cpu.stop()
-        committed = dict(consumer.committed_offsets())
+        committed = await stored_offsets(bootstrap, f"g-{topic}", topic, partitions)
     finally:
         try:
             await admin.delete_topics([topic])
@@ -107,8 +107,23 @@ async def run_dispytch(
     res.update(cpu_info)
     res["assigned_partitions"] = assigned
     res["dispatcher_stats"] = dict(dispatcher.stats)
-    res["committed_after_close"] = sum(v or 0 for v in committed.values()) or None
+    res["committed_after_close"] = committed  # == n: every record's offset committed
     return res
+
+
+async def stored_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> int | None:
+    """The group's committed offsets, summed, as the broker has them after close()
+    (the consumer's own trackers are gone by then): ``n`` when every record was
+    committed."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        offsets = [await probe.committed(TopicPartition(topic, p)) for p in range(partitions)]
+    finally:
+        await probe.stop()
+    return sum(o or 0 for o in offsets) if any(o is not None for o in offsets) else None
 
 
 def dispytch_child(args: argparse.Namespace) -> None:
