@@ -109,6 +109,35 @@ async def test_send_batch_packs_batch_bytes(
     assert all(dict(r.headers)["tenant"] == b"acme" for r in recs)
 
 
+async def test_send_batch_mixes_keyed_and_unkeyed_on_one_route(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """Keyed records go where the partitioner puts their key (as ``send`` does), also
+    between unkeyed ones on the same route; unkeyed ones stick to one partition."""
+    await create_topic(kafka_bootstrap, topic, 4)
+    producer = KafkaProducer.from_url(f"kafka://{kafka_bootstrap}")
+    route = KafkaEventRoute(topic=topic)
+    async with EventEmitter(producer) as em:
+        assert producer.raw is not None
+        msgs = [
+            em.build(Ping(n=i), route=route, key=f"k{i % 7}" if i % 3 == 0 else None)
+            for i in range(300)
+        ]
+        await em.producer.send_batch(msgs)
+        expected = {
+            m.key: producer.raw._partition(topic, None, m.key, None, m.key, None)
+            for m in msgs
+            if m.key is not None
+        }
+    recs = await read(kafka_bootstrap, topic, 300)
+    assert all(r.partition == expected[r.key] for r in recs if r.key is not None)
+    assert len({r.partition for r in recs if r.key is None}) == 1
+    by_partition: dict[int, list[int]] = {}
+    for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
+        by_partition.setdefault(r.partition, []).append(Ping.model_validate_json(r.value).n)
+    assert all(ns == sorted(ns) for ns in by_partition.values())  # order kept per partition
+
+
 def test_batch_bytes_from_url() -> None:
     producer = KafkaProducer.from_url("kafka://127.0.0.1:9?batch_bytes=65536")
     assert producer.batch_bytes == 65536

@@ -325,27 +325,44 @@ class KafkaProducer:
         full: list[tuple[Any, str, int, int]] = []
         counts: dict[tuple[str, int], int] = {}
         singles: list[OutgoingMessage] = []
+        # An unkeyed message on the same route object as the one before (the emitter
+        # reuses a static route's object) goes where that one went: skip the lookups.
+        last_route: EventRoute | None = None
+        last_slot = ("", 0)
         for message in messages:
-            try:
-                topic, partition = _address(message.route)
-                if topic not in known:
-                    await self._metadata(raw, topic)
-                    known.add(topic)
-                key = message.key
-                if partition is None:
-                    if key is None:
-                        partition = sticky.get(topic)
+            route = message.route
+            key = message.key
+            if route is last_route and key is None:
+                slot = last_slot
+                topic, partition = slot
+            else:
+                try:
+                    topic, address_partition = _address(route)
+                    if topic not in known:
+                        await self._metadata(raw, topic)
+                        known.add(topic)
+                    if address_partition is not None:
+                        partition = address_partition
+                    elif key is None:
+                        partition = sticky.get(topic)  # type: ignore[assignment]
                         if partition is None:
                             partition = sticky[topic] = raw._partition(
                                 topic, None, None, None, None, None
                             )
                     else:
                         partition = raw._partition(topic, None, key, None, key, None)
-            except EmitError as exc:
-                first_error = first_error or exc
-                continue
-            headers = _headers(message) if message.headers else None
-            slot = (topic, partition)
+                except EmitError as exc:
+                    first_error = first_error or exc
+                    last_route = None
+                    continue
+                slot = (topic, partition)
+                if key is None:
+                    last_route, last_slot = route, slot
+                else:
+                    last_route = None
+            hdrs = message.headers
+            # The emitter already merged the route's static headers into the message's.
+            headers = [(k, v.encode()) for k, v in hdrs.items()] if hdrs else None
             batch = open_batches.get(slot)
             if batch is None:
                 batch = open_batches[slot] = create_batch()
