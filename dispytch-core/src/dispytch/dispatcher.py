@@ -160,7 +160,7 @@ class EventDispatcher:
         self._ready: deque[Message] = deque()
         self._free_workers = 0
         self._abandoning = False
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: _Slots | None = None
         self._inflight: set[Message] = set()
         self._closed = asyncio.Event()
 
@@ -289,7 +289,7 @@ class EventDispatcher:
         self._running = True
         self._stopping = False
         self._closed = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._slots = _Slots(self.max_in_flight)
         self._lanes = {}
         self._ready = deque()
         self._free_workers = 0
@@ -402,7 +402,9 @@ class EventDispatcher:
                 while True:
                     # A free slot first, then the next message: nothing leaves the broker
                     # that the dispatcher could not start handling at once.
-                    await slots.acquire()
+                    if slots.free <= 0:
+                        await slots.wait()
+                    slots.free -= 1
                     try:
                         msg = await anext(messages)
                     except BaseException:
@@ -609,6 +611,33 @@ class EventDispatcher:
                 "Could not settle a message on %r with the broker; it will be delivered again",
                 msg.route,
             )
+
+
+class _Slots:
+    """The in-flight bound. Only the reader takes slots, workers give them back: a
+    counter and at most one waiter, without asyncio.Semaphore's per-call coroutine and
+    FIFO bookkeeping, which a single taker does not need."""
+
+    __slots__ = ("_waiter", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Return once a slot is free (the caller then takes it: ``free -= 1``)."""
+        while self.free <= 0:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def release(self) -> None:
+        self.free += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

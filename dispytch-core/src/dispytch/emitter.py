@@ -127,8 +127,12 @@ class EventEmitter:
         headers: Mapping[str, str] | None = None,
         key: Any = None,
         route: EventRoute | None = None,
+        stamp: str | None = None,
     ) -> OutgoingMessage:
-        """Serialise ``event`` into the record its producer sends (routes resolved)."""
+        """Serialise ``event`` into the record its producer sends (routes resolved).
+
+        ``stamp`` is the ``dispytch-timestamp`` header (default: now); a batch shares one.
+        """
         cls = type(event)
         if route is None:
             plan = self._plans.get(cls)
@@ -146,7 +150,7 @@ class EventEmitter:
             key_bytes = str(key).encode()
         hdrs = base_headers.copy()
         hdrs[HEADER_EVENT_ID] = f"{self._id_prefix}{next(self._ids):016x}"
-        hdrs[HEADER_TIMESTAMP] = f"{time.time():.6f}"
+        hdrs[HEADER_TIMESTAMP] = stamp or f"{time.time():.6f}"
         if headers:
             hdrs.update(headers)
         return OutgoingMessage(resolved, self._encode(event), hdrs, key_bytes)
@@ -204,7 +208,8 @@ class EventEmitter:
         Raises the first error after every event was attempted (see :meth:`emit`).
         """
         evs = list(events)
-        messages = [self.build(e, headers=headers) for e in evs]
+        stamp = f"{time.time():.6f}"
+        messages = [self.build(e, headers=headers, stamp=stamp) for e in evs]
         try:
             await self.producer.send_batch(messages)
         except (TimeoutError, EmitTimeoutError) as exc:
