@@ -165,3 +165,20 @@ def test_wrapping_checks_the_client() -> None:
         KafkaProducer(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="wraps an aiokafka.AIOKafkaConsumer"):
         KafkaConsumer(object())  # type: ignore[arg-type]
+
+
+def test_one_url_configures_both_sides() -> None:
+    """Consumer options in a producer's URL (and the other way round) are left out, so an
+    emitter and a dispatcher can share one URL; a typo still fails."""
+    from dispytch.kafka import KafkaConsumer, KafkaProducer
+
+    url = "kafka://h:1?group_id=g1&ordered=false&linger_ms=7&delivery_timeout=3&batch_bytes=65536"
+    p = KafkaProducer.from_url(url)
+    assert p._options["linger_ms"] == 7
+    assert "group_id" not in p._options
+    assert p.delivery_timeout == 3.0
+    c = KafkaConsumer.from_url(url)
+    assert c.group_id == "g1"
+    assert "linger_ms" not in c._options
+    with pytest.raises(KafkaConfigError, match="has no option 'group_idd'"):
+        KafkaProducer.from_url("kafka://h:1?group_idd=g1")

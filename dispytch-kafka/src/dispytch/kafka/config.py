@@ -124,3 +124,19 @@ def parse_bool(key: str, value: Any) -> bool:
     if low in _FALSE:
         return False
     raise KafkaConfigError(f"Kafka option {key}={value!r} should be true or false.")
+
+
+def drop_other_side(
+    url_options: dict[str, str], this: type, other: type, other_own: frozenset[str]
+) -> None:
+    """Remove URL options meant for the other side (``?group_id=`` in a producer's URL).
+
+    One ``kafka://`` URL can then configure both an emitter and a dispatcher. Only options
+    the other client (or Dispytch's wrapper of it) knows and this one does not are
+    dropped: a typo still fails loudly in :func:`coerce_options`.
+    """
+    mine = inspect.signature(this).parameters
+    theirs = inspect.signature(other).parameters
+    for key in list(url_options):
+        if key not in mine and (key in theirs or key in other_own):
+            del url_options[key]

@@ -34,6 +34,7 @@ from typing import Any
 
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
+    AIOKafkaProducer,
     ConsumerRebalanceListener,
     TopicPartition,
 )
@@ -47,6 +48,7 @@ from dispytch.errors import NotStartedError
 from dispytch.kafka.config import (
     KafkaConfigError,
     coerce_options,
+    drop_other_side,
     ensure_ssl_context,
     parse_bool,
     parse_kafka_url,
@@ -258,6 +260,12 @@ class KafkaConsumer:
                 ours[key] = int(raw_value)
             else:
                 ours[key] = float(raw_value)
+        drop_other_side(
+            url_options,
+            AIOKafkaConsumer,
+            AIOKafkaProducer,
+            frozenset({"delivery_timeout", "batch_bytes"}),
+        )
         merged = coerce_options(AIOKafkaConsumer, {**url_options, **options})
         if merged.get("enable_auto_commit"):
             raise KafkaConfigError(

@@ -15,7 +15,12 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     RequestTimedOutError,
 )
 from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
-from dispytch.kafka.config import coerce_options, ensure_ssl_context, parse_kafka_url
+from dispytch.kafka.config import (
+    coerce_options,
+    drop_other_side,
+    ensure_ssl_context,
+    parse_kafka_url,
+)
 from dispytch.routes import EventRoute
 from dispytch.transport import OutgoingMessage
 
@@ -117,6 +122,10 @@ class KafkaProducer:
             delivery_timeout = float(url_options.pop("delivery_timeout"))
         if "batch_bytes" in url_options:
             batch_bytes = int(url_options.pop("batch_bytes"))
+        from aiokafka import AIOKafkaConsumer
+        from dispytch.kafka.consumer import _OUR_OPTIONS as consumer_own
+
+        drop_other_side(url_options, AIOKafkaProducer, AIOKafkaConsumer, consumer_own)
         merged = coerce_options(AIOKafkaProducer, {**url_options, **options})
         merged.setdefault("bootstrap_servers", servers)
         ensure_ssl_context(merged)
