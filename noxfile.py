@@ -66,6 +66,11 @@ def core(session: nox.Session) -> None:
     _pytest(session, "tests/core", "tests/conformance")
 
 
+def _uninstall_dispytch(session: nox.Session) -> None:
+    dists = ["dispytch-core", *(f"dispytch-{n}" for n in PLUGINS)]
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", *dists, silent=True)
+
+
 @nox.session
 def wheels(session: nox.Session) -> None:
     """Build every distribution as a wheel; core + one plugin resolves dispytch.<plugin>
@@ -78,17 +83,7 @@ def wheels(session: nox.Session) -> None:
     core_whl = next(dist.glob("dispytch_core-*.whl"))
     for name in PLUGINS:
         whl = next(dist.glob(f"dispytch_{name}-*.whl"))
-        session.run(
-            "python",
-            "-m",
-            "pip",
-            "uninstall",
-            "-y",
-            "-q",
-            "dispytch-core",
-            *(f"dispytch-{n}" for n in PLUGINS),
-            silent=True,
-        )
+        _uninstall_dispytch(session)
         session.install(str(core_whl), str(whl))
         others = [n for n in PLUGINS if n != name]
         session.run(
@@ -101,17 +96,7 @@ def wheels(session: nox.Session) -> None:
             f"print('dispytch.{name} resolves from its own wheel')",
         )
     # The meta-distribution pulls core and, through an extra, a plugin.
-    session.run(
-        "python",
-        "-m",
-        "pip",
-        "uninstall",
-        "-y",
-        "-q",
-        "dispytch-core",
-        *(f"dispytch-{n}" for n in PLUGINS),
-        silent=True,
-    )
+    _uninstall_dispytch(session)
     meta = next(dist.glob("dispytch-*.whl"))
     session.install("--find-links", str(dist), f"dispytch[redis] @ {meta.resolve().as_uri()}")
     session.run("python", "-c", "import dispytch.redis; print('dispytch[redis] installs')")
