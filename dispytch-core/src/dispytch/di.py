@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -137,7 +137,6 @@ class HandlerPlan:
         self.route_params: set[str] = set()
         self.needs_teardown = False
         self.uses_ack = False
-        self._param_adapters: dict[str, TypeAdapter[Any]] = {}
         self.root = self._compile(func, use_cache=False, stack=())
 
     # -- compile --------------------------------------------------------------------
@@ -216,9 +215,7 @@ class HandlerPlan:
             self.route_params.add(pname)
             if base is inspect.Parameter.empty or base is str:
                 return (pname, _PARAM, None)
-            adapter = TypeAdapter(base)
-            self._param_adapters[pname] = adapter
-            return (pname, _PARAM, adapter)
+            return (pname, _PARAM, (TypeAdapter(base), _name(base)))
         if base is Message:
             return (pname, _MESSAGE, None)
         if base is Acknowledger:
@@ -297,13 +294,14 @@ class HandlerPlan:
         stack.push_async_exit(_threaded_exit(cm))
         return value
 
-    def _convert(self, pname: str, adapter: TypeAdapter[Any], raw: str) -> Any:
+    def _convert(self, pname: str, target: tuple[TypeAdapter[Any], str], raw: str) -> Any:
+        adapter, type_name = target
         try:
             return adapter.validate_strings(raw)
         except ValidationError as exc:
             raise RouteParamError(
                 f"Handler {self.handler_name!r}: route segment {pname}={raw!r} is not a valid "
-                f"{adapter._type!r}: {exc.errors(include_url=False)[0]['msg']}."
+                f"{type_name}: {exc.errors(include_url=False)[0]['msg']}."
             ) from exc
 
 
@@ -329,8 +327,3 @@ def _threaded_exit(cm: Any) -> Callable[..., Any]:
 
 def _name(func: Any) -> str:
     return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or func)
-
-
-def describe_params(plan: HandlerPlan) -> Mapping[str, Any]:
-    """A summary of a plan, for debugging and ``repr``."""
-    return {"events": plan.event_types, "route_params": sorted(plan.route_params)}

@@ -41,7 +41,7 @@ from dispytch.patterns import RoutePattern
 from dispytch.router import HandlerSpec, Router
 from dispytch.routes import EventSubscription
 from dispytch.serialization import JSON_CONTENT_TYPE, Serializer
-from dispytch.transport import HEADER_EVENT_TYPE, Consumer, Message
+from dispytch.transport import HEADER_EVENT_TYPE, Acknowledger, Consumer, Message
 
 log = logging.getLogger("dispytch.dispatcher")
 
@@ -148,7 +148,7 @@ class EventDispatcher:
         #: invalid_payload, failed_handlers.
         self.stats: Counter[str] = Counter()
         self._entries: list[HandlerEntry] = []
-        self._static: dict[str, list[tuple[HandlerEntry, RoutePattern]]] = {}
+        self._static: dict[str, list[HandlerEntry]] = {}
         self._dynamic: list[tuple[RoutePattern, list[HandlerEntry]]] = []
         self._route_cache: dict[str, _Match] = {}
         self._decoders: dict[tuple[str | None, Any], Callable[[bytes], Any]] = {}
@@ -246,7 +246,7 @@ class EventDispatcher:
             self._entries.append(entry)
             pattern = spec.subscription.compiled
             if pattern.is_static:
-                self._static.setdefault(pattern.pattern, []).append((entry, pattern))
+                self._static.setdefault(pattern.pattern, []).append(entry)
             else:
                 dynamic.setdefault(pattern, []).append(entry)
         self._dynamic = list(dynamic.items())
@@ -256,7 +256,7 @@ class EventDispatcher:
         if found is not None:
             return found
         out: list[tuple[HandlerEntry, dict[str, str]]] = [
-            (entry, {}) for entry, _ in self._static.get(route, ())
+            (entry, {}) for entry in self._static.get(route, ())
         ]
         for pattern, entries in self._dynamic:
             params = pattern.match(route)
@@ -369,6 +369,10 @@ class EventDispatcher:
                 await self.consumer.nack(msg, requeue=True)
             except Exception:
                 log.exception("Could not hand %r back to the broker", msg)
+
+    def acknowledger_for(self, message: Message) -> Acknowledger:
+        """The manual acknowledger of ``message`` (``AckPolicy.MANUAL`` handlers get it)."""
+        return Acknowledger(self.consumer, message, on_settled=self._inflight.discard)
 
     async def wait(self) -> None:
         """Wait until the dispatcher has stopped (by :meth:`stop`, or the consumer ended)."""

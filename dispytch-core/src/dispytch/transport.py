@@ -7,7 +7,7 @@ that yields :class:`Message` objects and acknowledges them when the dispatcher s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -173,21 +173,36 @@ class Acknowledger:
     :meth:`nack` yourself; Dispytch will not settle the message for you.
     """
 
-    __slots__ = ("_consumer", "_message", "settled")
+    __slots__ = ("_consumer", "_message", "_on_settled", "settled")
 
-    def __init__(self, consumer: Consumer, message: Message) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        message: Message,
+        on_settled: Callable[[Message], object] | None = None,
+    ) -> None:
         self._consumer = consumer
         self._message = message
+        self._on_settled = on_settled
         self.settled = False
+
+    def _settle(self) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        if self._on_settled is not None:
+            # The dispatcher forgets the message, so a stop that cancels the handler
+            # afterwards does not settle it a second time (RabbitMQ closes the channel on
+            # a second ack/nack of one delivery).
+            self._on_settled(self._message)
+        return True
 
     async def ack(self) -> None:
         """Acknowledge the message (it will not be delivered again)."""
-        if not self.settled:
-            self.settled = True
+        if self._settle():
             await self._consumer.ack(self._message)
 
     async def nack(self, *, requeue: bool = True) -> None:
         """Hand the message back (``requeue=True``) or reject it (``requeue=False``)."""
-        if not self.settled:
-            self.settled = True
+        if self._settle():
             await self._consumer.nack(self._message, requeue=requeue)

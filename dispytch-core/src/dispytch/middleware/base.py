@@ -182,11 +182,7 @@ class HandlerContext:
         """The manual acknowledger of this message (one per message)."""
         shared = self._shared
         if shared.acknowledger is None:
-            shared.acknowledger = _SettlingAcknowledger(
-                self.dispatcher.consumer,
-                shared.message,
-                getattr(self.dispatcher, "_inflight", None),
-            )
+            shared.acknowledger = self.dispatcher.acknowledger_for(shared.message)
         return shared.acknowledger
 
     def __repr__(self) -> str:
@@ -194,28 +190,6 @@ class HandlerContext:
             f"HandlerContext(handler={self.handler.name!r}, route={self.route!r}, "
             f"attempt={self.attempt})"
         )
-
-
-class _SettlingAcknowledger(Acknowledger):
-    """An :class:`Acknowledger` that also tells the dispatcher the message is settled, so
-    a stop that cancels the handler afterwards does not settle it a second time (a
-    broker such as RabbitMQ closes the channel on a second ack/nack of one delivery)."""
-
-    __slots__ = ("_inflight",)
-
-    def __init__(self, consumer: Any, message: Message, inflight: set[Message] | None) -> None:
-        super().__init__(consumer, message)
-        self._inflight = inflight
-
-    async def ack(self) -> None:
-        if not self.settled and self._inflight is not None:
-            self._inflight.discard(self._message)
-        await super().ack()
-
-    async def nack(self, *, requeue: bool = True) -> None:
-        if not self.settled and self._inflight is not None:
-            self._inflight.discard(self._message)
-        await super().nack(requeue=requeue)
 
 
 def resolve_middleware(item: MiddlewareLike) -> Middleware:
