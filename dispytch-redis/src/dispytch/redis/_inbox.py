@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -80,6 +80,16 @@ class Inbox(Generic[T]):
                 return self.get_nowait()
             fut = self._getter = asyncio.get_running_loop().create_future()
             await fut
+
+    async def items(self) -> AsyncIterator[T]:
+        """Yield items until the inbox is closed (what a consumer's ``listen`` hands out)."""
+        while True:
+            item = self.get_nowait()
+            if item is None:
+                item = await self.get()
+                if item is None:
+                    return
+            yield item
 
     def close(self) -> None:
         """Wake everyone; :meth:`get` returns ``None`` from now on."""

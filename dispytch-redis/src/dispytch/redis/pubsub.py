@@ -314,13 +314,7 @@ class RedisConsumer:
         """
         if not self._running:
             raise NotStartedError("The RedisConsumer is not started; call start() first.")
-        inbox = self._inbox
-        while True:
-            msg = inbox.get_nowait()
-            if msg is None:
-                msg = await inbox.get()
-                if msg is None:
-                    return
+        async for msg in self._inbox.items():
             yield msg
 
     async def ack(self, message: Message) -> None:

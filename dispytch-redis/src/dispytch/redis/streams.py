@@ -360,13 +360,7 @@ class RedisStreamConsumer:
         """
         if not self._running:
             raise NotStartedError("The RedisStreamConsumer is not started; call start() first.")
-        inbox = self._inbox
-        while True:
-            msg = inbox.get_nowait()
-            if msg is None:
-                msg = await inbox.get()
-                if msg is None:
-                    return
+        async for msg in self._inbox.items():
             yield msg
 
     async def ack(self, message: Message) -> None:
