@@ -7,8 +7,8 @@ that yields :class:`Message` objects and acknowledges them when the dispatcher s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from dispytch.routes import EventRoute, EventSubscription
@@ -23,6 +23,69 @@ HEADER_ERROR_MESSAGE = "dispytch-error-message"
 HEADER_ERROR_ATTEMPTS = "dispytch-error-attempts"
 HEADER_ORIGINAL_ROUTE = "dispytch-original-route"
 HEADER_DEAD_LETTERED_AT = "dispytch-dead-lettered-at"
+
+_D = TypeVar("_D")
+
+
+class EncodedHeaders(Mapping[str, str]):
+    """Message headers as a broker hands them over: ``(name, bytes)`` pairs, decoded as
+    UTF-8 (invalid bytes replaced, ``None`` read as ``""``) only when read.
+
+    Most messages are read for one or two headers (the content type, maybe the event
+    type): a lookup scans the pairs and decodes only the value asked for, instead of
+    decoding every header of every message into a dict up front. Where a name repeats
+    (Kafka allows it), the last value wins. Anything that walks the mapping (``dict()``,
+    iteration, ``len``) decodes it all once.
+    """
+
+    __slots__ = ("_decoded", "_pairs")
+
+    def __init__(self, pairs: Sequence[tuple[str, bytes | None]]) -> None:
+        self._pairs = pairs
+        self._decoded: dict[str, str] | None = None
+
+    def _all(self) -> dict[str, str]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = self._decoded = {
+                k: v.decode("utf-8", "replace") if v is not None else "" for k, v in self._pairs
+            }
+        return decoded
+
+    @overload
+    def get(self, key: str, /) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str | _D, /) -> str | _D: ...
+    def get(self, key: str, default: object = None, /) -> object:
+        decoded = self._decoded
+        if decoded is not None:
+            return decoded.get(key, default)
+        seen = False
+        found: bytes | None = None
+        for k, v in self._pairs:  # forward and to the end: the last of a repeated name wins
+            if k == key:
+                seen, found = True, v
+        if not seen:
+            return default
+        return found.decode("utf-8", "replace") if found is not None else ""
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return any(k == key for k, _ in self._pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return f"EncodedHeaders({self._all()!r})"
 
 
 class Message:
