@@ -286,6 +286,77 @@ def test_plan_lists_event_types_and_route_params() -> None:
     assert not plan.needs_teardown
 
 
+async def _only_event(event: Event[Body]) -> None: ...
+
+
+async def _only_event_by_name(*, event: Event[Body]) -> None: ...
+
+
+async def _event_and_message(event: Event[Body], message: Message) -> None: ...
+
+
+async def _event_and_dependency(
+    event: Event[Body], label: Annotated[str, Dependency(async_dep)]
+) -> None: ...
+
+
+async def _event_and_default(event: Event[Body], retries: int = 3) -> None: ...
+
+
+def _sync_event(event: Event[Body]) -> None: ...
+
+
+async def _no_event() -> None: ...
+
+
+def test_plan_calls_an_event_only_handler_directly() -> None:
+    plan = HandlerPlan(_only_event, handler_name="h")
+    assert plan.direct is _only_event
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [_event_and_message, _event_and_dependency, _event_and_default, _sync_event, _no_event],
+)
+def test_plan_walks_handlers_that_take_more_than_the_event(handler: Any) -> None:
+    assert HandlerPlan(handler, handler_name="h").direct is None
+
+
+async def test_plan_passes_a_keyword_only_event_by_name(kit: Kit) -> None:
+    got: list[int] = []
+
+    async def handle(*, event: Event[Created]) -> None:
+        got.append(event.body.user_id)
+
+    plan = HandlerPlan(handle, handler_name="h")
+    assert plan.direct is not None and plan.direct is not handle
+
+    def register(d: EventDispatcher) -> None:
+        d.handler(topic="user.{user_id}.created")(handle)
+
+    d = await run_one(kit, register, created(4))
+    assert got == [4]
+    assert d.stats["handled"] == 1
+
+
+async def test_middleware_sees_the_context_of_an_event_only_handler(kit: Kit) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def spy(ctx: HandlerContext, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        seen.append(
+            (ctx.handler.name.rsplit(".", 1)[-1], ctx.event.body.user_id if ctx.event else -1)
+        )
+        return result
+
+    def register(d: EventDispatcher) -> None:
+        @d.handler(topic="user.{user_id}.created", middlewares=[spy])
+        async def handle(event: Event[Created]) -> None: ...
+
+    await run_one(kit, register, created(6))
+    assert seen == [("handle", 6)]
+
+
 # -- errors at registration -------------------------------------------------------------
 
 

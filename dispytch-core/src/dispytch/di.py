@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -91,7 +91,7 @@ def _kind(func: Callable[..., Any]) -> int:
 class _Node:
     """One callable in the plan: the handler or a dependency."""
 
-    __slots__ = ("bare_async", "func", "kind", "params", "use_cache")
+    __slots__ = ("bare_async", "func", "kind", "params", "positional", "use_cache")
 
     def __init__(self, func: Callable[..., Any], use_cache: bool) -> None:
         self.func = func
@@ -99,6 +99,7 @@ class _Node:
         self.use_cache = use_cache
         self.params: list[tuple[str, int, Any]] = []
         self.bare_async = False  # an async callable without parameters: called directly
+        self.positional = True  # every filled parameter may be passed by position, in order
 
 
 def event_type_of(annotation: Any) -> Any:
@@ -138,6 +139,9 @@ class HandlerPlan:
         self.needs_teardown = False
         self.uses_ack = False
         self.root = self._compile(func, use_cache=False, stack=())
+        #: ``handler(event)`` for a handler whose only parameter is its ``Event[T]``
+        #: (``event_types[0]``), else ``None``: then :meth:`call` makes the arguments.
+        self.direct = self._direct()
 
     # -- compile --------------------------------------------------------------------
     def _compile(
@@ -180,10 +184,30 @@ class HandlerPlan:
                     f"Handler {self.handler_name!r}: parameter {pname!r} of {_name(func)} is "
                     "positional-only; Dispytch passes values by name. Remove the '/'."
                 )
+            if param.kind is param.KEYWORD_ONLY:
+                node.positional = False
             annotation = hints.get(pname, param.annotation)
             node.params.append(self._source(func, pname, param, annotation, (*stack, func)))
         node.bare_async = node.kind == _ASYNC and not node.params
         return node
+
+    def _direct(self) -> Callable[[Event[Any]], Awaitable[Any]] | None:
+        """The handler itself, called with the event, when that is all it takes.
+
+        Most handlers are ``async def h(event: Event[T])``: no dependencies, nothing to
+        tear down. For them the dispatcher skips the plan walk and calls the handler with
+        the event it decoded (see :attr:`direct`).
+        """
+        root = self.root
+        if root.kind != _ASYNC or self.needs_teardown or len(root.params) != 1:
+            return None
+        pname, source, _ = root.params[0]
+        if source != _EVENT:
+            return None
+        func = root.func
+        if root.positional:
+            return func
+        return lambda event: func(**{pname: event})
 
     def _source(
         self,

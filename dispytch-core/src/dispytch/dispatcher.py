@@ -22,11 +22,14 @@ import contextlib
 import enum
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from dispytch.errors import NotStartedError, PayloadError, RequeueMessage
+from dispytch.event import Event
 from dispytch.middleware.base import (
     CallNext,
     HandlerContext,
@@ -41,7 +44,13 @@ from dispytch.patterns import RoutePattern
 from dispytch.router import HandlerSpec, Router
 from dispytch.routes import EventSubscription
 from dispytch.serialization import JSON_CONTENT_TYPE, Serializer
-from dispytch.transport import HEADER_EVENT_TYPE, Acknowledger, Consumer, Message
+from dispytch.transport import (
+    HEADER_CONTENT_TYPE,
+    HEADER_EVENT_TYPE,
+    Acknowledger,
+    Consumer,
+    Message,
+)
 
 log = logging.getLogger("dispytch.dispatcher")
 
@@ -66,10 +75,17 @@ class AckPolicy(enum.StrEnum):
 
 @dataclass(frozen=True)
 class HandlerEntry:
-    """A handler as the dispatcher runs it: its spec plus the composed middleware chain."""
+    """A handler as the dispatcher runs it: its spec plus the composed middleware chain.
+
+    ``direct`` is the handler itself when no middleware wraps it and it takes only its
+    ``Event[T]`` (``model``): the dispatcher then calls it with the event it decoded,
+    without a :class:`HandlerContext` or a plan walk.
+    """
 
     spec: HandlerSpec
     chain: CallNext
+    direct: Callable[[Event[Any]], Awaitable[Any]] | None = None
+    model: Any = None
 
     @property
     def name(self) -> str:
@@ -93,6 +109,11 @@ class HandlerEntry:
 
 
 _Match = tuple[tuple[HandlerEntry, dict[str, str]], ...]
+
+# Enum members read once: a member looked up on its class costs a descriptor call, and
+# these are compared for every message.
+_AFTER, _BEFORE, _MANUAL = AckPolicy.AFTER, AckPolicy.BEFORE, AckPolicy.MANUAL
+_DEAD_LETTERED, _FILTERED = Outcome.DEAD_LETTERED, Outcome.FILTERED
 
 
 class EventDispatcher:
@@ -241,8 +262,15 @@ class EventDispatcher:
         self._route_cache = {}
         dynamic: dict[RoutePattern, list[HandlerEntry]] = {}
         for spec, router_mws in self.router.walk():
-            chain = compose((*self.middlewares, *router_mws, *spec.middlewares), spec.plan.call)
-            entry = HandlerEntry(spec, chain)
+            middlewares = (*self.middlewares, *router_mws, *spec.middlewares)
+            plan = spec.plan
+            chain = compose(middlewares, plan.call)
+            direct = plan.direct if not middlewares else None
+            entry = HandlerEntry(spec, chain, direct, plan.event_types[0] if direct else None)
+            for model in plan.event_types:
+                # Resolve the default decoders now (loading the serializer plugins), not
+                # on the first message.
+                self._decoder(None, model)
             self._entries.append(entry)
             pattern = spec.subscription.compiled
             if pattern.is_static:
@@ -275,6 +303,32 @@ class EventDispatcher:
             serializer: Serializer = _serializer(content_type or JSON_CONTENT_TYPE)
             decode = self._decoders[key] = serializer.decoder(model)
         return decode
+
+    def decode(self, msg: Message, model: Any) -> Any:
+        """``msg``'s payload validated into ``model``, by the serializer its content type
+        names (JSON when it names none).
+
+        Raises:
+            PayloadError: When the payload does not decode or validate (the message says
+                which fields are wrong).
+        """
+        decode = self._decoder(msg.headers.get(HEADER_CONTENT_TYPE), model)
+        try:
+            return decode(msg.payload)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[:3]
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in first
+            )
+            raise PayloadError(
+                f"Payload on route {msg.route!r} ({len(msg.payload)} bytes) is not a valid "
+                f"{getattr(model, '__name__', model)}: {detail}"
+            ) from exc
+        except Exception as exc:
+            raise PayloadError(
+                f"Payload on route {msg.route!r} ({len(msg.payload)} bytes) could not be "
+                f"decoded: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -503,7 +557,7 @@ class EventDispatcher:
         """Handle one message and settle it. Never raises (but for cancellation)."""
         consumer = self.consumer
         policy = self.ack_policy
-        if policy is AckPolicy.BEFORE:
+        if policy is _BEFORE:
             await self._settle(msg, consumer.ack)
         matches = self._match(msg.route)
         if not matches:
@@ -514,13 +568,15 @@ class EventDispatcher:
                 len(msg.payload),
                 dict(msg.headers),
             )
-            if policy is AckPolicy.AFTER:
+            if policy is _AFTER:
                 await self._settle(msg, consumer.nack, requeue=False)
             else:
                 self._inflight.discard(msg)
             return
-        etype = msg.headers.get(HEADER_EVENT_TYPE)
-        shared = MessageState(msg)
+        etype: str | None = None
+        typed = False  # etype read (only handlers limited to an event type need it)
+        shared: MessageState | None = None
+        lone = len(matches) == 1
         ran = 0
         requeue = False
         failed: BaseException | None = None
@@ -528,15 +584,25 @@ class EventDispatcher:
         filtered = 0
         for entry, params in matches:
             spec = entry.spec
-            if spec.event_type is not None and etype is not None and etype != spec.event_type:
-                continue
+            if spec.event_type is not None:
+                if not typed:
+                    etype, typed = msg.headers.get(HEADER_EVENT_TYPE), True
+                if etype is not None and etype != spec.event_type:
+                    continue
             sub = spec.subscription
             if sub.filters_messages and not sub.accepts(msg):
                 continue
             ran += 1
-            ctx = HandlerContext(shared, entry, params, self)
+            ctx: HandlerContext | None = None
             try:
-                ctx.result = await entry.chain(ctx)
+                direct = entry.direct
+                if lone and direct is not None:
+                    await direct(Event(self.decode(msg, entry.model), msg, params))
+                else:
+                    if shared is None:
+                        shared = MessageState(msg)
+                    ctx = HandlerContext(shared, entry, params, self)
+                    ctx.result = await entry.chain(ctx)
             except RequeueMessage as exc:
                 requeue = True
                 log.warning("Handler %r asked to redeliver %r: %s", spec.name, msg.route, exc)
@@ -554,21 +620,22 @@ class EventDispatcher:
                     spec.name,
                     msg.route,
                     len(msg.payload),
-                    ctx.attempt,
+                    ctx.attempt if ctx is not None else 1,
                     msg.attempt,
                     type(exc).__name__,
                     exc,
                     exc_info=exc,
                 )
             else:
-                outcome = ctx.outcome
-                if outcome is Outcome.DEAD_LETTERED:
-                    dead = True
-                elif outcome is Outcome.FILTERED:
-                    filtered += 1
+                if ctx is not None:
+                    outcome = ctx.outcome
+                    if outcome is _DEAD_LETTERED:
+                        dead = True
+                    elif outcome is _FILTERED:
+                        filtered += 1
         if requeue:
             self.stats["requeued"] += 1
-            if policy is AckPolicy.AFTER:
+            if policy is _AFTER:
                 # Brokers redeliver a requeued message at once; a short backoff that grows
                 # with the delivery attempt keeps a persistent cause (a dead-letter route
                 # that is down) from turning into a hot loop.
@@ -579,7 +646,7 @@ class EventDispatcher:
                 return
         elif failed is not None:
             self.stats["rejected"] += 1
-            if policy is AckPolicy.AFTER:
+            if policy is _AFTER:
                 await self._settle(msg, consumer.nack, requeue=False)
                 return
         elif dead:
@@ -591,11 +658,20 @@ class EventDispatcher:
         else:
             # Handlers take this route, but none takes this event type.
             self.stats["skipped"] += 1
-            log.debug("No handler for event type %r on %r; acknowledging it.", etype, msg.route)
-        if policy is AckPolicy.AFTER:
-            await self._settle(msg, consumer.ack)
-        elif policy is AckPolicy.MANUAL:
-            ack = shared.acknowledger
+            log.debug(
+                "No handler for event type %r on %r; acknowledging it.",
+                msg.headers.get(HEADER_EVENT_TYPE),
+                msg.route,
+            )
+        if policy is _AFTER:
+            # _settle(msg, consumer.ack), without its extra coroutine on the hot path.
+            self._inflight.discard(msg)
+            try:
+                await consumer.ack(msg)
+            except Exception:
+                _settle_failed(msg)
+        elif policy is _MANUAL:
+            ack = shared.acknowledger if shared is not None else None
             if ack is None or not ack.settled:
                 log.warning(
                     "Manual acknowledgement: a message on %r was neither acked nor nacked by "
@@ -611,10 +687,14 @@ class EventDispatcher:
         try:
             await action(msg, **kw)
         except Exception:
-            log.exception(
-                "Could not settle a message on %r with the broker; it will be delivered again",
-                msg.route,
-            )
+            _settle_failed(msg)
+
+
+def _settle_failed(msg: Message) -> None:
+    log.exception(
+        "Could not settle a message on %r with the broker; it will be delivered again",
+        msg.route,
+    )
 
 
 class _Slots:

@@ -17,11 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
-
-from dispytch.errors import PayloadError, PluginError
+from dispytch.errors import PluginError
 from dispytch.event import Event
-from dispytch.transport import HEADER_CONTENT_TYPE, Acknowledger, Message
+from dispytch.transport import Acknowledger, Message
 
 if TYPE_CHECKING:
     from dispytch.dispatcher import EventDispatcher, HandlerEntry
@@ -137,25 +135,7 @@ class HandlerContext:
             bodies = shared.bodies = {}
         elif model in bodies:
             return bodies[model]
-        msg = shared.message
-        decode = self.dispatcher._decoder(msg.headers.get(HEADER_CONTENT_TYPE), model)
-        try:
-            body = decode(msg.payload)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[:3]
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in first
-            )
-            raise PayloadError(
-                f"Payload on route {msg.route!r} ({len(msg.payload)} bytes) is not a valid "
-                f"{getattr(model, '__name__', model)}: {detail}"
-            ) from exc
-        except Exception as exc:
-            raise PayloadError(
-                f"Payload on route {msg.route!r} ({len(msg.payload)} bytes) could not be "
-                f"decoded: {type(exc).__name__}: {exc}"
-            ) from exc
-        bodies[model] = body
+        body = bodies[model] = self.dispatcher.decode(shared.message, model)
         return body
 
     def event_for(self, model: Any) -> Event[Any]:
