@@ -29,7 +29,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -56,13 +57,56 @@ from dispytch.kafka.config import (
 from dispytch.kafka.offsets import Delivery, PartitionOffsets
 from dispytch.kafka.routes import KafkaEventSubscription
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import Message
+from dispytch.transport import EncodedHeaders, Message
 
 log = logging.getLogger("dispytch.kafka")
 
 _OUR_OPTIONS = frozenset(
     {"ordered", "revoke_timeout", "commit_interval", "poll_timeout", "max_records"}
 )
+
+
+class KafkaMessage(Message):
+    """A :class:`~dispytch.transport.Message` made from an aiokafka ``ConsumerRecord``.
+
+    ``metadata`` (``topic``, ``partition``, ``offset``, ``timestamp`` in ms) is read from
+    the record when first asked for, and headers are decoded when read: most handlers
+    never look, and a consumer makes one of these per record.
+    """
+
+    __slots__ = ("_meta", "record")
+
+    def __init__(
+        self, record: Any, headers: Mapping[str, str], lane: Hashable | None, token: Delivery
+    ) -> None:
+        value = record.value
+        self.payload = value if value is not None else b""
+        self.route = record.topic
+        self.headers = headers
+        self.key = record.key
+        self.attempt = token.attempt
+        self.lane = lane
+        self.token = token
+        #: The aiokafka ``ConsumerRecord`` this message was made from.
+        self.record = record
+        self._meta: Mapping[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def metadata(self) -> Mapping[str, Any]:
+        """``topic``, ``partition``, ``offset`` and ``timestamp`` (ms) of the record."""
+        meta = self._meta
+        if meta is None:
+            rec = self.record
+            meta = self._meta = {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "timestamp": rec.timestamp,
+            }
+        return meta
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -502,10 +546,10 @@ class KafkaConsumer:
         return st
 
     async def listen(self) -> AsyncIterator[Message]:
-        """Yield records as :class:`~dispytch.transport.Message` until :meth:`stop`.
+        """Yield records as :class:`KafkaMessage` until :meth:`stop`.
 
         ``Message.route`` is the topic; ``metadata`` holds ``topic``, ``partition``,
-        ``offset`` and ``timestamp`` (ms); headers are decoded as UTF-8.
+        ``offset`` and ``timestamp`` (ms); headers are decoded as UTF-8 when read.
 
         Raises:
             NotStartedError: Before :meth:`start`.
@@ -527,33 +571,17 @@ class KafkaConsumer:
                 if st is None:
                     continue
                 epoch = st.epoch
-                topic = tp.topic
-                partition = tp.partition
-                lane = (topic, partition) if ordered else None
+                lane = (tp.topic, tp.partition) if ordered else None
+                receive = st.receive
                 for rec in records:
                     if st.epoch != epoch or st.revoking or st.closed or not self._running:
                         break  # rewound, revoked or stopping: these are fetched again
                     headers = rec.headers
-                    delivery = st.receive(rec.offset)
-                    yield Message(
-                        rec.value if rec.value is not None else b"",
-                        route=topic,
-                        headers={
-                            k: (v.decode("utf-8", "replace") if v is not None else "")
-                            for k, v in headers
-                        }
-                        if headers
-                        else None,
-                        key=rec.key,
-                        attempt=delivery.attempt,
-                        metadata={
-                            "topic": topic,
-                            "partition": partition,
-                            "offset": rec.offset,
-                            "timestamp": rec.timestamp,
-                        },
-                        lane=lane,
-                        token=delivery,
+                    yield KafkaMessage(
+                        rec,
+                        EncodedHeaders(headers) if headers else _NO_HEADERS,
+                        lane,
+                        receive(rec.offset),
                     )
 
     # -- settling --------------------------------------------------------------------
