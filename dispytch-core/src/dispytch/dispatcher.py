@@ -312,7 +312,8 @@ class EventDispatcher:
             PayloadError: When the payload does not decode or validate (the message says
                 which fields are wrong).
         """
-        decode = self._decoder(msg.headers.get(HEADER_CONTENT_TYPE), model)
+        content_type = msg.headers.get(HEADER_CONTENT_TYPE)
+        decode = self._decoders.get((content_type, model)) or self._decoder(content_type, model)
         try:
             return decode(msg.payload)
         except ValidationError as exc:
@@ -560,6 +561,30 @@ class EventDispatcher:
         if policy is _BEFORE:
             await self._settle(msg, consumer.ack)
         matches = self._match(msg.route)
+        if len(matches) == 1:
+            entry, params = matches[0]
+            direct = entry.direct
+            if direct is not None and entry.spec.event_type is None:
+                # The common case, kept short: one plain handler, nothing to filter.
+                try:
+                    await direct(Event(self.decode(msg, entry.model), msg, params))
+                except asyncio.CancelledError:
+                    raise  # cancelled by stop(), which hands the message back
+                except Exception as exc:
+                    requeue = self._handler_failed(entry, msg, exc, 1)
+                    await self._conclude(msg, None, 1, requeue, None if requeue else exc)
+                    return
+                self.stats["handled"] += 1
+                if policy is _AFTER:
+                    # _settle(msg, consumer.ack) without its extra coroutine.
+                    self._inflight.discard(msg)
+                    try:
+                        await consumer.ack(msg)
+                    except Exception:
+                        _settle_failed(msg)
+                else:
+                    await self._conclude(msg, None, 1, False, None, counted=True)
+                return
         if not matches:
             self.stats["unknown_route"] += 1
             log.warning(
@@ -576,7 +601,6 @@ class EventDispatcher:
         etype: str | None = None
         typed = False  # etype read (only handlers limited to an event type need it)
         shared: MessageState | None = None
-        lone = len(matches) == 1
         ran = 0
         requeue = False
         failed: BaseException | None = None
@@ -593,46 +617,64 @@ class EventDispatcher:
             if sub.filters_messages and not sub.accepts(msg):
                 continue
             ran += 1
-            ctx: HandlerContext | None = None
+            if shared is None:
+                shared = MessageState(msg)
+            ctx = HandlerContext(shared, entry, params, self)
             try:
-                direct = entry.direct
-                if lone and direct is not None:
-                    await direct(Event(self.decode(msg, entry.model), msg, params))
-                else:
-                    if shared is None:
-                        shared = MessageState(msg)
-                    ctx = HandlerContext(shared, entry, params, self)
-                    ctx.result = await entry.chain(ctx)
-            except RequeueMessage as exc:
-                requeue = True
-                log.warning("Handler %r asked to redeliver %r: %s", spec.name, msg.route, exc)
+                ctx.result = await entry.chain(ctx)
             except asyncio.CancelledError:
-                # Cancelled by stop(): hand the message back (stop() does it).
-                raise
+                raise  # cancelled by stop(), which hands the message back
             except Exception as exc:
-                failed = exc
-                self.stats["failed_handlers"] += 1
-                if isinstance(exc, PayloadError):
-                    self.stats["invalid_payload"] += 1
-                log.error(
-                    "Handler %r failed for good on route %r (%d bytes, attempt %d, "
-                    "delivery %d): %s: %s",
-                    spec.name,
-                    msg.route,
-                    len(msg.payload),
-                    ctx.attempt if ctx is not None else 1,
-                    msg.attempt,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
+                if self._handler_failed(entry, msg, exc, ctx.attempt):
+                    requeue = True
+                else:
+                    failed = exc
             else:
-                if ctx is not None:
-                    outcome = ctx.outcome
-                    if outcome is _DEAD_LETTERED:
-                        dead = True
-                    elif outcome is _FILTERED:
-                        filtered += 1
+                outcome = ctx.outcome
+                if outcome is _DEAD_LETTERED:
+                    dead = True
+                elif outcome is _FILTERED:
+                    filtered += 1
+        await self._conclude(msg, shared, ran, requeue, failed, dead=dead, filtered=filtered)
+
+    def _handler_failed(
+        self, entry: HandlerEntry, msg: Message, exc: Exception, attempt: int
+    ) -> bool:
+        """Log and count a handler's failure; True when it asked for redelivery."""
+        if isinstance(exc, RequeueMessage):
+            log.warning("Handler %r asked to redeliver %r: %s", entry.name, msg.route, exc)
+            return True
+        self.stats["failed_handlers"] += 1
+        if isinstance(exc, PayloadError):
+            self.stats["invalid_payload"] += 1
+        log.error(
+            "Handler %r failed for good on route %r (%d bytes, attempt %d, delivery %d): %s: %s",
+            entry.name,
+            msg.route,
+            len(msg.payload),
+            attempt,
+            msg.attempt,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return False
+
+    async def _conclude(
+        self,
+        msg: Message,
+        shared: MessageState | None,
+        ran: int,
+        requeue: bool,
+        failed: BaseException | None,
+        *,
+        dead: bool = False,
+        filtered: int = 0,
+        counted: bool = False,
+    ) -> None:
+        """Count how the handling of ``msg`` ended and settle it as the policy says."""
+        consumer = self.consumer
+        policy = self.ack_policy
         if requeue:
             self.stats["requeued"] += 1
             if policy is _AFTER:
@@ -649,6 +691,8 @@ class EventDispatcher:
             if policy is _AFTER:
                 await self._settle(msg, consumer.nack, requeue=False)
                 return
+        elif counted:
+            pass
         elif dead:
             self.stats["dead_lettered"] += 1
         elif ran and filtered == ran:
@@ -664,12 +708,7 @@ class EventDispatcher:
                 msg.route,
             )
         if policy is _AFTER:
-            # _settle(msg, consumer.ack), without its extra coroutine on the hot path.
-            self._inflight.discard(msg)
-            try:
-                await consumer.ack(msg)
-            except Exception:
-                _settle_failed(msg)
+            await self._settle(msg, consumer.ack)
         elif policy is _MANUAL:
             ack = shared.acknowledger if shared is not None else None
             if ack is None or not ack.settled:
