@@ -61,6 +61,11 @@ from dispytch.transport import EncodedHeaders, Message
 
 log = logging.getLogger("dispytch.kafka")
 
+#: Records taken from aiokafka per poll unless ``max_records`` says otherwise. On the
+#: benchmark (one partition, 20,000 records) polls of 50 to 200 records finished the run
+#: about 6% sooner than taking the whole buffer (thousands of records) at once.
+DEFAULT_MAX_RECORDS = 100
+
 _OUR_OPTIONS = frozenset(
     {"ordered", "revoke_timeout", "commit_interval", "poll_timeout", "max_records"}
 )
@@ -186,8 +191,13 @@ class KafkaConsumer:
             group's ``rebalance_timeout_ms``.
         commit_interval: Minimum seconds between two periodic commits.
         poll_timeout: Longest wait, in seconds, of one idle fetch (``stop`` interrupts it).
-        max_records: Records per ``getmany`` batch (aiokafka's ``max_poll_records`` when
-            ``None``).
+        max_records: Records taken from aiokafka per poll (``None``: aiokafka's
+            ``max_poll_records``, by default everything it has buffered). aiokafka keeps
+            fetched batches as bytes and makes record objects only for what a poll
+            takes; the dispatcher takes ``max_in_flight`` records at a time anyway, so
+            the default of 100 keeps few records alive at once, instead of thousands of
+            records (and their header tuples) waiting in memory and in the garbage
+            collector's young generations.
 
     Raises:
         KafkaConfigError: The consumer has auto-commit on, or no ``group_id``.
@@ -201,7 +211,7 @@ class KafkaConsumer:
         revoke_timeout: float = 10.0,
         commit_interval: float = 0.5,
         poll_timeout: float = 1.0,
-        max_records: int | None = None,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
     ) -> None:
         if not isinstance(consumer, AIOKafkaConsumer):
             raise TypeError(
@@ -267,7 +277,7 @@ class KafkaConsumer:
         revoke_timeout: float = 10.0,
         commit_interval: float = 0.5,
         poll_timeout: float = 1.0,
-        max_records: int | None = None,
+        max_records: int | None = DEFAULT_MAX_RECORDS,
         **options: Any,
     ) -> KafkaConsumer:
         """Build a consumer that owns its ``AIOKafkaConsumer``.
