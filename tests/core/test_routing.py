@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 from dispytch import (
@@ -11,6 +12,7 @@ from dispytch import (
     EventBase,
     HandlerContext,
     HandlerGroup,
+    Message,
     Router,
     TopicSubscription,
 )
@@ -87,6 +89,34 @@ async def test_explicit_event_filter_overrides_the_model(kit: Kit) -> None:
         await kit.until(lambda: d.stats["handled"] + d.stats["skipped"] == 2, "both")
     assert got == [2]
     # A message no handler's event type wants is settled, not left hanging.
+    assert d.stats["skipped"] == 1
+    assert kit.unacked() == 0 and kit.queued() == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantSubscription(TopicSubscription):
+    """A subscription that narrows by a header, as a transport's own subscription may."""
+
+    tenant: str
+    filters_messages: ClassVar[bool] = True
+
+    def accepts(self, message: Message) -> bool:
+        return message.headers.get("tenant") == self.tenant
+
+
+async def test_a_lone_handler_still_goes_through_its_subscriptions_filter(kit: Kit) -> None:
+    d = kit.dispatcher()
+    got: list[int] = []
+
+    @d.handler(TenantSubscription(topic="orders", tenant="acme"))
+    async def acme_only(event: Event[AnyOrder]) -> None:
+        got.append(event.body.order_id)
+
+    async with d:
+        await kit.emitter.emit(Placed(order_id=1), headers={"tenant": "other"})
+        await kit.emitter.emit(Placed(order_id=2), headers={"tenant": "acme"})
+        await kit.until(lambda: d.stats["handled"] + d.stats["skipped"] == 2, "both")
+    assert got == [2]
     assert d.stats["skipped"] == 1
     assert kit.unacked() == 0 and kit.queued() == 0
 

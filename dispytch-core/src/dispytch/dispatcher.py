@@ -77,9 +77,10 @@ class AckPolicy(enum.StrEnum):
 class HandlerEntry:
     """A handler as the dispatcher runs it: its spec plus the composed middleware chain.
 
-    ``direct`` is the handler itself when no middleware wraps it and it takes only its
-    ``Event[T]`` (``model``): the dispatcher then calls it with the event it decoded,
-    without a :class:`HandlerContext` or a plan walk.
+    ``direct`` is the handler itself when it takes only its ``Event[T]`` (``model``), no
+    middleware wraps it and its subscription does not filter messages: alone on a route,
+    the dispatcher calls it with the event it decoded, without a
+    :class:`HandlerContext` or a plan walk.
     """
 
     spec: HandlerSpec
@@ -265,7 +266,8 @@ class EventDispatcher:
             middlewares = (*self.middlewares, *router_mws, *spec.middlewares)
             plan = spec.plan
             chain = compose(middlewares, plan.call)
-            direct = plan.direct if not middlewares else None
+            plain = not middlewares and not spec.subscription.filters_messages
+            direct = plan.direct if plain else None
             entry = HandlerEntry(spec, chain, direct, plan.event_types[0] if direct else None)
             for model in plan.event_types:
                 # Resolve the default decoders now (loading the serializer plugins), not
@@ -564,8 +566,12 @@ class EventDispatcher:
         if len(matches) == 1:
             entry, params = matches[0]
             direct = entry.direct
-            if direct is not None and entry.spec.event_type is None:
-                # The common case, kept short: one plain handler, nothing to filter.
+            wanted = entry.spec.event_type
+            if direct is not None and (
+                wanted is None or msg.headers.get(HEADER_EVENT_TYPE) in (None, wanted)
+            ):
+                # The common case, kept short: one plain handler that takes this message
+                # (another event type goes the long way, to be counted as skipped).
                 try:
                     await direct(Event(self.decode(msg, entry.model), msg, params))
                 except asyncio.CancelledError:
@@ -574,16 +580,16 @@ class EventDispatcher:
                     requeue = self._handler_failed(entry, msg, exc, 1)
                     await self._conclude(msg, None, 1, requeue, None if requeue else exc)
                     return
+                if policy is not _AFTER:
+                    await self._conclude(msg, None, 1, False, None)
+                    return
                 self.stats["handled"] += 1
-                if policy is _AFTER:
-                    # _settle(msg, consumer.ack) without its extra coroutine.
-                    self._inflight.discard(msg)
-                    try:
-                        await consumer.ack(msg)
-                    except Exception:
-                        _settle_failed(msg)
-                else:
-                    await self._conclude(msg, None, 1, False, None, counted=True)
+                # _settle(msg, consumer.ack) without its extra coroutine.
+                self._inflight.discard(msg)
+                try:
+                    await consumer.ack(msg)
+                except Exception:
+                    _settle_failed(msg)
                 return
         if not matches:
             self.stats["unknown_route"] += 1
@@ -670,7 +676,6 @@ class EventDispatcher:
         *,
         dead: bool = False,
         filtered: int = 0,
-        counted: bool = False,
     ) -> None:
         """Count how the handling of ``msg`` ended and settle it as the policy says."""
         consumer = self.consumer
@@ -691,8 +696,6 @@ class EventDispatcher:
             if policy is _AFTER:
                 await self._settle(msg, consumer.nack, requeue=False)
                 return
-        elif counted:
-            pass
         elif dead:
             self.stats["dead_lettered"] += 1
         elif ran and filtered == ran:
