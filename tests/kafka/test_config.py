@@ -71,6 +71,9 @@ def test_consumer_url_options() -> None:
     assert c.revoke_timeout == 3.0
     assert c._options["enable_auto_commit"] is False
     assert c._options["auto_offset_reset"] == "earliest"
+    assert c.max_records == 100  # small polls: few records alive at once
+    assert KafkaConsumer.from_url("kafka://h?max_records=20", group_id="g").max_records == 20
+    assert KafkaConsumer.from_url("kafka://h", group_id="g", max_records=None).max_records is None
     with pytest.raises(KafkaConfigError, match="enable_auto_commit=True would commit"):
         KafkaConsumer.from_url("kafka://h?enable_auto_commit=true", group_id="g")
 
