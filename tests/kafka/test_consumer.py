@@ -27,6 +27,7 @@ from dispytch.kafka import (
     KafkaConsumer,
     KafkaEventRoute,
     KafkaEventSubscription,
+    KafkaMessage,
     KafkaProducer,
 )
 from dispytch.transport import Message
@@ -107,6 +108,11 @@ async def test_message_fields(kafka_bootstrap: str, new_topic: str) -> None:
     assert m.metadata["topic"] == new_topic
     assert m.metadata["partition"] == 0 and m.metadata["offset"] == 0
     assert isinstance(m.metadata["timestamp"], int)
+    assert isinstance(m, KafkaMessage)
+    assert m.record.offset == 0 and m.record.value == b"v0"  # the aiokafka ConsumerRecord
+    assert repr(m) == (
+        f"Message(route={new_topic!r}, 2 bytes, attempt=1, metadata={dict(m.metadata)!r})"
+    )
 
 
 async def test_out_of_order_acks_commit_only_below_the_first_unfinished(

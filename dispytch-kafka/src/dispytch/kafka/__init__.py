@@ -1,7 +1,8 @@
 """Dispytch Kafka transport (aiokafka).
 
 Routes and subscriptions are importable without aiokafka being imported;
-:class:`KafkaProducer` and :class:`KafkaConsumer` load it on first access.
+:class:`KafkaProducer`, :class:`KafkaConsumer` and :class:`KafkaMessage` load it on first
+access.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dispytch.kafka.config import KafkaConfigError
 from dispytch.kafka.routes import KafkaEventRoute, KafkaEventSubscription
 
 if TYPE_CHECKING:
-    from dispytch.kafka.consumer import KafkaConsumer
+    from dispytch.kafka.consumer import KafkaConsumer, KafkaMessage
     from dispytch.kafka.producer import KafkaProducer
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "KafkaConsumer",
     "KafkaEventRoute",
     "KafkaEventSubscription",
+    "KafkaMessage",
     "KafkaProducer",
 ]
 
@@ -33,4 +35,8 @@ def __getattr__(name: str) -> Any:
         from dispytch.kafka.consumer import KafkaConsumer
 
         return KafkaConsumer
+    if name == "KafkaMessage":
+        from dispytch.kafka.consumer import KafkaMessage
+
+        return KafkaMessage
     raise AttributeError(f"module 'dispytch.kafka' has no attribute {name!r}")
