@@ -96,8 +96,8 @@ class KafkaMessage(Message):
         self.record = record
         self._meta: Mapping[str, Any] | None = None
 
-    @property  # type: ignore[override]
-    def metadata(self) -> Mapping[str, Any]:
+    @property
+    def metadata(self) -> Mapping[str, Any]:  # type: ignore[override]
         """``topic``, ``partition``, ``offset`` and ``timestamp`` (ms) of the record."""
         meta = self._meta
         if meta is None:
