@@ -13,6 +13,7 @@ def test_a_lookup_decodes_the_value_asked_for() -> None:
     assert h.get("empty") == ""
     assert h.get("missing") is None
     assert h.get("missing", "x") == "x"
+    assert h.get("missing", default="y") == "y"  # as Mapping.get allows
     assert "a" in h and "missing" not in h
 
 

@@ -55,8 +55,8 @@ class EncodedHeaders(Mapping[str, str]):
     @overload
     def get(self, key: str, /) -> str | None: ...
     @overload
-    def get(self, key: str, default: str | _D, /) -> str | _D: ...
-    def get(self, key: str, default: object = None, /) -> object:
+    def get(self, key: str, /, default: str | _D) -> str | _D: ...
+    def get(self, key: str, /, default: object = None) -> object:
         decoded = self._decoded
         if decoded is not None:
             return decoded.get(key, default)
