@@ -314,8 +314,7 @@ class EventDispatcher:
             PayloadError: When the payload does not decode or validate (the message says
                 which fields are wrong).
         """
-        content_type = msg.headers.get(HEADER_CONTENT_TYPE)
-        decode = self._decoders.get((content_type, model)) or self._decoder(content_type, model)
+        decode = self._decoder(msg.headers.get(HEADER_CONTENT_TYPE), model)
         try:
             return decode(msg.payload)
         except ValidationError as exc:
