@@ -15,6 +15,19 @@ class NotStartedError(DispytchError):
     """
 
 
+class ConsumerClosedError(DispytchError):
+    """A consumer cannot go on (its channel was closed, the broker cancelled it, its
+    client was closed under it).
+
+    Raised from ``Consumer.listen()``. The dispatcher does not retry it: it stops,
+    :attr:`EventDispatcher.running <dispytch.EventDispatcher.running>` turns false and
+    :meth:`EventDispatcher.wait <dispytch.EventDispatcher.wait>` raises this error, so
+    ``dispytch run`` exits non-zero instead of waiting on a consumer that receives nothing.
+    A recoverable failure (a dropped connection the client will re-establish) is any other
+    exception: the dispatcher logs it and calls ``listen()`` again after a backoff.
+    """
+
+
 class EmitError(DispytchError):
     """The transport did not accept an event."""
 
@@ -33,6 +46,14 @@ class RouteParamError(DispytchError):
 
 class PayloadError(DispytchError):
     """A payload could not be decoded or validated into the handler's event type."""
+
+
+class ConfigError(DispytchError, ValueError):
+    """A transport option (in a URL query or a keyword argument) is unknown or invalid.
+
+    The message names the option, what was wrong and, for an unknown name, the closest
+    known one.
+    """
 
 
 class PluginError(DispytchError):

@@ -8,7 +8,8 @@ that yields :class:`Message` objects and acknowledges them when the dispatcher s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 if TYPE_CHECKING:
     from dispytch.routes import EventRoute, EventSubscription
@@ -220,6 +221,10 @@ class Consumer(Protocol):
         policy gave up on it; reject it (a broker dead-letter exchange receives it where
         one is configured), or acknowledge it where the broker cannot reject. Each
         transport documents which.
+
+        A consumer that declares ``Capabilities.delayed_requeue`` also accepts
+        ``nack(message, requeue=True, delay=seconds)``: the message comes back no sooner
+        than ``delay`` seconds later, and nothing in this process waits meanwhile.
         """
 
     async def stop(self) -> None:
@@ -227,6 +232,111 @@ class Consumer(Protocol):
 
     async def close(self) -> None:
         """Release the connection after in-flight messages were settled."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a transport's consumer can do, declared up front.
+
+    A feature that needs a capability checks for it when it starts and names what is
+    missing, instead of failing on the first message. A consumer exposes its own as a
+    ``capabilities`` attribute (the dispatcher reads ``getattr(consumer, "capabilities",
+    Capabilities())``); the transport's ``TransportSpec.capabilities`` says the same for
+    ``dispytch plugins``.
+
+    Attributes:
+        delivery: ``"at-least-once"`` (a message not acknowledged is delivered again) or
+            ``"at-most-once"`` (Redis Pub/Sub: what is lost in a crash stays lost).
+        ordered_lanes: Messages carry a :attr:`Message.lane` and arrive in order in it.
+        requeue: ``nack(requeue=True)`` hands the message back for redelivery (when it
+            is false such a nack is a no-op and the dispatcher does not wait before it).
+        delayed_requeue: ``nack(message, requeue=True, delay=seconds)`` redelivers no
+            sooner than ``delay`` seconds later, without holding a slot meanwhile.
+        pause_lanes: The consumer implements :class:`LanePausing`: ``pause(lane)`` stops
+            it yielding that lane's messages until ``resume(lane)``.
+        lease_extension: The consumer implements :class:`LeaseExtension`: ``extend``
+            keeps a message that is still being handled from being redelivered to
+            another consumer (Redis Streams XCLAIM; Kafka keeps polling).
+        request_reply: The transport can carry a reply back to a per-process reply
+            address (commands and queries over a broker).
+    """
+
+    delivery: Literal["at-least-once", "at-most-once"] = "at-least-once"
+    ordered_lanes: bool = False
+    requeue: bool = True
+    delayed_requeue: bool = False
+    pause_lanes: bool = False
+    lease_extension: bool = False
+    request_reply: bool = False
+
+    def missing(self, *names: str) -> list[str]:
+        """The capabilities among ``names`` this transport lacks.
+
+        Example::
+
+            missing = consumer_caps.missing("delayed_requeue", "lease_extension")
+            if missing:
+                raise RuntimeError(f"Durable workers need {', '.join(missing)}")
+        """
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if name == "delivery":
+                if value != "at-least-once":
+                    out.append(name)
+            elif not value:
+                out.append(name)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (``dispytch plugins --json``)."""
+        return {
+            "delivery": self.delivery,
+            "ordered_lanes": self.ordered_lanes,
+            "requeue": self.requeue,
+            "delayed_requeue": self.delayed_requeue,
+            "pause_lanes": self.pause_lanes,
+            "lease_extension": self.lease_extension,
+            "request_reply": self.request_reply,
+        }
+
+
+#: What a consumer that declares nothing is taken to offer.
+DEFAULT_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(consumer: object) -> Capabilities:
+    """The capabilities a consumer declares (its ``capabilities`` attribute), or the
+    defaults: at-least-once with requeue, nothing else."""
+    caps = getattr(consumer, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else DEFAULT_CAPABILITIES
+
+
+@runtime_checkable
+class LanePausing(Protocol):
+    """A consumer that can stop yielding one lane's messages while others go on.
+
+    The dispatcher pauses a lane when it holds as many of that lane's messages as its
+    per-lane cap allows, and resumes it when the lane has drained to half of that. Kafka
+    maps this to ``AIOKafkaConsumer.pause``/``resume`` of the partition; a queue or a stream
+    simply is not read meanwhile. Messages the consumer had already taken for a paused lane
+    may still be yielded (the dispatcher queues them), or handed back to the broker.
+    """
+
+    def pause(self, lane: Hashable) -> None:
+        """Stop yielding messages of ``lane`` until :meth:`resume` (idempotent)."""
+
+    def resume(self, lane: Hashable) -> None:
+        """Yield messages of ``lane`` again (idempotent; a lane no longer held is fine)."""
+
+
+@runtime_checkable
+class LeaseExtension(Protocol):
+    """A consumer whose broker redelivers a message held too long, and that can say "still
+    working on it" (Redis Streams: XCLAIM to reset the idle time)."""
+
+    async def extend(self, message: Message) -> None:
+        """Keep ``message`` from being redelivered elsewhere for another lease period."""
 
 
 class Acknowledger:

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dispytch.transport import DEFAULT_CAPABILITIES, Capabilities
+
 if TYPE_CHECKING:
     from dispytch.middleware.base import Middleware
+    from dispytch.options import TransportOptions
     from dispytch.serialization import Serializer
     from dispytch.transport import Consumer, Producer
 
@@ -41,6 +44,10 @@ class TransportSpec:
         route_types: The route classes it accepts (besides ``TopicRoute``).
         subscription_types: The subscription classes it accepts (besides
             ``TopicSubscription``).
+        capabilities: What its consumers can do (delivery guarantee, ordered lanes,
+            requeue, delayed requeue, lane pausing, lease extension, request/reply).
+        options_model: The :class:`~dispytch.options.TransportOptions` subclass its
+            factories accept (URL query and keyword arguments alike), for listings.
 
     Raises:
         ValueError: When the name is empty, no scheme is given, or a scheme is not a
@@ -55,6 +62,8 @@ class TransportSpec:
     description: str = ""
     route_types: tuple[type, ...] = ()
     subscription_types: tuple[type, ...] = ()
+    capabilities: Capabilities = DEFAULT_CAPABILITIES
+    options_model: type[TransportOptions] | None = None
 
     def __post_init__(self) -> None:
         _check_name("transport", self.name)
@@ -174,7 +183,13 @@ class PluginInfo:
             "entry_point": self.entry_point,
             "hooks": list(self.hooks),
             "transports": [
-                {"name": t.name, "schemes": list(t.schemes), "description": t.description}
+                {
+                    "name": t.name,
+                    "schemes": list(t.schemes),
+                    "description": t.description,
+                    "capabilities": t.capabilities.to_dict(),
+                    "options": t.options_model.describe() if t.options_model else [],
+                }
                 for t in self.transports
             ],
             "serializers": [
