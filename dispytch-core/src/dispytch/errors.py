@@ -32,6 +32,17 @@ class EmitError(DispytchError):
     """The transport did not accept an event."""
 
 
+class EmitRejectedError(EmitError):
+    """The broker (or the serializer) refused this message for a reason that sending it
+    again will not fix: too large, refused by the broker's policy, not serialisable.
+
+    Transports raise it (or a subclass) for permanent failures; any other
+    :class:`EmitError` is taken as transient (an outage, a timeout) and may be retried.
+    The dead-letter policy relies on the difference: it retries a transient failure with
+    backoff and gives up at once on a permanent one.
+    """
+
+
 class EmitTimeoutError(EmitError):
     """The broker did not confirm an event within the producer's delivery timeout."""
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Literal
 
 from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryEventRoute, MemoryProducer
 from dispytch.routes import EventRoute, EventSubscription, TopicSubscription
-from dispytch.transport import Consumer, Producer
+from dispytch.transport import Capabilities, Consumer, Producer
+
+#: How a harness builds its clients: ``"url"`` through ``from_url`` (the transport owns
+#: and connects them), ``"client"`` around a client the test built and connected itself,
+#: the way the seed documents use Dispytch (``KafkaProducer(AIOKafkaProducer(...))``).
+Mode = Literal["url", "client"]
 
 
 class TransportHarness:
@@ -15,8 +22,17 @@ class TransportHarness:
     Every case calls :meth:`unique_name` for its own topic/queue/stream, builds a producer
     and consumers itself (unstarted), and stops them. Override what your transport needs.
 
+    Every guarantee the docs write holds for both construction modes, so a transport's
+    tests run the suite twice: once with ``mode="url"`` and once with ``mode="client"``
+    (parametrise the ``harness`` fixture). In ``"client"`` mode :meth:`producer` and
+    :meth:`consumer` wrap clients the harness built and connected itself, and
+    :meth:`cleanup` closes them (the transport must not).
+
     Attributes:
         name: Shown in test ids.
+        mode: ``"url"`` or ``"client"`` (see :data:`Mode`).
+        capabilities: What the transport's consumers declare; cases a transport cannot
+            offer are skipped by these (never silently: the skip names the capability).
         at_least_once: ``False`` for transports that cannot redeliver (Redis Pub/Sub):
             the redelivery cases are skipped for them.
         supports_keys: Whether message keys travel (Kafka: yes; Redis Pub/Sub: no).
@@ -26,6 +42,8 @@ class TransportHarness:
     """
 
     name = "transport"
+    mode: Mode = "url"
+    capabilities = Capabilities()
     at_least_once = True
     supports_keys = True
     supports_patterns = True
@@ -57,6 +75,39 @@ class TransportHarness:
         """A new, unstarted consumer in consumer group (or queue) ``group``."""
         raise NotImplementedError
 
+    async def ready_producer(self) -> Producer:
+        """A producer around a client that is connected and usable *now*, so that
+        ``emit`` works without ``emitter.start()`` (in ``"url"`` mode: a started one)."""
+        producer = self.producer()
+        await producer.start()
+        return producer
+
+    async def closed_producer(self) -> Producer:
+        """A producer whose client was closed (or never connected): ``send`` must raise
+        :class:`~dispytch.errors.NotStartedError` saying what to do."""
+        return self.producer()
+
+    def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
+        """A new consumer over the same underlying client as ``consumer`` (``"client"``
+        mode: wrap the same user client again; ``"url"`` mode: a fresh one from the URL in
+        the same group). Restarting over it must lose nothing."""
+        return self.consumer(group=group)
+
+    async def publish_raw(
+        self, name: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Publish ``payload`` to ``name`` with the broker's plain client, bypassing
+        Dispytch: the way other services (and hostile input) reach a consumer. Header
+        values are bytes and need not be valid UTF-8."""
+        raise NotImplementedError
+
+    async def rejected(self, name: str, *, group: str) -> list[bytes] | None:
+        """Payloads of messages on ``name`` that the failure policy rejected and that
+        ended where the transport's docs say rejected messages go (a dead-letter queue
+        or stream), or ``None`` where rejected messages are dropped by design (after an
+        ERROR log): the suite then checks that they are not delivered again."""
+        return None
+
     async def cleanup(self) -> None:
         """Called once after each case."""
 
@@ -66,7 +117,8 @@ class MemoryHarness(TransportHarness):
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, mode: Mode = "url") -> None:
+        self.mode = mode
         self.broker = MemoryBroker(uuid.uuid4().hex)
 
     def route(self, name: str) -> EventRoute:
