@@ -34,6 +34,9 @@ _STOP = object()
 #: Seconds ``stop``/``close`` spend at most on the broker (cancelling consumers, closing
 #: the channel and the connection): an unreachable broker must not hold a stop up.
 _STOP_BUDGET = 2.0
+#: Seconds ``close`` spends at most closing the channel and connection (together): the
+#: broker requeues what a channel held however it was closed.
+_CLOSE_BUDGET = 0.5
 #: The prefetch before a dispatcher says its ``max_in_flight`` (its default).
 DEFAULT_PREFETCH = 64
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (
@@ -678,16 +681,18 @@ class RabbitMQConsumer:
         conn = self._connection
         if self._factory is not None:
             self._connection = None
-        for what, closing in (
-            ("channel", channel if channel is not None and not channel.is_closed else None),
-            ("connection", conn if self.owns and conn is not None else None),
-        ):
-            if closing is None:
-                continue
-            try:
-                await asyncio.wait_for(closing.close(), _STOP_BUDGET)
-            except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
-                log.debug("Closing the consumer's %s failed: %s", what, exc)
+
+        async def closing() -> None:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                    await channel.close()
+            if self.owns and conn is not None:
+                await conn.close()
+
+        try:
+            await asyncio.wait_for(closing(), _CLOSE_BUDGET)
+        except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+            log.debug("Closing the consumer's channel/connection failed: %r", exc)
 
     async def __aenter__(self) -> RabbitMQConsumer:
         await self.start()
