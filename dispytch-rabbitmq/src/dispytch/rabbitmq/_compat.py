@@ -48,7 +48,7 @@ def _warn(what: str, raw: bytes) -> None:
 def tolerant_short_str(value: bytes) -> tuple[int, str]:
     """pamqp's short-string decoder, with replacement characters for invalid UTF-8."""
     try:
-        return _strict_short_str(value)  # type: ignore[no-any-return]
+        return _strict_short_str(value)  # type: ignore[no-any-return,unused-ignore]
     except UnicodeDecodeError:
         length = value[0]
         raw = bytes(value[1 : length + 1])
@@ -63,7 +63,7 @@ def tolerant_field_table(value: bytes) -> tuple[int, dict[str, Any]]:
     and only when the strict decoder failed on a key.
     """
     try:
-        return _strict_field_table(value)  # type: ignore[no-any-return]
+        return _strict_field_table(value)  # type: ignore[no-any-return,unused-ignore]
     except UnicodeDecodeError:
         pass
     try:

@@ -31,6 +31,12 @@ from dispytch.transport import Capabilities, Message
 
 _compat.install_tolerant_decoding()
 
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *CONNECTION_ERRORS,
+)
+
 _STOP = object()
 #: Seconds ``stop``/``close`` spend at most on the broker (cancelling consumers, closing
 #: the channel and the connection): an unreachable broker must not hold a stop up.
@@ -692,7 +698,7 @@ class RabbitMQConsumer:
 
         try:
             await asyncio.wait_for(closing(), _CLOSE_BUDGET)
-        except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+        except _CLOSE_ERRORS as exc:
             log.debug("Closing the consumer's channel/connection failed: %r", exc)
 
     async def __aenter__(self) -> RabbitMQConsumer:

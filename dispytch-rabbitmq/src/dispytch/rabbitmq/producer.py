@@ -25,6 +25,12 @@ from pamqp.commands import Basic
 
 _compat.install_tolerant_decoding()
 
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *CONNECTION_ERRORS,
+)
+
 #: What the producer may be built over: aio-pika exchanges, a channel, a connection, or a
 #: coroutine function that opens a connection.
 ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
@@ -253,7 +259,7 @@ class RabbitMQProducer:
             if not channel.is_closed:
                 try:
                     await asyncio.wait_for(channel.close(), 5)
-                except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                except _CLOSE_ERRORS:
                     log.debug("Closing the producer's channel failed", exc_info=True)
         if self.owns and self._connection is not None:
             conn = self._connection
@@ -261,7 +267,7 @@ class RabbitMQProducer:
                 self._connection = None
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (TimeoutError, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+            except _CLOSE_ERRORS:
                 log.debug("Closing the producer's connection failed", exc_info=True)
 
     async def __aenter__(self) -> RabbitMQProducer:
