@@ -30,12 +30,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from dispytch._version import __version__
-
-if TYPE_CHECKING:
-    from dispytch.dispatcher import EventDispatcher
+from dispytch.dispatcher import EventDispatcher
+from dispytch.plugins import load_failures, plugin_infos, transport_problems
 
 log = logging.getLogger("dispytch.cli")
 
@@ -51,8 +50,6 @@ class CLIError(Exception):
 
 
 def _plugins_report() -> dict[str, Any]:
-    from dispytch.plugins import load_failures, plugin_infos, transport_problems
-
     return {
         "plugins": [info.to_dict() for info in plugin_infos()],
         "failures": [
@@ -169,8 +166,6 @@ def import_from_string(target: str, app_dir: str | None = None) -> Any:
 
 
 def _is_dispatcher(obj: Any) -> bool:
-    from dispytch.dispatcher import EventDispatcher
-
     if isinstance(obj, EventDispatcher):
         return True
     # Anything that starts and stops like one (a wrapper of the user's) is welcome too.

@@ -12,6 +12,7 @@ from typing import Any
 
 from dispytch.errors import EmitTimeoutError
 from dispytch.event import EventBase
+from dispytch.plugins import notify, serializer_for, transport_for_url
 from dispytch.routes import EventRoute
 from dispytch.serialization import Serializer
 from dispytch.transport import (
@@ -54,8 +55,6 @@ class EventEmitter:
     ) -> None:
         self.producer = producer
         if isinstance(serializer, str):
-            from dispytch.plugins import serializer_for
-
             serializer = serializer_for(serializer)
         self.serializer: Serializer = serializer
         self._encode = serializer.encode
@@ -81,8 +80,6 @@ class EventEmitter:
             TransportNotFoundError: No installed plugin serves the scheme (the message says
                 what to install).
         """
-        from dispytch.plugins import transport_for_url
-
         spec = transport_for_url(url)
         return cls(spec.producer_factory(url, **options), serializer=serializer, owns_producer=True)
 
@@ -90,8 +87,6 @@ class EventEmitter:
         """Start the producer."""
         await self.producer.start()
         self._started = True
-        from dispytch.plugins.manager import notify
-
         notify("dispytch_emitter_started", emitter=self)
 
     async def stop(self) -> None:
@@ -100,8 +95,6 @@ class EventEmitter:
             return
         self._started = False
         await self.producer.stop()
-        from dispytch.plugins.manager import notify
-
         notify("dispytch_emitter_stopped", emitter=self)
 
     async def __aenter__(self) -> EventEmitter:

@@ -56,7 +56,28 @@ class RouteParamError(DispytchError):
 
 
 class PayloadError(DispytchError):
-    """A payload could not be decoded or validated into the handler's event type."""
+    """A payload could not be decoded or validated into the handler's event type.
+
+    Delivering the same bytes again cannot help, so the failure policy never retries it:
+    the message goes to its dead letter or is rejected at once.
+    """
+
+
+class UnknownContentTypeError(PayloadError):
+    """A message names a content type no installed serializer decodes.
+
+    The message says which content types are served. Like any :class:`PayloadError` it is
+    never retried: install the serializer plugin for it, or fix the producer.
+
+    Attributes:
+        content_type: The content type the message named (without parameters).
+        served: The content types the installed serializers decode.
+    """
+
+    def __init__(self, message: str, *, content_type: str, served: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.content_type = content_type
+        self.served = served
 
 
 class ConfigError(DispytchError, ValueError):
