@@ -362,6 +362,19 @@ class EventDispatcher:
         return self._running and not self._stopping
 
     @property
+    def in_flight(self) -> int:
+        """Messages read and not yet settled, but for those held unsettled under
+        ``AckPolicy.MANUAL``: being handled or waiting for their lane (at most
+        ``max_in_flight``)."""
+        settler = self._settler
+        return len(settler.inflight) - len(settler.unsettled)
+
+    @property
+    def unsettled(self) -> int:
+        """``AckPolicy.MANUAL``: messages held because no code settled them yet."""
+        return len(self._settler.unsettled)
+
+    @property
     def failure(self) -> BaseException | None:
         """Why the dispatcher stopped on its own (the consumer's error), else ``None``."""
         return self._failure
@@ -386,13 +399,14 @@ class EventDispatcher:
             messages = self.consumer.listen()
             try:
                 while True:
-                    if manual and settler.unsettled_full:
-                        # Held unsettled messages count: wait until code settles one.
-                        while settler.unsettled_full and not sched.closed:
-                            await sched.park()
                     # A free slot first, then the next message: nothing leaves the broker
                     # that the dispatcher could not start handling at once.
-                    if sched.free <= 0:
+                    if manual:
+                        # Messages held unsettled count too: below max_unsettled, so that
+                        # at most max_unsettled - 1 + max_in_flight are ever held.
+                        while (sched.free <= 0 or settler.unsettled_full) and not sched.closed:
+                            await sched.park()
+                    elif sched.free <= 0:
                         await sched.slot()
                     if self._stopping:
                         break
