@@ -198,7 +198,10 @@ class EventEmitter:
     ) -> None:
         """Publish many events without waiting for each in turn; return when all are in.
 
-        Raises the first error after every event was attempted (see :meth:`emit`).
+        Raises the first error after every event was attempted (see :meth:`emit`). After
+        a timeout the ``on_timeout`` callbacks get each event that was not confirmed, once:
+        the ones the producer names in ``EmitTimeoutError.undelivered``, or every event of
+        the batch when the producer cannot say which were confirmed.
         """
         evs = list(events)
         stamp = f"{time.time():.6f}"
@@ -206,6 +209,10 @@ class EventEmitter:
         try:
             await self.producer.send_batch(messages)
         except (TimeoutError, EmitTimeoutError) as exc:
+            undelivered = exc.undelivered if isinstance(exc, EmitTimeoutError) else None
+            if undelivered is not None:
+                late = {id(m) for m in undelivered}
+                evs = [e for e, m in zip(evs, messages, strict=True) if id(m) in late]
             await self._timed_out(evs, exc)
 
     async def _timed_out(self, events: list[EventBase], exc: BaseException) -> None:
