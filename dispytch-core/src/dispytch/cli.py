@@ -51,7 +51,7 @@ class CLIError(Exception):
 
 
 def _plugins_report() -> dict[str, Any]:
-    from dispytch.plugins import load_failures, plugin_infos, transport_problems
+    from dispytch.plugins import load_failures, plugin_conflicts, plugin_infos
 
     return {
         "plugins": [info.to_dict() for info in plugin_infos()],
@@ -65,7 +65,7 @@ def _plugins_report() -> dict[str, Any]:
             }
             for f in load_failures()
         ],
-        "conflicts": transport_problems(),
+        "conflicts": plugin_conflicts(),
         "selection": os.environ.get("DISPYTCH_PLUGINS") or None,
     }
 
