@@ -464,3 +464,10 @@ def test_retry_gives_up_on_what_cannot_succeed_whatever_it_is_told() -> None:
     r = Retry(give_up_on=KeyError)
     for kind in (PayloadError, RouteParamError, PluginError, RequeueMessage, KeyError):
         assert issubclass(kind, r.give_up_on)
+
+
+def test_retry_arguments_that_would_make_delays_shrink_or_negative_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"Retry\(factor=\.\.\.\) must be at least 1"):
+        Retry(factor=0.5)
+    with pytest.raises(ValueError, match=r"must not be negative"):
+        Retry(delay=-1)
