@@ -346,6 +346,23 @@ async def test_an_error_caused_by_a_declared_permanent_one_is_permanent(kit: Kit
     assert predicate.is_permanent(EmitError("timeout")) is False
 
 
+async def test_a_dead_letter_route_that_cannot_be_computed_rejects_with_one_error(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    fine = await target(kit, lambda m, n: None)
+
+    def route(ctx: HandlerContext) -> MemoryEventRoute:
+        raise KeyError("tenant")
+
+    with caplog.at_level(logging.ERROR, logger="dispytch"):
+        d, handled, _ = await run_poison_then_valid(kit, DeadLetter(fine, route=route))
+    assert fine.sends == [] and d.stats["rejected"] == 1
+    assert handled == list(range(VALID))
+    (line,) = poison_errors(caplog)
+    assert "dead letter failed with KeyError: 'tenant'" in line.getMessage()
+    assert "its dead-letter route could not be computed" in line.getMessage()
+
+
 def test_which_dead_letter_failures_are_permanent() -> None:
     dl = DeadLetter(MemoryProducer())
     for transient in (
@@ -464,3 +481,10 @@ def test_retry_gives_up_on_what_cannot_succeed_whatever_it_is_told() -> None:
     r = Retry(give_up_on=KeyError)
     for kind in (PayloadError, RouteParamError, PluginError, RequeueMessage, KeyError):
         assert issubclass(kind, r.give_up_on)
+
+
+def test_retry_arguments_that_would_make_delays_shrink_or_negative_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"Retry\(factor=\.\.\.\) must be at least 1"):
+        Retry(factor=0.5)
+    with pytest.raises(ValueError, match=r"must not be negative"):
+        Retry(delay=-1)

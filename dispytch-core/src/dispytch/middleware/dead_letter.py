@@ -244,7 +244,14 @@ class DeadLetter:
             route = self.route_for(ctx)
         except Exception as route_exc:
             raise DeadLetterFailedError(
-                self._failed_text(ctx, exc, route_exc, None, "its dead-letter route")
+                self._failed_text(
+                    ctx,
+                    exc,
+                    route_exc,
+                    None,
+                    "nowhere: its dead-letter route could not be computed; rejected to the "
+                    "broker's reject path",
+                )
             ) from route_exc
         headers = self._headers(ctx, exc)
         failure: BaseException

@@ -60,6 +60,10 @@ class Retry:
             raise ValueError("Retry(attempts=...) must be at least 1.")
         if not 0 <= jitter <= 1:
             raise ValueError("Retry(jitter=...) must be between 0 and 1.")
+        if factor < 1:
+            raise ValueError("Retry(factor=...) must be at least 1 (delays never shrink).")
+        if delay < 0 or max_delay < 0:
+            raise ValueError("Retry(delay=..., max_delay=...) must not be negative.")
         #: The delays without jitter (the one backoff policy of Dispytch).
         self._delays = Backoff(initial=delay, factor=factor, cap=max_delay)
         self.attempts = attempts

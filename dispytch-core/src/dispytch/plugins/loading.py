@@ -318,8 +318,8 @@ def call_each(
     plain = [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
     for impl in reversed(plain):
         others = [other.plugin for other in plain if other is not impl]
-        caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
         try:
+            caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
             results = caller(**kwargs)
         except Exception as exc:  # one plugin's failure is its own
             yield impl, exc
