@@ -253,9 +253,10 @@ async def test_dispatcher_drains_on_stop_and_resumes_paused_lanes(pausing: bool)
         while len(rec.lane_order("slow")) < 3:
             await asyncio.sleep(0.005)
         if pausing:
-            assert "slow" in source.paused
+            assert "slow" in source.pause_calls
         await d.stop()
     assert source.paused == set()  # nothing is left paused after a stop
+    assert len(source.resume_calls) == len(source.pause_calls)
     handed_out = SLOW_BACKLOG + FAST - sum(len(b) for b in source.lanes.values())
     acked = [t for how, t in source.settled if how == "ack"]
     requeued = [t for how, t in source.settled if how == "requeue"]
