@@ -255,6 +255,21 @@ class LeaseExtension(Protocol):
         """Keep ``message`` from being redelivered elsewhere for another lease period."""
 
 
+@runtime_checkable
+class ReadAhead(Protocol):
+    """A consumer that sizes what it takes from the broker ahead of handling.
+
+    The dispatcher calls :meth:`configure` (when the consumer has it) once, after
+    ``subscribe`` and before ``start``, so that what the consumer buffers follows the
+    dispatcher's ``max_in_flight`` (RabbitMQ prefetch, Redis Streams ``COUNT``, Kafka
+    ``max_records``) unless the user set it explicitly; a disagreeing explicit setting is
+    logged once.
+    """
+
+    def configure(self, *, max_in_flight: int) -> None:
+        """Take ahead no more than about ``max_in_flight`` messages."""
+
+
 class Acknowledger:
     """Given to handlers under the manual acknowledgement policy.
 
