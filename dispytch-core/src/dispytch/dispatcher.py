@@ -40,7 +40,13 @@ from dispytch.plugins import notify, serializer_for, serializers, transport_for_
 from dispytch.router import Router, resolve_middleware
 from dispytch.routes import EventSubscription
 from dispytch.serialization import DecoderCache
-from dispytch.transport import Acknowledger, Consumer, LanePausing, capabilities_of
+from dispytch.transport import (
+    Acknowledger,
+    Consumer,
+    LanePausing,
+    ReadAhead,
+    capabilities_of,
+)
 
 __all__ = ["AckPolicy", "EventDispatcher", "HandlerEntry"]
 
@@ -263,6 +269,9 @@ class EventDispatcher:
         if not self._routes.entries:
             log.warning("Dispatcher %r starts with no handlers registered.", self.name)
         self.consumer.subscribe(self.subscriptions)
+        if isinstance(self.consumer, ReadAhead):
+            # What the consumer buffers follows max_in_flight (prefetch, COUNT, max_records).
+            self.consumer.configure(max_in_flight=self.max_in_flight)
         await self.consumer.start()
         self._running = True
         self._stopping = False
