@@ -229,6 +229,9 @@ def _copy(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 _default: SchemaRegistry | None = None
 _default_lock = threading.Lock()
+#: Bumped whenever the default registry changes, so serializers drop what they cached
+#: from the previous one (registrations, id lookups).
+generation = 0
 
 
 def default_registry() -> SchemaRegistry:
@@ -252,6 +255,7 @@ def set_default_registry(registry: SchemaRegistry | None) -> None:
     The serializers built by the plugin host (``serializer="avro"`` and the consuming
     side's decoders) use the default registry, so this is how a service configures them.
     """
-    global _default
+    global _default, generation
     with _default_lock:
         _default = registry
+        generation += 1

@@ -342,18 +342,20 @@ class _Builder:
             return "double", None, None
         if annotation is str:
             return "string", None, None
+        # Decoders of the types below also accept the Avro JSON form: fastavro fills a
+        # field the writer did not have with the reader schema's default as written there.
         if annotation is bytes:
-            return "bytes", None, None
+            return "bytes", None, _dec_bytes
         if annotation is NaiveDatetime:
-            return {"type": "long", "logicalType": "local-timestamp-micros"}, None, None
+            return {"type": "long", "logicalType": "local-timestamp-micros"}, None, _dec_local
         if annotation is dt.datetime or annotation is AwareDatetime:
-            return {"type": "long", "logicalType": "timestamp-micros"}, None, None
+            return {"type": "long", "logicalType": "timestamp-micros"}, None, _dec_instant
         if annotation is dt.date:
-            return {"type": "int", "logicalType": "date"}, None, None
+            return {"type": "int", "logicalType": "date"}, None, _dec_date
         if annotation is dt.time:
-            return {"type": "long", "logicalType": "time-micros"}, _naive_time, None
+            return {"type": "long", "logicalType": "time-micros"}, _naive_time, _dec_time
         if annotation is uuid.UUID:
-            return {"type": "string", "logicalType": "uuid"}, None, None
+            return {"type": "string", "logicalType": "uuid"}, None, _dec_uuid
         if annotation is Decimal:
             return self.decimal(metadata, path)
         if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
@@ -378,7 +380,7 @@ class _Builder:
             return {"type": "map", "values": values}, _values(enc), _values(dec)
         raise self.fail(path, annotation, "no Avro type for it")
 
-    def decimal(self, metadata: list[Any], path: str) -> tuple[Any, None, None]:
+    def decimal(self, metadata: list[Any], path: str) -> tuple[Any, None, Converter]:
         digits = places = None
         for m in metadata:
             if getattr(m, "max_digits", None) is not None:
@@ -392,10 +394,20 @@ class _Builder:
                 "Avro decimals have a fixed precision and scale: declare "
                 "Field(max_digits=..., decimal_places=...)",
             )
+        scale: int = places
+
+        def dec(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return value
+            if isinstance(value, str):  # a default in Avro's JSON form
+                unscaled = int.from_bytes(value.encode("latin-1"), "big", signed=True)
+                return Decimal(unscaled).scaleb(-scale)
+            raise TypeError("not a decimal")
+
         return (
             {"type": "bytes", "logicalType": "decimal", "precision": digits, "scale": places},
             None,
-            None,
+            dec,
         )
 
     def enum(self, cls: type[enum.Enum], path: str) -> tuple[Any, Converter, Converter]:
@@ -406,6 +418,8 @@ class _Builder:
             return value.name if isinstance(value, enum.Enum) else cls(value).name
 
         def dec(symbol: Any) -> Any:
+            if not isinstance(symbol, str):
+                raise TypeError("not an enum symbol")
             return members[symbol]
 
         known = self.named.get(name)
@@ -472,7 +486,7 @@ class _Builder:
             for d in dec_by:
                 try:
                     return d(value)
-                except (KeyError, TypeError, AttributeError):
+                except (KeyError, TypeError, ValueError):
                     continue
             return value
 
@@ -524,6 +538,57 @@ class _Builder:
         return self.json_default(datum, kind)
 
 
+def _dec_bytes(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    raise TypeError("not bytes")
+
+
+def _dec_instant(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value
+    if type(value) is int:
+        return _EPOCH + dt.timedelta(microseconds=value)
+    raise TypeError("not a timestamp")
+
+
+def _dec_local(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value
+    if type(value) is int:
+        return _EPOCH_NAIVE + dt.timedelta(microseconds=value)
+    raise TypeError("not a local timestamp")
+
+
+def _dec_date(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value
+    if type(value) is int:
+        return _EPOCH_DATE + dt.timedelta(days=value)
+    raise TypeError("not a date")
+
+
+def _dec_time(value: Any) -> Any:
+    if isinstance(value, dt.time):
+        return value
+    if type(value) is int:
+        seconds, micros = divmod(value, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        return dt.time(hour, minute, second, micros)
+    raise TypeError("not a time")
+
+
+def _dec_uuid(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        return uuid.UUID(value)
+    raise TypeError("not a UUID")
+
+
 def _naive_time(value: Any) -> Any:
     # Avro time-micros carries no zone.
     return value.replace(tzinfo=None) if value.tzinfo is not None else value
@@ -532,13 +597,25 @@ def _naive_time(value: Any) -> Any:
 def _each(conv: Converter | None) -> Converter | None:
     if conv is None:
         return None
-    return lambda items: [conv(x) for x in items]
+
+    def each(items: Any) -> Any:
+        if not isinstance(items, list):
+            raise TypeError("not an array")
+        return [conv(x) for x in items]
+
+    return each
 
 
 def _values(conv: Converter | None) -> Converter | None:
     if conv is None:
         return None
-    return lambda mapping: {k: conv(v) for k, v in mapping.items()}
+
+    def values(mapping: Any) -> Any:
+        if not isinstance(mapping, dict):
+            raise TypeError("not a map")
+        return {k: conv(v) for k, v in mapping.items()}
+
+    return values
 
 
 def _record_encoder(encs: list[tuple[str, Converter]]) -> Converter:
@@ -562,6 +639,8 @@ def _record_decoder(decs: list[tuple[str, str, Converter | None]]) -> Converter 
         return None
 
     def dec(d: Any) -> Any:
+        if not isinstance(d, dict):
+            raise TypeError("not a record")
         for name, key, f in decs:
             if name in d:
                 v = d.pop(name) if key != name else d[name]

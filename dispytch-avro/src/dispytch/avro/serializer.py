@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from dispytch.avro import registry as _registry_module
 from dispytch.avro.registry import RegisteredSchema, SchemaRegistry, default_registry
 from dispytch.avro.schema import AvroSchemaError, CompiledModel, compile_model
 from dispytch.errors import PayloadError
@@ -56,6 +57,7 @@ class _AvroBase:
         self._read = fastavro.schemaless_reader
         self._lock = threading.Lock()
         self._writers: dict[type[Any], Callable[[Any], bytes]] = {}
+        self._generation = _registry_module.generation
 
     @property
     def registry(self) -> SchemaRegistry:
@@ -77,6 +79,9 @@ class _AvroBase:
 
     def encode(self, event: BaseModel) -> bytes:
         """The event in this framing (schema derived and registered on first use)."""
+        if self._generation != _registry_module.generation and self._registry is None:
+            self._writers = {}
+            self._generation = _registry_module.generation
         write = self._writers.get(type(event))
         if write is None:
             write = self._writer(type(event))
@@ -136,6 +141,8 @@ class _AvroBase:
         own = reader.parsed
         plans: dict[int | bytes, Any] = {}
         plans_lock = threading.Lock()
+        seen = [_registry_module.generation]
+        follows_default = self._registry is None
         split = self._split
         framing = self.framing
 
@@ -167,6 +174,9 @@ class _AvroBase:
 
         def decode(payload: bytes) -> T:
             ref, offset = split(payload)
+            if follows_default and seen[0] != _registry_module.generation:
+                plans.clear()  # another default registry: its ids mean other schemas
+                seen[0] = _registry_module.generation
             plan = plans.get(ref) if ref in plans else writer_for(ref)
             body = io.BytesIO(payload)
             body.seek(offset)
