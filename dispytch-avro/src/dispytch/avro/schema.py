@@ -453,12 +453,12 @@ class _Builder:
         convs: list[tuple[Any, Converter | None, Converter | None]] = []
         complex_kinds: set[str] = set()
         for a in args:
-            avro, enc, dec = self.of(a, [], path)
-            kind = avro.get("type") if isinstance(avro, dict) else avro
+            avro, b_enc, b_dec = self.of(a, [], path)
+            kind = str(avro.get("type")) if isinstance(avro, dict) else str(avro)
             if kind in ("record", "array", "map", "enum") or (
                 isinstance(avro, str) and avro in self.named
             ):
-                kind = "record" if isinstance(avro, str) else kind
+                kind = "named type" if isinstance(avro, str) else kind
                 if kind in complex_kinds:
                     raise self.fail(path, annotation, f"more than one {kind} branch in a union")
                 complex_kinds.add(kind)
@@ -466,7 +466,7 @@ class _Builder:
                 raise self.fail(path, annotation, "nested unions")
             branches.append(avro)
             base, _ = _unwrap(a)
-            convs.append((get_origin(base) or base, enc, dec))
+            convs.append((get_origin(base) or base, b_enc, b_dec))
         if all(enc is None and dec is None for _, enc, dec in convs):
             return branches, None, None
         # Branch by Python type on the way out; fastavro reports which branch it read

@@ -196,7 +196,7 @@ class _AvroBase:
                             "only fields that have defaults, promote types the Avro way."
                         ) from exc
                     raise
-            return validate(from_avro(datum))  # type: ignore[return-value]
+            return validate(from_avro(datum))
 
         return decode
 

@@ -107,6 +107,6 @@ class ProtobufSerializer:
                     "Check that the producer writes this message type, with compatible "
                     "field numbers and types."
                 ) from exc
-            return validate(read(msg))  # type: ignore[return-value]
+            return validate(read(msg))
 
         return decode
