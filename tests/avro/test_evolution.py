@@ -218,3 +218,22 @@ async def test_added_fields_of_every_kind_take_their_defaults(kit: Kit) -> None:
     got = await run_one(kit, "avro", UserV1, UserV6)
     assert got[0] == UserV6(id=7, name="ada")
     assert kit.broker.rejected == []
+
+
+async def test_truncated_payloads_are_rejected_and_the_dispatcher_goes_on(kit: Kit) -> None:
+    emitter = await kit.emitter("avro")
+    d = kit.dispatcher()
+    got: list[UserV1] = []
+
+    @d.handler(topic="users")
+    async def on(event: Event[UserV1]) -> None:
+        got.append(event.body)
+
+    await d.start()
+    good = emitter.build(make(UserV1)).payload
+    headers = {"dispytch-content-type": "application/avro"}
+    kit.broker.publish("users", good[:-3], headers, None)  # cut inside the body
+    kit.broker.publish("users", good[:6], headers, None)  # cut inside the fingerprint
+    kit.broker.publish("users", good, headers, None)
+    await kit.until(lambda: len(got) == 1 and len(kit.broker.rejected) == 2, "all settled")
+    assert d.running and d.stats["invalid_payload"] == 2

@@ -137,3 +137,42 @@ def test_default_registry_comes_from_the_environment(
     set_default_registry(None)
     assert isinstance(default_registry(), InMemorySchemaRegistry)
     assert os.environ.get(REGISTRY_ENV) is None
+
+
+PRODUCE = """
+import sys
+from dispytch import EventBase
+from dispytch.avro import ConfluentAvroSerializer, DirectorySchemaRegistry, AvroSerializer
+
+class Reading(EventBase):
+    sensor: str
+    value: float
+    unit: str = "C"
+
+reg = DirectorySchemaRegistry(sys.argv[1])
+for s in (AvroSerializer(reg), ConfluentAvroSerializer(reg)):
+    print(s.encode(Reading(sensor="t1", value=21.5, unit="F")).hex())
+"""
+
+
+def test_a_consumer_process_decodes_what_a_producer_process_registered(tmp_path: Path) -> None:
+    from dispytch import EventBase
+    from dispytch.avro import AvroSerializer, ConfluentAvroSerializer
+
+    class Reading(EventBase):  # the consumer's older version: no unit
+        sensor: str
+        value: float
+
+    out = subprocess.run(
+        [sys.executable, "-c", PRODUCE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    single, confluent = (bytes.fromhex(line) for line in out.stdout.split())
+    reg = DirectorySchemaRegistry(tmp_path)  # this process's own view of the directory
+    assert AvroSerializer(reg).decoder(Reading)(single) == Reading(sensor="t1", value=21.5)
+    assert ConfluentAvroSerializer(reg).decoder(Reading)(confluent) == Reading(
+        sensor="t1", value=21.5
+    )
