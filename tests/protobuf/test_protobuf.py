@@ -250,3 +250,23 @@ def test_discovery_does_not_import_the_protobuf_runtime() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+        dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+        dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.datetime(2026, 6, 1, 12, 0),  # naive: UTC, as protobuf's FromDatetime takes it
+    ],
+)
+def test_timestamps_match_protobufs_own_conversion(when: dt.datetime) -> None:
+    payload = ProtobufSerializer().encode(everything(at=when))
+    msg = shop_pb2.Everything.FromString(payload)
+    reference = shop_pb2.Everything()
+    reference.at.FromDatetime(when)
+    assert (msg.at.seconds, msg.at.nanos) == (reference.at.seconds, reference.at.nanos)
+    back = ProtobufSerializer().decoder(Everything)(payload).at
+    assert back == reference.at.ToDatetime(tzinfo=dt.UTC)
