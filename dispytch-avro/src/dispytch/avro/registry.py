@@ -112,8 +112,9 @@ class DirectorySchemaRegistry:
     them on the wire (little-endian), as 16 lower-case hex digits. An id is claimed by
     creating ``ids/<id>`` with ``os.link`` (fails if it exists), so two processes never
     get one id for two schemas. Two processes registering the same new schema at the
-    same instant may both claim an id; both ids then name that schema and the smallest
-    is the one returned ever after. Files are never rewritten or deleted.
+    same instant may each claim an id; both ids then name that schema (either decodes),
+    and registries opened later return the smallest. Files are never rewritten or
+    deleted.
 
     Args:
         root: The directory (created if missing).

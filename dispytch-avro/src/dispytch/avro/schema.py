@@ -150,7 +150,8 @@ def rabin_fingerprint(data: bytes) -> bytes:
 
 
 def _record_name(model: type[Any]) -> str:
-    name = getattr(model, "__avro_name__", None) or model.__name__
+    # Not inherited: a subclass is another record unless it says otherwise.
+    name = model.__dict__.get("__avro_name__") or model.__name__
     if not isinstance(name, str) or not all(_NAME.match(p) for p in name.split(".")):
         raise AvroSchemaError(
             f"{model.__name__}: {name!r} is not a valid Avro name.\n"
