@@ -9,6 +9,8 @@ The matrix (writer -> reader: expected outcome):
 - v1 -> v4 (``id`` changed from long to string): rejected, IncompatibleSchemaError.
 - v1 -> v5 (``id`` promoted from long to double): handled (Avro's promotion).
 - unknown writer schema (not in the consumer's registry): rejected, UnknownSchemaError.
+- nested record gained a defaulted field: handled; writer enum gained a symbol: handled
+  unless the message carries the new symbol (then rejected, per message).
 
 A rejected message is logged with its reason and nacked without requeue (dead-lettered
 where a dead-letter policy is configured); the dispatcher goes on with the next message.
@@ -17,6 +19,7 @@ where a dead-letter policy is configured); the dispatcher goes on with the next 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import uuid
 from decimal import Decimal
@@ -31,7 +34,7 @@ from dispytch.avro import (
     UnknownSchemaError,
 )
 from dispytch.memory import MemoryProducer
-from pydantic import Field, NaiveDatetime
+from pydantic import BaseModel, Field, NaiveDatetime
 
 from .conftest import Kit
 from .models import Address, Tier
@@ -237,3 +240,51 @@ async def test_truncated_payloads_are_rejected_and_the_dispatcher_goes_on(kit: K
     kit.broker.publish("users", good, headers, None)
     await kit.until(lambda: len(got) == 1 and len(kit.broker.rejected) == 2, "all settled")
     assert d.running and d.stats["invalid_payload"] == 2
+
+
+class ColorV1(enum.Enum):
+    __avro_name__ = "Color"
+    RED = 1
+    BLUE = 2
+
+
+class ColorV2(enum.Enum):
+    __avro_name__ = "Color"
+    RED = 1
+    BLUE = 2
+    GREEN = 3
+
+
+class PartV1(BaseModel):
+    __avro_name__ = "Part"
+    sku: str
+
+
+class PartV2(BaseModel):
+    __avro_name__ = "Part"
+    sku: str
+    qty: int = 1
+
+
+class PaintV2(EventBase):
+    __avro_name__ = "Paint"
+    color: ColorV2
+    parts: list[PartV1]
+
+
+class PaintV1(EventBase):
+    __avro_name__ = "Paint"
+    color: ColorV1
+    parts: list[PartV2]
+
+
+def test_nested_records_and_enums_evolve_too() -> None:
+    # Nested: the reader's nested record added a field with a default -> filled in.
+    # Enum: the writer added a symbol -> its other symbols still read; the new one is
+    # an incompatible datum (Avro enums derive no default), rejected per message.
+    s = AvroSerializer(InMemorySchemaRegistry())
+    read = s.decoder(PaintV1)
+    ok = read(s.encode(PaintV2(color=ColorV2.BLUE, parts=[PartV1(sku="a")])))
+    assert ok == PaintV1(color=ColorV1.BLUE, parts=[PartV2(sku="a", qty=1)])
+    with pytest.raises(IncompatibleSchemaError, match="GREEN not found in reader symbol"):
+        read(s.encode(PaintV2(color=ColorV2.GREEN, parts=[])))
