@@ -234,6 +234,20 @@ class EventDispatcher:
             subscription, topic=topic, event=event, middlewares=middlewares, name=name
         )
 
+    def command(self, command: type[Any], **kwargs: Any) -> Callable[[F], F]:
+        """Register the one handler of a command; see :meth:`Router.command
+        <dispytch.Router.command>`."""
+        if self._running:
+            raise RuntimeError("Register handlers before the dispatcher starts.")
+        return self.router.command(command, **kwargs)
+
+    def query(self, query: type[Any], **kwargs: Any) -> Callable[[F], F]:
+        """Register the one handler of a query; see :meth:`Router.query
+        <dispytch.Router.query>`."""
+        if self._running:
+            raise RuntimeError("Register handlers before the dispatcher starts.")
+        return self.router.query(query, **kwargs)
+
     def add_router(self, router: Router) -> None:
         """Add a router's handlers (and those of routers nested in it)."""
         if self._running:

@@ -179,7 +179,8 @@ class EventEmitter:
 
         Args:
             event: The event; its class's ``__route__`` (or ``__topic__``) says where to.
-            headers: Extra headers.
+            headers: Extra headers. A ``dispytch-deadline`` among them (an upstream
+                request's, forwarded) replaces the one made from ``timeout``.
             key: Overrides the route's key.
             route: Overrides the class's route.
 
@@ -239,6 +240,7 @@ class EventEmitter:
         reply: Any = None,
         headers: Mapping[str, str] | None = None,
         key: Any = None,
+        route: EventRoute | None = None,
         errors: Sequence[type[BaseException]] = (),
     ) -> Any:
         """Send a command or query and return its handler's reply, typed.
@@ -253,8 +255,10 @@ class EventEmitter:
             timeout: Seconds to wait for the reply.
             reply: The reply type; by default the ``R`` of ``QueryBase[R]`` /
                 ``CommandBase[R]``.
-            headers: Extra headers.
+            headers: Extra headers. A ``dispytch-deadline`` among them (an upstream
+                request's, forwarded) replaces the one made from ``timeout``.
             key: Overrides the route's key.
+            route: Overrides the class's route.
             errors: Exception types raised as themselves when the handler raises one of
                 that name (see also :meth:`register_error`).
 
@@ -269,7 +273,13 @@ class EventEmitter:
         if requester is None:
             requester = self._requester = self._make_requester()
         return await requester.request(
-            message, timeout=timeout, reply=reply, headers=headers, key=key, errors=errors
+            message,
+            timeout=timeout,
+            reply=reply,
+            headers=headers,
+            key=key,
+            route=route,
+            errors=errors,
         )
 
     def register_error(self, *types: type[BaseException]) -> None:

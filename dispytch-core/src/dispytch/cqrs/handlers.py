@@ -419,6 +419,7 @@ class Requester:
         reply: Any = None,
         headers: Mapping[str, str] | None = None,
         key: Any = None,
+        route: Any = None,
         errors: Sequence[type[BaseException]] = (),
     ) -> Any:
         """Send ``message`` and return its handler's reply (see ``EventEmitter.request``)."""
@@ -431,8 +432,9 @@ class Requester:
         t_end = loop.time() + timeout
         hdrs = dict(headers) if headers else {}
         hdrs[HEADER_CORRELATION_ID] = correlation
-        hdrs[HEADER_DEADLINE] = f"{time.time() + timeout:.6f}"
-        out = self._build(message, headers=hdrs, key=key)
+        # A deadline passed in (forwarded from an upstream request) wins.
+        hdrs.setdefault(HEADER_DEADLINE, f"{time.time() + timeout:.6f}")
+        out = self._build(message, headers=hdrs, key=key, route=route)
         fut: asyncio.Future[Message] = loop.create_future()
         self._pending[correlation] = fut
         try:
