@@ -134,7 +134,7 @@ def rabbitmq(session: nox.Session) -> None:
 @nox.session
 def rabbitmq_lowest(session: nox.Session) -> None:
     """dispytch-rabbitmq on the lowest aio-pika, aiormq and pamqp it declares."""
-    _plugin_session(session, "rabbitmq", "aio-pika==10.0.0", "aiormq==7.1.0", "pamqp==4.0.0")
+    _plugin_session(session, "rabbitmq", "aio-pika==10.2.0", "aiormq==7.2.4", "pamqp==4.0.0")
 
 
 @nox.session
