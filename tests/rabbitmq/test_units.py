@@ -172,10 +172,10 @@ def test_options_model_is_published_with_capabilities() -> None:
     caps = spec.capabilities
     assert caps.delivery == "at-least-once"
     assert caps.requeue and caps.pause_lanes and caps.ordered_lanes
+    assert caps.request_reply  # direct reply-to (tests/rabbitmq/test_request_reply.py)
     assert caps.missing("delayed_requeue", "lease_extension", "request_reply") == [
         "delayed_requeue",
         "lease_extension",
-        "request_reply",
     ]
     unordered = RabbitMQConsumer.from_url("amqp://localhost/", queue="q")
     assert not unordered.capabilities.ordered_lanes
