@@ -648,7 +648,7 @@ class RabbitMQConsumer:
         reply_to = self.reply_address(request)
         if reply_to is None:
             return
-        hdrs = dict(headers)
+        hdrs: dict[str, Any] = dict(headers)
         content_type = hdrs.pop(HEADER_CONTENT_TYPE, None)
         props = Basic.Properties(
             content_type=content_type,
@@ -661,7 +661,7 @@ class RabbitMQConsumer:
             await token.channel.basic_publish(
                 payload, exchange="", routing_key=reply_to, properties=props
             )
-        except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+        except _CANCEL_ERRORS as exc:
             log.warning(
                 "Could not send the reply to %r (%s: %s); its caller will time out.",
                 reply_to,
