@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from dispytch import (
+    Acknowledger,
     Bus,
     CallNext,
     Command,
@@ -530,3 +531,37 @@ async def test_validation_off_takes_the_fast_path() -> None:
     async with bus:
         assert await bus.ask(CountUsers()) == "not checked"
     assert bus._requests[CountUsers].fast is not None
+
+
+async def test_dependencies_are_made_per_message() -> None:
+    calls = {"factory": 0}
+
+    def session() -> object:
+        calls["factory"] += 1
+        return object()
+
+    bus = Bus()
+    seen: list[object] = []
+
+    @bus.query(CountUsers)
+    async def count(query: CountUsers, db: object = Dependency(session)) -> int:
+        seen.append(db)
+        return len(seen)
+
+    async with bus:
+        for _ in range(3):
+            await bus.ask(CountUsers())
+    assert calls["factory"] == 3  # iambus resolves its Factory once, at bind time
+    assert len({id(s) for s in seen}) == 3
+
+
+async def test_acknowledger_has_no_meaning_on_a_bus() -> None:
+    bus = Bus()
+
+    @bus.query(CountUsers)
+    async def count(query: CountUsers, ack: Acknowledger) -> int:
+        raise AssertionError("not reached")
+
+    async with bus:
+        with pytest.raises(TypeError, match="no broker delivery"):
+            await bus.ask(CountUsers())

@@ -278,3 +278,36 @@ async def test_event_fast_path_is_unchanged_by_request_handlers(broker: MemoryBr
         entries = {e.spec.name.rsplit(".", 1)[-1]: e for e in dispatcher._routes.entries}
     assert entries["on"].direct is not None  # the event handler keeps the short path
     assert entries["get"].direct is None  # the query is answered through the responder
+
+
+async def test_error_details_over_the_wire(broker: MemoryBroker) -> None:
+    class Busy(Exception):
+        retryable = True
+
+    dispatcher = EventDispatcher(MemoryConsumer(broker, group="svc"))
+
+    @dispatcher.query(GetUser)
+    async def get(query: GetUser) -> User:
+        if query.id == 1:
+            raise Busy("try later")
+        if query.id == 2:
+            raise TimeoutError("db slow")
+        if query.id == 3:
+            raise PermissionError("x" * 5000)
+        return "not a user"  # type: ignore[return-value]
+
+    caller = EventEmitter(MemoryProducer(broker))
+    async with dispatcher, caller:
+        with pytest.raises(RemoteError) as busy:
+            await caller.request(GetUser(id=1), timeout=WAIT)
+        with pytest.raises(RemoteError) as slow:
+            await caller.request(GetUser(id=2), timeout=WAIT)
+        caller.register_error(PermissionError)
+        with pytest.raises(PermissionError) as denied:
+            await caller.request(GetUser(id=3), timeout=WAIT)
+        with pytest.raises(RemoteError) as invalid:
+            await caller.request(GetUser(id=4), timeout=WAIT)
+    assert (busy.value.type, busy.value.retryable) == ("Busy", True)
+    assert (slow.value.type, slow.value.retryable) == ("TimeoutError", True)
+    assert len(str(denied.value)) == 1000  # the text is bounded in the reply
+    assert invalid.value.type == "ValidationError" and not invalid.value.retryable
