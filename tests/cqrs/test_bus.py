@@ -565,3 +565,23 @@ async def test_acknowledger_has_no_meaning_on_a_bus() -> None:
     async with bus:
         with pytest.raises(TypeError, match="no broker delivery"):
             await bus.ask(CountUsers())
+
+
+async def test_fast_path_validates_and_publishes_returned_events() -> None:
+    bus = Bus()
+    seen: list[int] = []
+
+    @bus.command(CreateUser)
+    async def create(cmd: CreateUser) -> UserCreated:
+        return {"id": 5, "name": cmd.name}  # type: ignore[return-value]
+
+    @bus.handler(topic="t")
+    async def on(event: Event[UserCreated]) -> None:
+        seen.append(event.body.id)
+
+    async with bus:
+        assert bus._requests[CreateUser].fast is not None
+        reply = await bus.send(CreateUser(name="f"))
+        assert reply == UserCreated(id=5, name="f")  # validated into the annotation
+        await bus.join()
+    assert seen == [5]

@@ -47,6 +47,14 @@ class _Request:
     entry: HandlerEntry
     info: RequestInfo
     fast: Callable[[Any], Awaitable[Any]] | None
+    #: ``validate_python`` of the reply type, when replies are validated.
+    adapter: Callable[[Any], Any] | None = None
+    #: ``info.kind`` when ``fast`` is set, else ``None``.
+    fast_kind: str | None = None
+
+
+#: What a reply must be for it to hold events (checked before looking closer).
+_EVENTISH = (EventBase, list, tuple)
 
 
 @dataclass(frozen=True)
@@ -176,7 +184,15 @@ class Bus:
             plain = not stack
             if spec.request is not None:
                 fast = plan.body_direct if plain else None
-                requests[spec.request.message_type] = _Request(entry, spec.request, fast)
+                info = spec.request
+                adapter = (
+                    info.adapter.validate_python
+                    if self.validate_replies and info.adapter is not None
+                    else None
+                )
+                requests[info.message_type] = _Request(
+                    entry, info, fast, adapter, info.kind if fast is not None else None
+                )
                 continue
             model = plan.event_types[0] if plan.event_types else None
             if not isinstance(model, type):
@@ -255,7 +271,22 @@ class Bus:
             NotStartedError: The bus is not started.
             Exception: Whatever the handler raised, as itself.
         """
-        return await self._call(command, "command", key)
+        route = self._requests.get(type(command))
+        if route is None or route.fast_kind != "command" or key is not None or not self._running:
+            return await self._call(command, "command", key)
+        # The fast path (kept inline, as in ask): an async handler taking only the message.
+        self._active += 1
+        try:
+            result = await route.fast(command)  # type: ignore[misc]
+        finally:
+            self._active -= 1
+            if not self._running:
+                self._check_idle()
+        if route.adapter is not None:
+            result = route.adapter(result)
+        if isinstance(result, _EVENTISH):
+            self._emit_from(result, None, None)
+        return result
 
     @overload
     async def ask(self, query: QueryBase[R], *, key: Hashable | None = None) -> R: ...
@@ -263,7 +294,33 @@ class Bus:
     async def ask(self, query: Any, *, key: Hashable | None = None) -> Any: ...
     async def ask(self, query: Any, *, key: Hashable | None = None) -> Any:
         """Run ``query``'s handler and return its reply (see :meth:`send`)."""
-        return await self._call(query, "query", key)
+        route = self._requests.get(type(query))
+        if route is None or route.fast_kind != "query" or key is not None or not self._running:
+            return await self._call(query, "query", key)
+        self._active += 1
+        try:
+            result = await route.fast(query)  # type: ignore[misc]
+        finally:
+            self._active -= 1
+            if not self._running:
+                self._check_idle()
+        if route.adapter is not None:
+            result = route.adapter(result)
+        if isinstance(result, _EVENTISH):
+            self._emit_from(result, None, None)
+        return result
+
+    def _check_idle(self) -> None:
+        if not self._active and self._idle is not None:
+            self._idle.set()
+
+    def _emit_from(self, result: Any, ctx: HandlerContext | None, key: Hashable | None) -> None:
+        """Publish, in the background, the events a handler returned or collected."""
+        events = collect_events(result, ctx)
+        if events:
+            self.stats["events_emitted"] += len(events)
+            for event in events:
+                self._background(event, key)
 
     async def _call(self, message: Any, kind: str, key: Hashable | None) -> Any:
         if not self._running:
@@ -291,18 +348,14 @@ class Bus:
             else:
                 ctx = self._context(route.entry, message)
                 result = await route.entry.chain(ctx)
-            if self.validate_replies and route.info.adapter is not None:
-                result = route.info.adapter.validate_python(result)
-            events = collect_events(result, ctx)
-            if events:
-                self.stats["events_emitted"] += len(events)
-                for event in events:
-                    self._background(event, key)
+            if route.adapter is not None:
+                result = route.adapter(result)
+            self._emit_from(result, ctx, key)
             return result
         finally:
             self._active -= 1
-            if not self._active and not self._running and self._idle is not None:
-                self._idle.set()
+            if not self._running:
+                self._check_idle()
 
     def _message(self, obj: Any) -> Message:
         cls = type(obj)
