@@ -311,3 +311,31 @@ async def test_error_details_over_the_wire(broker: MemoryBroker) -> None:
     assert (slow.value.type, slow.value.retryable) == ("TimeoutError", True)
     assert len(str(denied.value)) == 1000  # the text is bounded in the reply
     assert invalid.value.type == "ValidationError" and not invalid.value.retryable
+
+
+async def test_emitter_stop_fails_waiting_requests_and_restart_works(
+    broker: MemoryBroker,
+) -> None:
+    from dispytch import NotStartedError
+
+    gate = asyncio.Event()
+    dispatcher = EventDispatcher(MemoryConsumer(broker, group="svc"))
+
+    @dispatcher.query(GetUser)
+    async def get(query: GetUser) -> User:
+        if query.id == 1:
+            await gate.wait()
+        return User(id=query.id, name="r")
+
+    caller = EventEmitter(MemoryProducer(broker))
+    async with dispatcher:
+        await caller.start()
+        waiting = asyncio.ensure_future(caller.request(GetUser(id=1), timeout=60))
+        await until(lambda: caller._requester is not None and caller._requester.pending, "sent")
+        await caller.stop()
+        with pytest.raises(NotStartedError, match="stopped while request"):
+            await waiting  # at once, not after its 60 s
+        gate.set()
+        await caller.start()  # a new reply address on the next request
+        assert (await caller.request(GetUser(id=2), timeout=WAIT)).name == "r"
+        await caller.stop()

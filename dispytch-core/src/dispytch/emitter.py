@@ -98,6 +98,8 @@ class EventEmitter:
         if not self._started:
             return
         self._started = False
+        if self._requester is not None:
+            self._requester.close()  # waiting requests fail now, not at their timeout
         await self.producer.stop()
         notify("dispytch_emitter_stopped", emitter=self)
 

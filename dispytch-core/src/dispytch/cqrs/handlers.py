@@ -37,7 +37,7 @@ from dispytch.cqrs.wire import (
     RequestSender,
 )
 from dispytch.di import Dependency
-from dispytch.errors import EmitRejectedError, HandlerRegistrationError
+from dispytch.errors import EmitRejectedError, HandlerRegistrationError, NotStartedError
 from dispytch.event import EventBase
 from dispytch.message import HEADER_CONTENT_TYPE, HEADER_ERROR_MESSAGE, HEADER_ERROR_TYPE, Message
 from dispytch.serialization import Serializer
@@ -394,6 +394,20 @@ class Requester:
     def pending(self) -> int:
         """Requests waiting for their reply."""
         return len(self._pending)
+
+    def close(self) -> None:
+        """The emitter stopped: fail the requests still waiting (their replies would reach
+        a closed reply address) and open the reply address again on the next request."""
+        self._opened = False
+        pending, self._pending = self._pending, {}
+        for correlation, fut in pending.items():
+            if not fut.done():
+                fut.set_exception(
+                    NotStartedError(
+                        f"The emitter was stopped while request {correlation} waited for its "
+                        "reply.\nStop the emitter only after its requests returned."
+                    )
+                )
 
     def _deliver(self, reply: Message) -> None:
         correlation = reply.headers.get(HEADER_CORRELATION_ID)

@@ -578,6 +578,8 @@ class RabbitMQProducer:
         """
         key = id(raw)
         pending = self._reply_consumers.get(key)
+        if pending is not None and pending.done() and not _failed(pending):
+            return  # consuming already: the common case
         if pending is None or (pending.done() and _failed(pending)):
             for old, fut in list(self._reply_consumers.items()):
                 if fut.done() and (_failed(fut) or fut.result().is_closed):
