@@ -144,7 +144,8 @@ class EventDispatcher:
         self.reply_serializer = serializer
         self.router = Router()
         #: Counters: handled, filtered, dead_lettered, rejected, requeued, skipped,
-        #: unknown_route, invalid_payload, failed_handlers, held_unsettled.
+        #: unknown_route, invalid_payload, failed_handlers, held_unsettled; for commands
+        #: and queries also requests_answered, requests_failed, requests_expired.
         self.stats: Counter[str] = Counter()
         self.decoders = DecoderCache(serializer_for, _served_content_types)
         self._decode = self.decoders.decode
