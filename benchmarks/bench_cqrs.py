@@ -83,6 +83,13 @@ async def inprocess(n: int) -> dict[str, Any]:
     commands = [CreateUser(user_id=i, name=f"user-{i}") for i in range(n)]
     ok_query = lambda m, r: r.user_id == m.user_id  # noqa: E731
     out: dict[str, Any] = {}
+    handlers = {GetUser: get_user}
+
+    async def direct(m: Any) -> Any:
+        return await handlers[type(m)](m)
+
+    # The floor with these pydantic models: a dict lookup + await of the same handler.
+    out["floor_query_same_models"] = await timed(direct, queries, ok_query)
     for label, validate in (("bus_ask", True), ("bus_ask_unvalidated", False)):
         bus = Bus(validate_replies=validate)
         bus.query(GetUser)(get_user)
@@ -199,6 +206,9 @@ def main() -> None:
         )
         res["ratio_bus_ask_unvalidated_over_floor_query"] = ratio(
             raw_ask, (base.get("floor_query") or {}).get("ops_s")
+        )
+        res["ratio_bus_ask_over_floor_same_models"] = ratio(
+            ask, mine["floor_query_same_models"]["ops_s"]
         )
         res["ratio_bus_ask_over_iambus"] = ratio(ask, (base.get("iambus_query") or {}).get("ops_s"))
     if "rabbitmq" in args.parts:

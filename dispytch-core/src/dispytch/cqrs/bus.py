@@ -64,6 +64,22 @@ class _Listener:
     direct: Callable[[Event[Any]], Awaitable[Any]] | None
 
 
+def _validator(info: RequestInfo) -> Callable[[Any], Any] | None:
+    """Validates a reply into the reply type; an instance of exactly the reply model is
+    valid as it is (pydantic would return it unchanged)."""
+    if info.adapter is None:
+        return None
+    validate = info.adapter.validate_python
+    model = info.reply
+    if isinstance(model, type) and issubclass(model, BaseModel):
+
+        def check(result: Any) -> Any:
+            return result if type(result) is model else validate(result)
+
+        return check
+    return validate
+
+
 def _no_acknowledger(message: Message) -> Any:
     raise TypeError(
         "A handler on a Bus asked for an Acknowledger; in process there is no broker "
@@ -185,11 +201,7 @@ class Bus:
             if spec.request is not None:
                 fast = plan.body_direct if plain else None
                 info = spec.request
-                adapter = (
-                    info.adapter.validate_python
-                    if self.validate_replies and info.adapter is not None
-                    else None
-                )
+                adapter = _validator(info) if self.validate_replies else None
                 requests[info.message_type] = _Request(
                     entry, info, fast, adapter, info.kind if fast is not None else None
                 )
