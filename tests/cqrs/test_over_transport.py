@@ -339,3 +339,21 @@ async def test_emitter_stop_fails_waiting_requests_and_restart_works(
         await caller.start()  # a new reply address on the next request
         assert (await caller.request(GetUser(id=2), timeout=WAIT)).name == "r"
         await caller.stop()
+
+
+async def test_one_reply_address_for_many_requests(broker: MemoryBroker) -> None:
+    dispatcher = EventDispatcher(MemoryConsumer(broker, group="svc"), max_in_flight=32)
+
+    @dispatcher.query(GetUser)
+    async def get(query: GetUser) -> User:
+        await asyncio.sleep(0.01)
+        return User(id=query.id, name="m")
+
+    caller = EventEmitter(MemoryProducer(broker))
+    async with dispatcher, caller:
+        replies = await asyncio.gather(
+            *(caller.request(GetUser(id=i), timeout=WAIT) for i in range(50))
+        )
+        assert len(broker.reply_addresses) == 1
+    assert [r.id for r in replies] == list(range(50))
+    assert not broker.reply_addresses  # closed with the emitter

@@ -57,6 +57,10 @@ async def test_caller_and_handler_in_two_processes() -> None:
             assert [a.square for a in answers] == [i * i for i in range(100)]
             # Handled side by side in the other process, over one reply address here.
             assert max(a.peak for a in answers) > 50
+            # One reply address for all of them: direct reply-to consumed on one channel.
+            producer = emitter.producer
+            assert isinstance(producer, RabbitMQProducer)
+            assert len(producer._reply_consumers) == 1
 
             with pytest.raises(NoRouteError):
                 await emitter.request(

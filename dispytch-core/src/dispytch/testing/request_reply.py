@@ -225,6 +225,38 @@ class RequestReplyConformance:
                 await late
             assert d.stats["requests_expired"] == 1
 
+    async def test_cancelling_the_caller_is_local(self, harness: TransportHarness) -> None:
+        name = harness.unique_name("rr")
+        gate = asyncio.Event()
+        finished: list[str] = []
+
+        def register(d: EventDispatcher, sub: Any) -> None:
+            @d.query(GetQuote, subscription=sub)
+            async def quote(query: GetQuote) -> Quote:
+                if query.sku == "slow":
+                    await gate.wait()
+                finished.append(query.sku)
+                return Quote(sku=query.sku, cents=0, tags=[])
+
+        route = harness.route(name)
+        async with self.serving(harness, name, register), self.requester(harness) as em:
+            call = asyncio.ensure_future(
+                em.request(GetQuote(sku="slow"), route=route, timeout=LONG)
+            )
+            await _eventually(
+                lambda: em._requester is not None and em._requester.pending == 1, 5, "sent"
+            )
+            requester = em._requester
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert requester is not None and requester.pending == 0
+            gate.set()  # the handler was not cancelled: it finishes; its reply is dropped
+            await _eventually(lambda: finished == ["slow"], self.timeout, "the handler to finish")
+            assert (await em.request(GetQuote(sku="after"), route=route, timeout=LONG)).sku == (
+                "after"
+            )
+
     async def test_nothing_routable_fails_fast(self, harness: TransportHarness) -> None:
         nowhere = harness.unique_name("rr-nowhere")
         async with self.requester(harness) as em:
