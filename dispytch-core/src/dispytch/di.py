@@ -9,6 +9,10 @@ A handler parameter is filled from, in this order of precedence:
   validated by the parameter's annotation;
 - ``Message``, ``Acknowledger`` or ``HandlerContext`` annotations: the raw message, the
   manual acknowledger, the middleware context.
+- for command and query handlers: the registered class itself (``cmd: CreateUser``), or
+  ``Command[T]`` / ``Query[T]`` (any ``Event`` subclass) around the validated body;
+- a class with a ``__dispytch_inject__(ctx)`` classmethod (``EventCollector``): its value
+  for this handling.
 
 Everything is worked out at registration: a cycle or a parameter nothing can fill raises
 :class:`~dispytch.errors.HandlerRegistrationError` naming the handler and the parameter.
