@@ -585,3 +585,45 @@ async def test_fast_path_validates_and_publishes_returned_events() -> None:
         assert reply == UserCreated(id=5, name="f")  # validated into the annotation
         await bus.join()
     assert seen == [5]
+
+
+async def test_stop_cancels_background_events_after_its_timeout() -> None:
+    bus = Bus()
+    started = asyncio.Event()
+    cancelled: list[bool] = []
+
+    @bus.command(CreateUser)
+    async def create(cmd: CreateUser) -> UserCreated:
+        return UserCreated(id=1, name=cmd.name)
+
+    @bus.handler(topic="t")
+    async def stuck(event: Event[UserCreated]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    await bus.start()
+    await bus.send(CreateUser(name="s"))
+    await asyncio.wait_for(started.wait(), 5)
+    await bus.stop(timeout=0.05)
+    assert cancelled == [True]
+    assert not bus._tasks
+
+
+async def test_publish_with_a_key_keeps_order() -> None:
+    bus = Bus()
+    got: list[int] = []
+
+    @bus.handler(topic="t")
+    async def on(event: Event[UserCreated]) -> None:
+        await asyncio.sleep(0.001 * ((7 - event.body.id) % 3))
+        got.append(event.body.id)
+
+    async with bus:
+        await asyncio.gather(
+            *(bus.publish(UserCreated(id=i, name="k"), key="user-1") for i in range(20))
+        )
+    assert got == list(range(20))
