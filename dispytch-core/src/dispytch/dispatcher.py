@@ -98,7 +98,7 @@ class EventDispatcher:
         owns_consumer: Close the consumer's connection on stop (set by ``from_url``).
         name: For logs.
         emitter: Where events that command and query handlers return or collect go
-            (emitted only after the handler succeeded).
+            (emitted only after the handler succeeded). You start and stop it.
         serializer: Serialises command and query replies (never pickle).
     """
 
