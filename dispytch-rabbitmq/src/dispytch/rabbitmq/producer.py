@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.abc import DeliveredMessage
 from dispytch.cqrs.errors import NoRouteError
-from dispytch.cqrs.wire import HEADER_CORRELATION_ID, ReplyHandler
+from dispytch.cqrs.wire import HEADER_CORRELATION_ID, HEADER_DEADLINE, ReplyHandler
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
@@ -30,6 +31,10 @@ _compat.install_tolerant_decoding()
 
 #: RabbitMQ's direct reply-to pseudo-queue: replies to a channel without a reply queue.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+#: How long after its deadline a request may still wait in a queue: the responder answers
+#: it "expired" (and counts it) until then; later the broker drops it, so requests nobody
+#: serves never pile up.
+EXPIRED_GRACE = 30.0
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
@@ -541,6 +546,8 @@ class RabbitMQProducer:
         properties = _codec.properties(message, route, persistent=False)
         properties.reply_to = DIRECT_REPLY_TO
         properties.correlation_id = message.headers.get(HEADER_CORRELATION_ID)
+        if properties.expiration is None:
+            properties.expiration = _expiration(message.headers.get(HEADER_DEADLINE))
         deadline = asyncio.get_running_loop().time() + self.timeout
         self._in_flight += 1
         try:
@@ -645,3 +652,14 @@ class RabbitMQProducer:
 def _failed(fut: asyncio.Future[Any]) -> bool:
     """Whether ``fut`` ended without a result (its error counts as retrieved)."""
     return fut.cancelled() or fut.exception() is not None
+
+
+def _expiration(deadline: str | None) -> str | None:
+    """The AMQP ``expiration`` (ms, text) of a request: its deadline plus the grace."""
+    if not deadline:
+        return None
+    try:
+        remaining = float(deadline) - time.time()
+    except ValueError:
+        return None
+    return str(max(1, int((remaining + EXPIRED_GRACE) * 1000)))
