@@ -71,7 +71,7 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance")
+    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
@@ -250,6 +250,6 @@ def bench(session: nox.Session) -> None:
         "msgspec",
         "faststream[kafka,rabbit,redis]==0.7.8",
     )
-    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis", "formats"]
+    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis", "formats", "cqrs"]
     for name in which:
         session.run("python", f"benchmarks/bench_{name}.py", env={"PYTHONUNBUFFERED": "1"})
