@@ -42,6 +42,7 @@ FLOORS: list[tuple[str, ...]] = [
         "dispytch.cqrs.serve",
         "dispytch.cqrs.bus",
     ),
+    ("dispytch.durable",),
     ("dispytch.cli", "dispytch.testing", "dispytch", "dispytch.cqrs"),
 ]
 
