@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dispytch.backoff import Backoff
 from dispytch.durable import (
     Durable,

@@ -99,12 +99,15 @@ class FunctionCodec:
     def decode_args(self, args_json: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments stored by :meth:`encode_args`."""
         raw = json.loads(args_json)
+        unknown = set(raw) - set(self._params)
+        if unknown:
+            raise TypeError(
+                f"{self.name} has no parameter(s) {', '.join(sorted(unknown))} any more."
+            )
         values: dict[str, Any] = {}
-        for pname, value in raw.items():
-            entry = self._params.get(pname)
-            if entry is None:
-                raise TypeError(f"{self.name} has no parameter {pname!r} any more.")
-            values[pname] = entry[1].validate_python(value)
+        for pname, (_, adapter) in self._params.items():  # the signature's order
+            if pname in raw:
+                values[pname] = adapter.validate_python(raw[pname])
         return self._split(values)
 
     def _split(self, values: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
