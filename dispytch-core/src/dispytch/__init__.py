@@ -51,6 +51,17 @@ from dispytch.router import HandlerGroup, Router
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute, TopicSubscription
 from dispytch.transport import Acknowledger, Consumer, Message, OutgoingMessage, Producer
 
+
+def __getattr__(name: str) -> object:
+    """``dispytch.function`` and ``dispytch.run``: the durable default, imported on use
+    (so ``import dispytch`` does not pay for :mod:`dispytch.durable`)."""
+    if name in ("function", "run"):
+        import dispytch.durable as durable
+
+        return getattr(durable, name)
+    raise AttributeError(f"module 'dispytch' has no attribute {name!r}")
+
+
 __all__ = [
     "RemoteError",
     "QueryBase",

@@ -46,6 +46,7 @@ from dispytch.durable.stores import journal_store_for_url
 from dispytch.emitter import EventEmitter
 from dispytch.errors import ConfigError
 from dispytch.event import Event, EventBase
+from dispytch.plugins import transport_for_url
 from dispytch.routes import TopicRoute, TopicSubscription
 from dispytch.transport import Acknowledger, Consumer, Message, capabilities_of
 
@@ -434,6 +435,9 @@ class Durable:
                     **self.consumer_options,
                 )
             delivery = capabilities_of(dispatcher.consumer).delivery
+            if self._given_consumer is None and delivery == "at-least-once":
+                # the consumer may not say; the transport's record may
+                delivery = transport_for_url(self.transport).capabilities.delivery
             if delivery != "at-least-once":
                 raise ConfigError(
                     f"{type(dispatcher.consumer).__name__} delivers {delivery}: a worker "
