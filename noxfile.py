@@ -36,6 +36,7 @@ nox.options.sessions = [
     "rabbitmq",
     "rabbitmq_lowest",
     "redis",
+    "durable",
     "avro",
     "protobuf",
     "plugins",
@@ -71,7 +72,7 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs")
+    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs", "tests/durable")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
@@ -159,6 +160,13 @@ def rabbitmq_lowest(session: nox.Session) -> None:
 def redis(session: nox.Session) -> None:
     """dispytch-redis with core only, against the local Redis."""
     _plugin_session(session, "redis")
+
+
+@nox.session
+def durable(session: nox.Session) -> None:
+    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams."""
+    session.install(CORE, PLUGINS["redis"], *TEST_DEPS)
+    _pytest(session, "tests/durable_brokers")
 
 
 @nox.session
