@@ -37,6 +37,7 @@ nox.options.sessions = [
     "rabbitmq_lowest",
     "redis",
     "durable",
+    "postgres",
     "avro",
     "protobuf",
     "plugins",
@@ -170,6 +171,13 @@ def durable(session: nox.Session) -> None:
 
 
 @nox.session
+def postgres(session: nox.Session) -> None:
+    """dispytch-postgres: the journal-store conformance suite against the local server."""
+    session.install(CORE, "./dispytch-postgres", *TEST_DEPS)
+    _pytest(session, "tests/postgres")
+
+
+@nox.session
 def avro(session: nox.Session) -> None:
     """dispytch-avro with core only (memory round trips, evolution, interoperability,
     registries); its Kafka round trips against Tansu."""
@@ -230,7 +238,14 @@ def types(session: nox.Session) -> None:
     """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
     not follow extend_path across editable source folders)."""
     session.install(
-        "mypy", CORE + "[msgpack]", *PLUGINS.values(), *SERIALIZERS.values(), "orjson", *TEST_DEPS
+        "mypy",
+        CORE + "[msgpack]",
+        *PLUGINS.values(),
+        *SERIALIZERS.values(),
+        "orjson",
+        *TEST_DEPS,
+        "./dispytch-postgres",
+        "asyncpg-stubs",
     )
     session.run("mypy", "--strict", "-p", "dispytch")
 
