@@ -104,3 +104,77 @@ async def test_steps_after_a_gather_run_once(durable: Durable) -> None:
 
     assert await durable.run(flow(), timeout=20) == 6
     assert counts == Counter({"leaf0": 1, "leaf1": 1, "leaf2": 1, "leaf3": 1})
+
+
+async def test_any_returns_a_success_and_fails_when_all_fail(durable: Durable) -> None:
+    from dispytch.durable import AnyFailedError
+    from dispytch.durable import any as any_of
+
+    @durable.function
+    async def sq(x: int) -> int:
+        if x < 0:
+            raise ValueError(f"negative {x}")
+        return x * x
+
+    @durable.function
+    async def first_ok() -> int:
+        return await any_of(sq(-1), sq(3), sq(-2))
+
+    @durable.function
+    async def none_ok() -> str:
+        try:
+            await any_of(sq(-1), sq(-2))
+        except AnyFailedError as exc:
+            return ",".join(type(e).__name__ for e in exc.errors)
+        return "no error"
+
+    async with durable:
+        assert await (await first_ok.dispatch()).result(timeout=20) == 9
+        assert (
+            await (await none_ok.dispatch()).result(timeout=20) == "RunFailedError,RunFailedError"
+        )
+
+
+async def test_race_returns_the_first_to_finish_and_replays_the_same(durable: Durable) -> None:
+    from dispytch.durable import race
+
+    release = asyncio.Event()
+    counts: Counter[str] = Counter()
+
+    @durable.function
+    async def fast() -> str:
+        return "fast"
+
+    @durable.function
+    async def slow() -> str:
+        await release.wait()
+        return "slow"
+
+    @durable.function
+    async def after(winner: str) -> str:
+        counts["after"] += 1
+        if counts["after"] == 1:
+            release.set()  # the slow child now finishes too, before the retry
+            raise ConnectionError("retry the parent")
+        return winner
+
+    @durable.function
+    async def racing() -> str:
+        winner = await race(slow(), fast())
+        return await after(winner)
+
+    assert await durable.run(racing(), timeout=20) == "fast"
+    assert counts["after"] == 2  # replayed with the same winner, although slow finished
+
+
+async def test_any_and_race_outside_a_run(durable: Durable) -> None:
+    from dispytch.durable import any as any_of
+    from dispytch.durable import race
+
+    @durable.function
+    async def ident(x: int) -> int:
+        return x
+
+    async with durable:
+        assert await any_of(ident(4)) == 4
+        assert await race(ident(5)) == 5

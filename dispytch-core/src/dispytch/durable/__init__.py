@@ -31,10 +31,13 @@ from dispytch.durable.engine import (
     Durable,
     DurableFunction,
     RunHandle,
+    any_success,
     default_transient,
     gather,
+    race,
 )
 from dispytch.durable.errors import (
+    AnyFailedError,
     DurableError,
     IdempotencyConflictError,
     LeaseLostError,
@@ -53,7 +56,10 @@ from dispytch.durable.store import (
 )
 from dispytch.durable.stores import journal_store_for_url
 
+any = any_success  # dispatch-py's name; shadows the builtin only here
+
 __all__ = [
+    "AnyFailedError",
     "Call",
     "ChildOutcome",
     "Durable",
@@ -75,8 +81,11 @@ __all__ = [
     "default",
     "default_transient",
     "function",
+    "any",
+    "any_success",
     "gather",
     "journal_store_for_url",
+    "race",
     "run",
 ]
 

@@ -29,6 +29,7 @@ from dispytch.backoff import Backoff
 from dispytch.dispatcher import AckPolicy, EventDispatcher
 from dispytch.durable.codec import FunctionCodec, canonical, decode_error, encode_error
 from dispytch.durable.errors import (
+    AnyFailedError,
     DurableError,
     IdempotencyConflictError,
     LeaseLostError,
@@ -56,7 +57,9 @@ __all__ = [
     "DurableFunction",
     "RunHandle",
     "default_transient",
+    "any_success",
     "gather",
+    "race",
 ]
 
 log = logging.getLogger("dispytch.durable")
@@ -730,36 +733,78 @@ class Durable:
         decoded: R = fn.codec.decode_result(text)
         return decoded
 
-    async def _gather(self, state: _RunState, calls: Sequence[Call[Any]]) -> list[Any]:
+    async def _fan(self, state: _RunState, calls: Sequence[Call[Any]], mode: str) -> Any:
+        """``gather`` / ``any`` / ``race``: children as runs, their outcomes in the slot."""
         position = state.next_position()
         journal = state.journal
+        registered = self.settings.registered
+        count = len(calls)
         digest = hashlib.sha256(
             canonical([[c.function.name, c.args_hash] for c in calls]).encode()
         ).hexdigest()[:32]
         record = journal.steps.get(position)
         if record is None:
-            record = StepRecord(position, "gather", digest, "waiting", str(len(calls)))
+            record = StepRecord(position, mode, digest, "waiting", str(count))
             await self.store.put_step(state.run_id, state.token, record)
             journal.steps[position] = record
-        elif record.function != "gather" or record.args_hash != digest:
+        elif record.function != mode or record.args_hash != digest:
             raise NonDeterminismError(
                 f"Run {state.run_id}, step {position}: the journal has {record.function}"
-                f"(args {record.args_hash[:12]}), the code now gathers {len(calls)} calls "
+                f"(args {record.args_hash[:12]}), the code now calls {mode} of {count} calls "
                 f"(args {digest[:12]}).\nThe code changed incompatibly; restore the old "
                 "step order or start a new run."
             )
         done = journal.children.get(position, {})
-        if len(done) >= len(calls):
+
+        def child_error(index: int) -> BaseException:
+            child_id = f"{state.run_id}/{position}.{index}"
+            return decode_error(child_id, done[index].outcome, registered)
+
+        def value(index: int) -> Any:
+            return calls[index].function.codec.decode_result(done[index].outcome)
+
+        if mode == "gather" and len(done) >= count:
             values: list[Any] = []
-            for index, call in enumerate(calls):
-                child = done[index]
-                if child.status != "ok":
-                    raise decode_error(
-                        f"{state.run_id}/{position}.{index}", child.outcome,
-                        self.settings.registered,
-                    )  # fmt: skip
-                values.append(call.function.codec.decode_result(child.outcome))
+            for index in range(count):
+                if done[index].status != "ok":
+                    raise child_error(index)
+                values.append(value(index))
             return values
+        if mode != "gather":
+            # The winner is decided once, under the lease, and journalled: every later
+            # replay returns the same one whatever finished meanwhile.
+            decision_pos = f"{position}.0"
+            decision = journal.steps.get(decision_pos)
+            winner: int | None = None
+            if decision is not None:
+                winner = int(decision.outcome)
+            elif mode == "race" and done:
+                winner = min(done)
+            elif mode == "any":
+                ok = [i for i, c in done.items() if c.status == "ok"]
+                if ok:
+                    winner = min(ok)
+                elif len(done) >= count:
+                    winner = -1
+            if winner is not None:
+                if decision is None:
+                    step = StepRecord(decision_pos, mode, digest, "ok", str(winner))
+                    await self.store.put_step(state.run_id, state.token, step)
+                    journal.steps[decision_pos] = step
+                if winner == -1:
+                    raise AnyFailedError(
+                        f"Run {state.run_id}, step {position}: all {count} calls of any() "
+                        "failed.\nSee .errors for each child's error.",
+                        [child_error(i) for i in range(count)],
+                    )
+                if done[winner].status != "ok":
+                    raise child_error(winner)
+                return value(winner)
+        if count == 0:
+            if mode == "gather":
+                return []
+            raise ValueError(f"{mode}() needs at least one call.")
+        wake = count if mode == "gather" else 1  # any/race: every completion wakes it
         for index, call in enumerate(calls):
             if index in done:
                 continue
@@ -770,7 +815,7 @@ class Durable:
                     call.function.name,
                     call.args_json,
                     call.args_hash,
-                    parent=(state.run_id, position, index, len(calls)),
+                    parent=(state.run_id, position, index, wake),
                 )
             )
             if child_run.final:
@@ -791,4 +836,43 @@ async def gather(*calls: Call[Any]) -> list[Any]:
     if state is None:
         handles = [await c.dispatch() for c in calls]
         return list(await asyncio.gather(*(h.result() for h in handles)))
-    return await state.durable._gather(state, calls)
+    result: list[Any] = await state.durable._fan(state, calls, "gather")
+    return result
+
+
+async def any_success(*calls: Call[Any]) -> Any:
+    """The first call to succeed (exported as ``dispytch.durable.any``).
+
+    Inside a durable function: each call a run of its own; the parent wakes on each
+    completion and returns the lowest-index success it sees; when every call failed it
+    raises :class:`~dispytch.durable.errors.AnyFailedError` holding each error. The choice
+    is journalled, so a replay returns the same. Calls still running go on (they are not
+    cancelled). Outside a durable function: dispatched and awaited.
+    """
+    state = _current.get()
+    if state is None:
+        handles = [await c.dispatch() for c in calls]
+        errors: list[BaseException] = []
+        for fut in asyncio.as_completed([h.result() for h in handles]):
+            try:
+                return await fut
+            except Exception as exc:
+                errors.append(exc)
+        raise AnyFailedError(f"All {len(calls)} calls of any() failed.", errors)
+    return await state.durable._fan(state, calls, "any")
+
+
+async def race(*calls: Call[Any]) -> Any:
+    """The first call to finish, value or error.
+
+    Inside a durable function: the lowest-index finished call the parent sees when a
+    completion wakes it; journalled, so a replay returns the same. Calls still running go
+    on. Outside a durable function: dispatched and awaited.
+    """
+    state = _current.get()
+    if state is None:
+        handles = [await c.dispatch() for c in calls]
+        for fut in asyncio.as_completed([h.result() for h in handles]):
+            return await fut
+        raise ValueError("race() needs at least one call.")
+    return await state.durable._fan(state, calls, "race")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dispytch.errors import DispytchError
 
 __all__ = [
+    "AnyFailedError",
     "DurableError",
     "IdempotencyConflictError",
     "LeaseLostError",
@@ -74,3 +75,15 @@ class RunFailedError(DurableError):
         self.message = message
         self.traceback = traceback
         self.retryable = retryable
+
+
+class AnyFailedError(DurableError):
+    """Every call of ``any()`` failed.
+
+    Attributes:
+        errors: Each call's error, in input order.
+    """
+
+    def __init__(self, message: str, errors: list[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
