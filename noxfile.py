@@ -165,8 +165,9 @@ def redis(session: nox.Session) -> None:
 
 @nox.session
 def durable(session: nox.Session) -> None:
-    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams."""
-    session.install(CORE, PLUGINS["redis"], *TEST_DEPS)
+    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams and
+    RabbitMQ."""
+    session.install(CORE, PLUGINS["redis"], PLUGINS["rabbitmq"], *TEST_DEPS)
     _pytest(session, "tests/durable_brokers")
 
 

@@ -16,16 +16,23 @@ from dispytch.durable import Durable, RunFailedError
 
 DIR = Path(os.environ["CRASH_DIR"])
 
-durable = Durable(
-    os.environ["CRASH_URL"],
-    store=f"sqlite:///{DIR / 'journal.sqlite3'}",
-    topic=os.environ["CRASH_STREAM"],
-    consumer_options={
+URL = os.environ["CRASH_URL"]
+if URL.startswith("redis"):
+    # a killed member's entries are reclaimed (XAUTOCLAIM) after a second
+    options = {
         "group": os.environ["CRASH_GROUP"],
         "min_idle_time": 1.0,
         "claim_interval": 0.2,
         "start_id": "0",
-    },
+    }
+else:  # RabbitMQ: a killed worker's channel closes and its unacked message is requeued
+    options = {"queue": os.environ["CRASH_GROUP"]}
+
+durable = Durable(
+    URL,
+    store=f"sqlite:///{DIR / 'journal.sqlite3'}",
+    topic=os.environ["CRASH_STREAM"],
+    consumer_options=options,
     lease_ttl=2.0,
     backoff=Backoff(initial=1.0, factor=1.0, cap=1.0),
 )

@@ -1,5 +1,6 @@
 """SIGKILL a worker process in the middle of step 2 of 3; another worker process finishes
-the run from the journal. Redis Streams (redeliver by XAUTOCLAIM), a SQLite journal file
+the run from the journal. On Redis Streams (redelivery by XAUTOCLAIM) and RabbitMQ (the
+dead worker's channel closes, its unacked message is requeued); a SQLite journal file
 shared by the caller and both workers."""
 
 from __future__ import annotations
@@ -20,25 +21,38 @@ import pytest
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 REDIS = "redis+streams://127.0.0.1:6379"
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
 HERE = Path(__file__).parent
 
 
-@pytest.fixture
-def crash_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=[REDIS, RABBITMQ], ids=["redis-streams", "rabbitmq"])
+def crash_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex
     env = {
         **os.environ,
         "CRASH_DIR": str(tmp_path),
-        "CRASH_URL": REDIS,
+        "CRASH_URL": request.param,
         "CRASH_STREAM": f"durable-crash-{tag}",
         "CRASH_GROUP": f"durable-crash-{tag}",
     }
     yield env
-    import redis
+    if request.param == REDIS:
+        import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379)
-    client.delete(env["CRASH_STREAM"])  # our own stream only
-    client.close()
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        client.delete(env["CRASH_STREAM"])  # our own stream only
+        client.close()
+    else:
+        asyncio.run(_delete_queue(env["CRASH_GROUP"]))
+
+
+async def _delete_queue(name: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(RABBITMQ)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)  # our own queue only
 
 
 def _worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
@@ -72,6 +86,12 @@ def _load_app(env: dict[str, str]) -> ModuleType:
                 os.environ[k] = v
 
 
+def _running(directory: Path, name: str) -> bool:
+    """The worker logged that it runs (its queue or group exists from then on)."""
+    log = directory / f"{name}.log"
+    return log.exists() and "Running crash_app:durable" in log.read_text()
+
+
 def _count(directory: Path, name: str) -> int:
     path = directory / f"{name}.count"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -91,6 +111,7 @@ async def test_sigkill_in_step_2_another_worker_finishes(crash_env: dict[str, st
     first = _worker(crash_env, "first")
     second: subprocess.Popen[bytes] | None = None
     try:
+        await _until(lambda: _running(directory, "first"), "the first worker to start")
         handle = await app.flow.dispatch(1)
         await _until(lambda: (directory / "step2.started").exists(), "step 2 to start")
         assert int((directory / "step2.started").read_text()) == first.pid
@@ -133,6 +154,7 @@ async def test_sigkill_during_a_retry_backoff_keeps_the_attempt_count(
     first = _worker(crash_env, "first")
     second: subprocess.Popen[bytes] | None = None
     try:
+        await _until(lambda: _running(directory, "first"), "the first worker to start")
         handle = await app.always_down.dispatch()
         await _until(lambda: _count(directory, "attempt") == 1, "the first attempt")
         for _ in range(600):  # bounded: until attempt 1 is journalled as failed
