@@ -221,3 +221,35 @@ async def test_awaiting_a_call_outside_a_run_dispatches_and_waits(durable: Durab
 
 def test_nondeterminism_error_is_exported() -> None:
     assert issubclass(NonDeterminismError, Exception)
+
+
+async def test_stop_mid_step_hands_the_run_back_and_gives_the_lease_up(
+    make_durable: Any,
+) -> None:
+    first: Durable = make_durable()
+    started = asyncio.Event()
+    counts = {"n": 0}
+
+    @first.function(name="blocking")
+    async def blocking() -> int:
+        counts["n"] += 1
+        started.set()
+        await asyncio.Event().wait()  # until cancelled by the stop
+        return 0
+
+    await first.start()
+    handle = await blocking.dispatch()
+    await asyncio.wait_for(started.wait(), 10)
+    await first.stop(timeout=0.05)
+    record = await first.store.get_run(handle.id)
+    assert record is not None and record.lease_until == 0 and not record.final
+    await first.store.close()
+    second: Durable = make_durable()
+
+    @second.function(name="blocking")
+    async def blocking_fixed() -> int:
+        return 7
+
+    async with second:  # the handed-back tick, resumed at once (no lease to wait for)
+        assert await second.handle(handle.id, blocking_fixed).result(timeout=10) == 7
+    assert counts["n"] == 1

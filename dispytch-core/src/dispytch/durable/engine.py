@@ -551,7 +551,8 @@ class Durable:
         except Exception:
             # The store or the broker failed: hand the tick back; the journal has the rest.
             log.exception("Run %s: the tick could not be handled; handing it back.", event.body.run)
-            await self._later(ack, message, 1.0)
+            if not await self._later(ack, message, 1.0) and ack.claim():
+                await self.dispatcher.consumer.nack(message, requeue=True)
 
     async def _later(self, ack: Acknowledger, message: Message, delay: float) -> bool:
         """Redeliver the tick after ``delay`` where the consumer can; else False."""
@@ -627,6 +628,12 @@ class Durable:
         except _Suspend:
             await self.store.release(run.id, token, "waiting")
             return True
+        except asyncio.CancelledError:
+            # Stopping: the tick goes back to the broker; give the lease up so that the
+            # next worker need not wait for it to expire.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(run.id, token))
+            raise
         except LeaseLostError:
             raise
         except Exception as exc:
@@ -666,7 +673,12 @@ class Durable:
         interval = self.settings.lease_ttl / 3
         while True:
             await asyncio.sleep(interval)
-            if not await self.store.renew(run_id, token, self.settings.lease_ttl):
+            try:
+                renewed = await self.store.renew(run_id, token, self.settings.lease_ttl)
+            except Exception as exc:  # the store is down: try again next time
+                log.warning("Run %s: renewing the lease failed: %s", run_id, exc)
+                continue
+            if not renewed:
                 log.warning("Run %s: the lease was taken over; this attempt's writes fail.", run_id)
                 return
 
