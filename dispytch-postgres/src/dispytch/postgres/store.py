@@ -2,13 +2,16 @@
 
 Same tables and semantics as core's SQLite store (see :mod:`dispytch.durable.store`).
 Leases use the server's clock (``clock_timestamp()``), so workers on several machines
-agree on when one expired. A step is one statement: the fencing check (the run's row
-locked ``FOR SHARE``, so a concurrent takeover waits for it) and the first-write-wins
-insert in one round trip.
+agree on when one expired. One statement per verb: resuming a run is one read (the run
+with its steps and children aggregated as JSON, one snapshot); a step is the fencing check
+(the run's row locked ``FOR SHARE``, so a concurrent takeover waits for it) and the
+first-write-wins insert in one round trip; a completion or a retry is one UPDATE whose
+WHERE holds the fence (a second read only when it changed nothing).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -206,34 +209,27 @@ class PostgresJournalStore:
         return None if row is None else _run(row)
 
     async def load(self, run_id: str) -> Journal | None:
+        """The run, its steps and its children in one statement (one snapshot)."""
         pool = await self._ensure()
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            row = await conn.fetchrow(
-                self._sql(f"SELECT {_COLUMNS} FROM {{p}}runs WHERE id = $1"), run_id
-            )
-            if row is None:
-                return None
-            journal = Journal(_run(row))
-            for r in await conn.fetch(
-                self._sql(
-                    "SELECT position, function, args_hash, status, outcome FROM {p}steps "
-                    "WHERE run_id = $1"
-                ),
-                run_id,
-            ):
-                journal.steps[r["position"]] = StepRecord(
-                    r["position"], r["function"], r["args_hash"], r["status"], r["outcome"]
-                )
-            for r in await conn.fetch(
-                self._sql(
-                    "SELECT position, idx, status, outcome FROM {p}children WHERE run_id = $1"
-                ),
-                run_id,
-            ):
-                journal.children.setdefault(r["position"], {})[int(r["idx"])] = ChildOutcome(
-                    r["status"], r["outcome"]
-                )
-            return journal
+        row = await pool.fetchrow(
+            self._sql(
+                f"SELECT {_COLUMNS}, "
+                "(SELECT coalesce(json_agg(json_build_array(position, function, args_hash, "
+                "status, outcome)), '[]') FROM {p}steps WHERE run_id = $1) AS steps_json, "
+                "(SELECT coalesce(json_agg(json_build_array(position, idx, status, outcome)), "
+                "'[]') FROM {p}children WHERE run_id = $1) AS children_json "
+                "FROM {p}runs WHERE id = $1"
+            ),
+            run_id,
+        )
+        if row is None:
+            return None
+        journal = Journal(_run(row))
+        for position, function, args_hash, status, outcome in json.loads(row["steps_json"]):
+            journal.steps[position] = StepRecord(position, function, args_hash, status, outcome)
+        for position, idx, status, outcome in json.loads(row["children_json"]):
+            journal.children.setdefault(position, {})[int(idx)] = ChildOutcome(status, outcome)
+        return journal
 
     async def acquire(self, run_id: str, ttl: float) -> int | None:
         pool = await self._ensure()
@@ -301,23 +297,29 @@ class PostgresJournalStore:
         return bool(row["n"])
 
     async def _fenced_update(self, run_id: str, token: int, sql: str, *args: Any) -> bool:
+        """One UPDATE whose WHERE holds the fence; when it changed nothing, one read says
+        whether the lease was lost (raise) or the run was final already (False)."""
         pool = await self._ensure()
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                self._sql("SELECT lease_token, lease_until FROM {p}runs WHERE id = $1 FOR UPDATE"),
-                run_id,
-            )
-            if row is None or int(row["lease_token"]) != token or float(row["lease_until"]) == 0:
-                raise self._lost(run_id, token, None if row is None else row["lease_token"])
-            status = await conn.execute(self._sql(sql), run_id, *args)
-            return not status.endswith(" 0")
+        done = await pool.fetchval(self._sql(sql), run_id, token, *args)
+        if done is not None:
+            return True
+        row = await pool.fetchrow(
+            self._sql("SELECT lease_token, lease_until, status FROM {p}runs WHERE id = $1"),
+            run_id,
+        )
+        if row is None or int(row["lease_token"]) != token:
+            raise self._lost(run_id, token, None if row is None else row["lease_token"])
+        if row["status"] in ("succeeded", "failed", "dead"):
+            return False
+        raise self._lost(run_id, token, "released")
 
     async def set_retry(self, run_id: str, token: int, attempts: int, due: float) -> None:
         await self._fenced_update(
             run_id,
             token,
-            "UPDATE {p}runs SET attempts = $2, due = $3, status = 'retrying', lease_until = 0, "
-            f"updated = {_NOW} WHERE id = $1",
+            "UPDATE {p}runs SET attempts = $3, due = $4, status = 'retrying', lease_until = 0, "
+            f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 AND lease_until > 0 "
+            "RETURNING 1",
             attempts,
             due,
         )
@@ -328,8 +330,9 @@ class PostgresJournalStore:
         return await self._fenced_update(
             run_id,
             token,
-            "UPDATE {p}runs SET status = $2, outcome = $3, lease_until = 0, "
-            f"updated = {_NOW} WHERE id = $1 AND status NOT IN {_FINAL}",
+            "UPDATE {p}runs SET status = $3, outcome = $4, lease_until = 0, "
+            f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 AND lease_until > 0 "
+            f"AND status NOT IN {_FINAL} RETURNING 1",
             status,
             outcome,
         )
