@@ -16,7 +16,8 @@ from dispytch import Event
 from dispytch.dispatcher import EventDispatcher
 from dispytch.redis import RedisStreamConsumer, RedisStreamSubscription
 from pydantic import BaseModel
-from redis_support import REDIS_URL, Names
+
+from tests.redis.redis_support import REDIS_URL, Names
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

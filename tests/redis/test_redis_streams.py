@@ -22,7 +22,8 @@ from dispytch.redis import (
 )
 from dispytch.routes import TopicRoute, TopicSubscription
 from dispytch.transport import Message, OutgoingMessage
-from redis_support import STREAMS_URL, Names
+
+from tests.redis.redis_support import STREAMS_URL, Names
 
 pytestmark = pytest.mark.broker
 
