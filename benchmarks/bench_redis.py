@@ -81,7 +81,10 @@ async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> di
     try:
         producer = RedisProducer(pub)
         if streams:
-            consumer: Any = RedisStreamConsumer(sub, group="g", batch_size=batch_size)
+            # The same read-ahead as the raw baseline (XREADGROUP COUNT batch_size).
+            consumer: Any = RedisStreamConsumer(
+                sub, group="g", batch_size=batch_size, max_unsettled=2 * batch_size
+            )
             subscription: Any = RedisStreamSubscription(stream=name, group="g")
         else:
             consumer = RedisConsumer(sub.pubsub())

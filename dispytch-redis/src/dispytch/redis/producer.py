@@ -1,10 +1,11 @@
 """Producers for Redis Pub/Sub (``PUBLISH``) and Redis Streams (``XADD``).
 
 Commands go through redis-py's public connection API: a pooled connection
-(``ConnectionPool.get_connection``), the client's own packer (``pack_commands``, hiredis
-when installed) and ``read_response`` per reply, so hiredis parses and RESP3 push frames
-(client-side caching invalidations, maintenance notifications) are handled by redis-py
-between the replies. A batch is one round trip per :data:`PIPELINE_SIZE` commands.
+(``ConnectionPool.get_connection``), ``send_packed_command`` of the commands packed by
+hiredis (``hiredis.pack_command``) and ``read_response`` per reply, so hiredis parses
+and RESP3 push frames (client-side caching invalidations, maintenance notifications) are
+handled by redis-py between the replies. A batch is one round trip per
+:data:`PIPELINE_SIZE` commands.
 
 A round trip is never sent twice: once commands were written, a failure leaves their
 outcome unknown (Redis may have executed them), so the error says how many were
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,6 +36,7 @@ from dispytch.redis.envelope import pack, stream_fields
 from dispytch.redis.routes import RedisEventRoute, RedisStreamRoute
 from dispytch.routes import EventRoute, TopicRoute
 from dispytch.transport import OutgoingMessage
+from hiredis import pack_command
 
 import redis.asyncio as aredis
 from redis.exceptions import RedisError, ResponseError
@@ -313,7 +316,7 @@ class RedisProducer:
         stream, maxlen, approximate = self._stream_of(route)
         args: list[Any] = [b"XADD", self._encoded(stream)]
         if maxlen is not None:
-            args += [b"MAXLEN", b"~" if approximate else b"=", maxlen]
+            args += [b"MAXLEN", b"~" if approximate else b"=", b"%d" % maxlen]
         args.append(b"*")
         for name, value in stream_fields(message.payload, message.headers, message.key).items():
             args.append(name)
@@ -342,14 +345,19 @@ class RedisProducer:
             raise _RoundTripFailed(exc, 0, written=False) from exc
         replies: list[Any] = []
         written = False
+        # Under delivery_timeout the round trip has its deadline already: no timer per
+        # reply (math.inf tells redis-py not to apply socket_timeout to each read).
+        read_timeout = math.inf if self.delivery_timeout is not None else None
         try:
             async with asyncio.timeout(self.delivery_timeout):
-                packed = conn.pack_commands(commands)
+                # Every argument is bytes already: hiredis packs them in C (what redis-py's
+                # own packer ends in, without its per-argument encoding pass).
+                packed = b"".join([pack_command(command) for command in commands])
                 written = True  # a failing write may still have reached Redis in part
                 await conn.send_packed_command(packed, check_health=False)
                 for _ in commands:
                     try:
-                        replies.append(await conn.read_response())
+                        replies.append(await conn.read_response(timeout=read_timeout))
                     except ResponseError as exc:
                         replies.append(exc)
             return replies

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -44,6 +45,9 @@ __all__ = ["RedisConsumer"]
 _MESSAGE = b"message"
 _PMESSAGE = b"pmessage"
 _CONFIRMATIONS = (b"subscribe", b"psubscribe")
+#: The read timeout redis-py takes for "block until a message comes" (``math.inf``: the
+#: client's ``socket_timeout`` must not cut a quiet subscription).
+_IDLE_READ = math.inf
 
 ClientFactory = Callable[[], aredis.Redis]
 
@@ -279,16 +283,31 @@ class RedisConsumer:
     async def _read_loop(self) -> None:
         """Read messages until stopped; redis-py reconnects and resubscribes.
 
-        A failure redis-py's own retries did not cure is logged and retried with a
-        :class:`~dispytch.backoff.Backoff` (Pub/Sub messages published meanwhile are lost).
+        While the PubSub's connection is up, replies are read with that connection's
+        public ``read_response`` (what ``PubSub.parse_response`` calls, without its
+        per-message retry wrapper); a dropped connection goes through
+        ``PubSub.parse_response``, which reconnects and resubscribes with the client's
+        ``retry=`` settings. A failure that did not cure is logged and retried with a
+        :class:`~dispytch.backoff.Backoff` (Pub/Sub messages published meanwhile are
+        lost).
         """
         ps = self.pubsub
         inbox = self._inbox
         handle = self._handle
         backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
         while self._running:
+            conn = ps.connection
             try:
-                response = await ps.parse_response(block=True)
+                if conn is not None and conn.is_connected and not conn.health_check_interval:
+                    try:
+                        response = await conn.read_response(
+                            timeout=_IDLE_READ, disconnect_on_error=False, push_request=True
+                        )
+                    except (RedisError, OSError):
+                        await conn.disconnect()
+                        raise
+                else:
+                    response = await ps.parse_response(block=True)
             except (RedisError, OSError) as exc:
                 if not self._running:
                     return
@@ -305,8 +324,8 @@ class RedisConsumer:
             backoff.reset()
             if response is not None:
                 handle(response)
-            if inbox.full:
-                await inbox.wait_space()
+                if inbox.full:
+                    await inbox.wait_space()
 
     async def listen(self) -> AsyncIterator[Message]:
         """Yield messages until :meth:`stop`.

@@ -1,7 +1,7 @@
 """The ``XREADGROUP`` loop of one (group, member), and turning entries into messages.
 
 A reader holds one pooled connection for its blocking reads and uses redis-py's public
-connection API on it: the client's packer (``pack_command``), ``send_packed_command`` and
+connection API on it: ``send_packed_command`` of a command packed by hiredis and
 ``read_response`` (hiredis parses when installed; RESP3 push frames that arrive in the
 middle of a read, such as client-side caching invalidations, are handled by redis-py
 and never mistaken for the reply). The reply is taken raw, without redis-py's
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from dispytch.backoff import Backoff
 from dispytch.redis.envelope import unpack_fields
 from dispytch.transport import Message
+from hiredis import pack_command
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -115,12 +116,12 @@ class StreamReader:
     def _request(self, conn: Any, streams: list[str], count: int) -> Any:
         c = self.c
         args: list[Any] = [
-            b"XREADGROUP", b"GROUP", self.group, self.member,
-            b"COUNT", count, b"BLOCK", c.block_ms, b"STREAMS",
+            b"XREADGROUP", b"GROUP", self.group.encode(), self.member.encode(),
+            b"COUNT", b"%d" % count, b"BLOCK", b"%d" % c.block_ms, b"STREAMS",
         ]  # fmt: skip
-        args.extend(streams)
+        args.extend(s.encode() for s in streams)
         args.extend(b">" for _ in streams)
-        return conn.pack_command(*args)
+        return pack_command(tuple(args))
 
     async def run(self) -> None:
         c = self.c
