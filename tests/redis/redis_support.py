@@ -80,6 +80,9 @@ class Proxy:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Bytes forwarded from the clients to Redis (to cut a batch part-way).
         self.upstream_bytes = 0
+        #: Kill everything once this many bytes went upstream (``None``: never).
+        self.cut_at: int | None = None
+        self.killed = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -111,6 +114,10 @@ class Proxy:
                 if upstream:
                     self.upstream_bytes += len(data)
                 dst.write(data)
+                if upstream and self.cut_at is not None and self.upstream_bytes >= self.cut_at:
+                    self.cut_at = None
+                    asyncio.get_running_loop().create_task(self.kill())
+                    return
                 await dst.drain()
         except (OSError, asyncio.CancelledError):
             pass
@@ -128,8 +135,10 @@ class Proxy:
                 transport.abort()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
         self._writers.clear()
+        self.killed.set()
 
 
 class _RedisHarness(TransportHarness):
