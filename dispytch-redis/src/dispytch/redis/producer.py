@@ -340,7 +340,7 @@ class RedisProducer:
         """
         pool = client.connection_pool
         try:
-            conn = await pool.get_connection()
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
             raise _RoundTripFailed(exc, 0, written=False) from exc
         replies: list[Any] = []

@@ -383,7 +383,7 @@ class RedisConsumer:
         try:
             async with asyncio.timeout(self.close_timeout):
                 if ps is not None and self._owns_pubsub:
-                    await ps.aclose()  # type: ignore[no-untyped-call]
+                    await ps.aclose()
                 elif ps is not None and ps.connection is not None:
                     if self._channels:
                         await ps.unsubscribe(*self._channels)

@@ -152,7 +152,7 @@ class StreamReader:
                 try:
                     try:
                         if conn is None:
-                            conn = await pool.get_connection()
+                            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                         await conn.send_packed_command(self._request(conn, streams, count))
                         reply = await conn.read_response(timeout=read_timeout)
                         if reply is None and not conn.is_connected:

@@ -199,6 +199,7 @@ class Keeper:
                     continue
                 try:
                     response = await c._r.xreadgroup(group, member, {stream: last}, count=count)
+                    entries: list[Any]
                     if isinstance(response, dict):  # RESP3
                         entries = next(iter(response.values()), [[]])[0] if response else []
                     else:
