@@ -162,7 +162,7 @@ async def give_up(
     stream, group, entry_id, _ = token
     if dead_letter_stream is None or fields is None:
         log.error(
-            "Gave up on entry %s of Redis stream %r (group %r): %s: %s. It is acknowledged "
+            "Gave up on entry %s of Redis stream %r (group %r): %s: %s -- It is acknowledged "
             "and will not be delivered again; set dead_letter_stream= to keep such entries.",
             entry_id.decode(),
             stream,
@@ -177,7 +177,7 @@ async def give_up(
     pipe.xack(stream, group, entry_id)
     await pipe.execute()
     log.warning(
-        "Moved entry %s of Redis stream %r (group %r) to dead-letter stream %r: %s: %s.",
+        "Moved entry %s of Redis stream %r (group %r) to dead-letter stream %r: %s: %s",
         entry_id.decode(),
         stream,
         group,
