@@ -7,12 +7,22 @@ acknowledged goes back to its group when it is nacked with ``requeue=True`` or w
 consumer closes (as a broker does when a connection drops), with its attempt count
 raised; ``nack(requeue=False)`` rejects it into :attr:`MemoryBroker.rejected`.
 Messages published where no group listens are kept until a group subscribes.
+
+Everything the broker keeps on its own is bounded, so that a long run with dynamic
+topics cannot grow it: at most ``max_parked`` messages wait for a group in all (the
+oldest is dropped first, whatever its topic, counted in
+:attr:`MemoryBroker.parked_dropped`), the last
+``max_rejected`` rejected messages are kept (older ones counted in
+:attr:`MemoryBroker.rejected_dropped`), and the topic -> groups cache is emptied when it
+holds ``ROUTE_CACHE_LIMIT`` topics. A group's own queue is not bounded: the dispatcher's
+``max_in_flight`` bounds what it takes, and what waits there is what was published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
@@ -24,6 +34,42 @@ from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute
 from dispytch.transport import Message, OutgoingMessage
 
+log = logging.getLogger("dispytch.memory")
+
+#: Topics whose matching groups the broker remembers before it starts over.
+ROUTE_CACHE_LIMIT = 4096
+
+
+class _Inbox:
+    """A group's messages waiting for a consumer: a deque, and the members waiting on it.
+
+    What ``asyncio.Queue`` does here without its per-call bookkeeping: a publish is an
+    append (and a wake-up only when a member waits), a read a ``popleft``.
+    """
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[Message] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    def put_nowait(self, msg: Message) -> None:
+        self.items.append(msg)
+        if self.waiters:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake one waiting member (skipping any that stopped waiting)."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
 
 class _Group:
     __slots__ = ("broker", "metadata", "name", "patterns", "queue", "unacked")
@@ -32,7 +78,7 @@ class _Group:
         self.broker = broker
         self.name = name
         self.patterns: set[RoutePattern] = set()
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.queue = _Inbox()
         self.unacked: dict[int, tuple[Message, MemoryConsumer]] = {}
         self.metadata: Mapping[str, Any] = MappingProxyType({"group": name})
 
@@ -43,22 +89,37 @@ class _Group:
 class MemoryBroker:
     """An in-process broker: topics, consumer groups, acknowledgements, redelivery.
 
+    Args:
+        name: For :meth:`named` and ``memory://name`` URLs.
+        max_parked: Messages kept in all for topics no group subscribes to yet.
+        max_rejected: Rejected messages kept in :attr:`rejected`.
+
     Attributes:
-        rejected: Messages that were nacked without requeue, in order (for tests and
-            for inspecting what the failure policy gave up on).
+        rejected: The last ``max_rejected`` messages that were nacked without requeue, in
+            order (for tests and for inspecting what the failure policy gave up on).
         published: How many messages were published in all.
+        parked_dropped: Messages dropped because ``max_parked`` were already waiting.
+        rejected_dropped: Rejected messages no longer kept in :attr:`rejected`.
     """
 
     _registry: dict[str, MemoryBroker] = {}
 
-    def __init__(self, name: str = "default") -> None:
+    def __init__(
+        self, name: str = "default", *, max_parked: int = 10_000, max_rejected: int = 10_000
+    ) -> None:
+        if max_parked < 0 or max_rejected < 0:
+            raise ValueError("max_parked and max_rejected must not be negative.")
         self.name = name
+        self.max_parked = max_parked
+        self.max_rejected = max_rejected
         self._groups: dict[str, _Group] = {}
         self._route_cache: dict[str, tuple[_Group, ...]] = {}
-        self._parked: dict[str, deque[Message]] = {}
+        self._parked: deque[Message] = deque()  # oldest first, all topics
         self._ids = itertools.count(1)
         self.rejected: list[Message] = []
         self.published = 0
+        self.parked_dropped = 0
+        self.rejected_dropped = 0
 
     @classmethod
     def named(cls, name: str = "default") -> MemoryBroker:
@@ -79,10 +140,52 @@ class MemoryBroker:
             return
         group.patterns.add(pattern)
         self._route_cache.clear()
-        for topic in list(self._parked):
-            if pattern.match(topic) is not None:
-                for msg in self._parked.pop(topic):
-                    group.queue.put_nowait(msg)
+        if not self._parked:
+            return
+        keep: deque[Message] = deque()
+        taken: dict[str, bool] = {}
+        for msg in self._parked:
+            take = taken.get(msg.route)
+            if take is None:
+                take = taken[msg.route] = pattern.match(msg.route) is not None
+            if take:
+                group.queue.put_nowait(msg)
+            else:
+                keep.append(msg)
+        self._parked = keep
+
+    def _park(self, msg: Message) -> None:
+        parked = self._parked
+        if len(parked) >= self.max_parked:
+            if not self.parked_dropped:
+                log.warning(
+                    "Memory broker %r: %d messages wait for topics no group subscribes to; "
+                    "dropping the oldest (counted in parked_dropped). Subscribe first, or "
+                    "raise max_parked.",
+                    self.name,
+                    self.max_parked,
+                )
+            self.parked_dropped += 1
+            if not parked:
+                return  # max_parked=0: nothing is kept
+            parked.popleft()
+        parked.append(msg)
+
+    def reject(self, msg: Message) -> None:
+        """Keep a rejected message in :attr:`rejected` (the last ``max_rejected`` of them)."""
+        rejected = self.rejected
+        if self.max_rejected == 0:
+            self.rejected_dropped += 1
+            return
+        if len(rejected) >= self.max_rejected:
+            del rejected[0]
+            self.rejected_dropped += 1
+        rejected.append(msg)
+
+    @property
+    def parked(self) -> int:
+        """Messages waiting for a group to subscribe to their topic."""
+        return len(self._parked)
 
     def publish(
         self, topic: str, payload: bytes, headers: dict[str, str], key: bytes | None
@@ -92,11 +195,11 @@ class MemoryBroker:
         groups = self._route_cache.get(topic)
         if groups is None:
             groups = tuple(g for g in self._groups.values() if g.matches(topic))
+            if len(self._route_cache) >= ROUTE_CACHE_LIMIT:
+                self._route_cache.clear()
             self._route_cache[topic] = groups
         if not groups:
-            self._parked.setdefault(topic, deque()).append(
-                Message(payload, route=topic, headers=headers, key=key)
-            )
+            self._park(Message(payload, route=topic, headers=headers, key=key))
             return
         for grp in groups:
             grp.queue.put_nowait(
@@ -193,15 +296,16 @@ class MemoryConsumer:
     async def listen(self) -> AsyncIterator[Message]:
         if not self._running:
             raise NotStartedError("The memory consumer is not started; call start() first.")
-        queue = self._group.queue
+        inbox = self._group.queue
+        items = inbox.items
         unacked = self._group.unacked
         ids = self.broker._ids
         ordered = self._ordered
         while self._running:
-            try:
-                msg = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                got = await self._wait(queue)
+            if items:
+                msg = items.popleft()
+            else:
+                got = await self._wait(inbox)
                 if got is None:
                     break
                 msg = got
@@ -212,22 +316,23 @@ class MemoryConsumer:
             unacked[token] = (msg, self)
             yield msg
 
-    async def _wait(self, queue: asyncio.Queue[Message]) -> Message | None:
+    async def _wait(self, inbox: _Inbox) -> Message | None:
         """Wait for a message or for stop(), whichever comes first."""
         loop = asyncio.get_running_loop()
-        self._stopped = loop.create_future()
-        getter = loop.create_task(queue.get())
-        try:
-            await asyncio.wait((getter, self._stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            msg = getter.result()
-            if not self._running:
-                queue.put_nowait(msg)  # not ours to take any more: keep it for the group
-                return None
-            return msg
+        stopped = self._stopped = loop.create_future()
+        items = inbox.items
+        while self._running:
+            waiter: asyncio.Future[None] = loop.create_future()
+            inbox.waiters.append(waiter)
+            try:
+                await asyncio.wait((waiter, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()  # wake() skips it
+            if self._running and items:
+                return items.popleft()
+        if items:
+            inbox.wake()  # a wake-up this member will not use: pass it on to another
         return None
 
     async def ack(self, message: Message) -> None:
@@ -239,7 +344,7 @@ class MemoryConsumer:
         if requeue:
             self._requeue(message)
         else:
-            self.broker.rejected.append(message)
+            self.broker.reject(message)
 
     def _requeue(self, message: Message) -> None:
         message.attempt += 1
