@@ -202,3 +202,24 @@ async def test_a_fatal_streams_error_ends_listen_with_consumer_closed_error(
             await asyncio.wait_for(drain(), TIMEOUT)
     finally:
         await consumer.close()
+
+
+async def test_a_fatal_streams_error_ends_the_dispatcher(
+    client: aredis.Redis, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = RedisStreamConsumer(client, group="g", block_ms=50, claim_interval=0.05)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ZeroDivisionError("a bug in recovery")
+
+    monkeypatch.setattr(consumer._keeper, "refresh", broken)
+    dispatcher = EventDispatcher(consumer)
+
+    @dispatcher.handler(RedisStreamSubscription(stream=names.stream()))
+    async def on_ping(event: Event[Ping]) -> None:
+        pass
+
+    await dispatcher.start()
+    with pytest.raises(ConsumerClosedError, match="ZeroDivisionError: a bug in recovery"):
+        await asyncio.wait_for(dispatcher.wait(), TIMEOUT)
+    assert not dispatcher.running

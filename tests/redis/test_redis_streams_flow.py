@@ -47,10 +47,7 @@ async def test_taken_and_unsettled_follows_max_in_flight(
     await pipe.execute()
 
     consumer = RedisStreamConsumer(client, group="g", block_ms=50)
-    dispatcher = EventDispatcher(consumer, max_in_flight=8)
-    # What the dispatcher calls (the ReadAhead protocol) once it sizes read-ahead itself;
-    # calling it twice is harmless.
-    consumer.configure(max_in_flight=8)
+    dispatcher = EventDispatcher(consumer, max_in_flight=8)  # configure(max_in_flight=8)
     handled: list[int] = []
     release = asyncio.Event()
 
