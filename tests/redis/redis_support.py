@@ -82,6 +82,8 @@ class Proxy:
         self.upstream_bytes = 0
         #: Kill everything once this many bytes went upstream (``None``: never).
         self.cut_at: int | None = None
+        #: While set, bytes are read and dropped: Redis looks alive but never answers.
+        self.stalled = False
         self.killed = asyncio.Event()
 
     @property
@@ -111,6 +113,8 @@ class Proxy:
     ) -> None:
         try:
             while data := await src.read(65536):
+                if self.stalled:
+                    continue
                 if upstream:
                     self.upstream_bytes += len(data)
                 dst.write(data)
@@ -155,6 +159,7 @@ class _RedisHarness(TransportHarness):
     def __init__(self, mode: Mode = "url") -> None:
         self.mode = mode
         self.clients: list[aredis.Redis] = []
+        self.proxies: list[Proxy] = []
         self.keys: set[str] = set()
 
     def client(self, **kwargs: Any) -> aredis.Redis:
@@ -174,7 +179,29 @@ class _RedisHarness(TransportHarness):
         await producer.stop()
         return producer
 
+    async def unstarted_producer(self) -> Producer | None:
+        # url mode: from_url makes its client in start(). client mode: a redis.asyncio
+        # client has no "not connected yet" state (it connects on first use).
+        return self.producer() if self.mode == "url" else None
+
+    async def unconfirmed_producer(self) -> Producer | None:
+        """A started producer behind a proxy that then swallows every byte: Redis looks
+        connected and never answers, so the short delivery timeout expires."""
+        proxy = await Proxy().start()
+        self.proxies.append(proxy)
+        client = aredis.Redis.from_url(proxy.url, retry=None)
+        self.clients.append(client)
+        producer = self.producer_over(client, delivery_timeout=0.5)
+        await producer.start()
+        proxy.stalled = True
+        return producer
+
+    def producer_over(self, client: aredis.Redis, **options: Any) -> Producer:
+        return RedisProducer(client, **options)
+
     async def cleanup(self) -> None:
+        for proxy in self.proxies:
+            await proxy.kill()
         if self.keys:
             admin = aredis.Redis.from_url(REDIS_URL)
             try:
@@ -186,10 +213,15 @@ class _RedisHarness(TransportHarness):
 
 
 class RedisPubSubHarness(_RedisHarness):
-    """Pub/Sub: at-most-once, keys travel in the envelope, channel patterns."""
+    """Pub/Sub: at-most-once, keys travel in the envelope, channel patterns; ordered
+    consumers (lane = channel), as the spec's capabilities say."""
 
     at_least_once = False
     capabilities = PUBSUB_CAPABILITIES
+    redelivery_window = 1.0
+    # Header values travel in a JSON block: bytes that are not UTF-8 make the envelope
+    # malformed, and a malformed Pub/Sub message is logged and dropped.
+    undecodable_headers = "reject"
 
     def __init__(self, mode: Mode = "url") -> None:
         super().__init__(mode)
@@ -208,13 +240,13 @@ class RedisPubSubHarness(_RedisHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return RedisConsumer(self.client().pubsub())
-        return RedisConsumer.from_url(REDIS_URL)
+            return RedisConsumer(self.client().pubsub(), ordered=True)
+        return RedisConsumer.from_url(REDIS_URL, ordered=True)
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":
             assert isinstance(consumer, RedisConsumer)
-            return RedisConsumer(consumer.pubsub)
+            return RedisConsumer(consumer.pubsub, ordered=True)
         return self.consumer(group=group)
 
     async def publish_raw(
@@ -240,6 +272,10 @@ class RedisStreamsHarness(_RedisHarness):
     at_least_once = True
     capabilities = STREAMS_CAPABILITIES
     redelivery_timeout = 10.0
+    redelivery_window = 2.5  # min_idle_time plus a claim interval
+    # Header values travel in a JSON field: bytes that are not UTF-8 make the entry
+    # malformed, and malformed entries go to the dead-letter stream.
+    undecodable_headers = "reject"
 
     def __init__(self, mode: Mode = "url") -> None:
         super().__init__(mode)
@@ -269,6 +305,9 @@ class RedisStreamsHarness(_RedisHarness):
             return RedisStreamProducer(self.client())
         return RedisStreamProducer.from_url(STREAMS_URL)
 
+    def producer_over(self, client: aredis.Redis, **options: Any) -> Producer:
+        return RedisStreamProducer(client, **options)
+
     def _options(self, group: str) -> dict[str, Any]:
         return {
             "group": group,
@@ -277,6 +316,7 @@ class RedisStreamsHarness(_RedisHarness):
             "block_ms": 100,
             "discover_interval": 0.2,
             "dead_letter_stream": self.dead_letters,
+            "ordered": True,
         }
 
     def consumer(self, *, group: str) -> Consumer:

@@ -516,3 +516,18 @@ async def test_a_reader_bug_ends_listen_with_consumer_closed_error(
             await asyncio.wait_for(drain(), TIMEOUT)
     await consumer.close()
     assert "Pub/Sub reader failed" in caplog.records[0].getMessage()
+
+
+async def test_a_producer_from_a_url_connects_in_start(names: Names) -> None:
+    producer = RedisProducer.from_url(REDIS_URL, warn_no_receivers=False)
+    message = outgoing(RedisEventRoute(channel=names.channel()))
+    with pytest.raises(NotStartedError, match=r"is not started: the event was not sent\.\nCall"):
+        await producer.send(message)
+    await producer.start()
+    assert await producer.publish(message) == 0
+    await producer.stop()  # closes the client it made
+    with pytest.raises(NotStartedError, match="was stopped"):
+        await producer.send(message)
+    await producer.start()  # and start() makes a new one
+    assert await producer.publish(message) == 0
+    await producer.stop()

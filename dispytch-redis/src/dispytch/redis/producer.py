@@ -109,11 +109,12 @@ class RedisProducer:
       default) or a stream (``"streams"``, what :class:`RedisStreamProducer` and
       ``redis+streams://`` URLs use).
 
-    A ``redis.asyncio.Redis`` client is usable as soon as it exists (it connects on first
-    use), so ``emit`` works without ``emitter.start()``; :meth:`start` only checks the
-    server answers (``PING``), so a wrong address fails there rather than on the first
-    emit. After :meth:`stop` sends raise :class:`~dispytch.errors.NotStartedError` until
-    :meth:`start` is called again.
+    A ``redis.asyncio.Redis`` client you pass is usable as soon as it exists (it connects
+    on first use), so ``emit`` works without ``emitter.start()``; :meth:`start` only checks
+    the server answers (``PING``), so a wrong address fails there rather than on the first
+    emit. A producer built from a factory (``from_url``) creates its client in
+    :meth:`start`. Before that, and after :meth:`stop`, sends raise
+    :class:`~dispytch.errors.NotStartedError` until :meth:`start` is called (again).
 
     Publishing to a channel with no subscriber is not silent: the number of clients that
     received each message is returned by :meth:`publish` / :meth:`publish_batch` and kept
@@ -229,7 +230,9 @@ class RedisProducer:
         """Refuse further sends; close the client only if this producer owns it."""
         self._stopped = True
         if self.owns_client and self._redis is not None:
-            client, self._redis = self._redis, None
+            client = self._redis
+            if self._factory is not None:
+                self._redis = None  # start() makes a new one
             await client.aclose()
 
     async def send(self, message: OutgoingMessage) -> None:
@@ -277,9 +280,10 @@ class RedisProducer:
         return await self._publish(messages)
 
     async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
-        if self._stopped:
+        client = self._redis
+        if self._stopped or client is None:
+            # Stopped, or built from a factory (from_url) and never started.
             raise NotStartedError(self._not_started())
-        client = self.redis
         out: list[int | None] = []
         refused: EmitError | None = None
         refused_count = 0
@@ -340,8 +344,9 @@ class RedisProducer:
         """
         pool = client.connection_pool
         try:
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self.delivery_timeout):
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError, TimeoutError) as exc:
             raise _RoundTripFailed(exc, 0, written=False) from exc
         replies: list[Any] = []
         written = False
@@ -498,9 +503,10 @@ class RedisProducer:
         return route.topic, None, True  # type: ignore[attr-defined]
 
     def _not_started(self) -> str:
+        state = "was stopped" if self._stopped else "is not started"
         return (
-            f"The {type(self).__name__} was stopped: the event was not sent.\n"
-            "Call `await emitter.start()` (or use `async with emitter:`) again, or build a "
+            f"The {type(self).__name__} {state}: the event was not sent.\n"
+            "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
             "new producer."
         )
 
