@@ -21,7 +21,7 @@ class Inbox(Generic[T]):
     Readers wait in :meth:`wait_space` while ``high_water`` items are buffered.
     """
 
-    __slots__ = ("_getter", "_high", "_items", "_low", "_putters", "closed", "failure")
+    __slots__ = ("_getter", "_high", "_items", "_low", "_putters", "closed", "failure", "on_wait")
 
     def __init__(self, high_water: int) -> None:
         self._items: deque[T] = deque()
@@ -32,6 +32,8 @@ class Inbox(Generic[T]):
         self.closed = False
         #: Why the inbox was closed by a failure (``None`` for a normal stop).
         self.failure: BaseException | None = None
+        #: Called when the consumer side starts waiting on an empty inbox (demand).
+        self.on_wait: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -83,7 +85,17 @@ class Inbox(Generic[T]):
             if self._items:
                 return self.get_nowait()
             fut = self._getter = asyncio.get_running_loop().create_future()
-            await fut
+            if self.on_wait is not None:
+                self.on_wait()
+            try:
+                await fut
+            finally:
+                self._getter = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the consumer side is waiting for an item right now."""
+        return self._getter is not None and not self._items
 
     async def items(self, owner: str = "The consumer") -> AsyncIterator[T]:
         """Yield items until the inbox is closed (what a consumer's ``listen`` hands out).

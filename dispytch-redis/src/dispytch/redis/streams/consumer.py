@@ -186,6 +186,7 @@ class RedisStreamConsumer:
             lease_extension=True,
         )
         self._inbox: Inbox[Message] = Inbox(self._limit)
+        self._inbox.on_wait = self._notify
         # (stream, group) -> member name
         self._targets: dict[tuple[str, str], str] = {}
         self._names: dict[bytes, str] = {}
@@ -524,20 +525,27 @@ class RedisStreamConsumer:
         """Entries the next read may take (0: wait for room), counted as unsettled until
         :meth:`_release`.
 
-        Recovery does not wait for what a blocked ``XREADGROUP`` reserved (that read may
-        return nothing for a long time): a requeued entry must come back promptly, so a
-        recovery pass may take up to one batch beyond the bound while a read is blocked.
+        The bound counts every entry taken and not yet acknowledged. One exception keeps
+        a dispatcher that holds messages on purpose (manual acknowledgement, bounded by
+        its own ``max_unsettled``) from waiting forever: when it asks for more (``listen``
+        waits on an empty inbox) while nothing is being read or acknowledged, one batch
+        is read although the bound is reached. Recovery does not wait for what a blocked
+        ``XREADGROUP`` reserved (that read may return nothing for a long time): a
+        requeued entry must come back promptly, so a recovery pass may take up to one
+        batch beyond the bound while a read is blocked.
         """
         if not self._running:
             return 0
         batch = self.batch_size
+        acks = self._acks_batcher.pending if self._acks_batcher is not None else 0
         if recovery:
-            acks = self._acks_batcher.pending if self._acks_batcher is not None else 0
             room = self._limit - len(self._inflight) - acks
             threshold = 1
         else:
             room = self._limit - self._unsettled()
             threshold = max(1, min(batch, self._limit) // 4)
+        if room < threshold and self._inbox.waiting and not acks and not self._reserved:
+            room = min(batch, self._limit)  # the dispatcher asks for more: demand
         if room < threshold:
             return 0
         count = min(batch, room)
@@ -558,7 +566,10 @@ class RedisStreamConsumer:
 
     def _reserve_possible(self) -> bool:
         room = self._limit - self._unsettled()
-        return room >= max(1, min(self.batch_size, self._limit) // 4)
+        if room >= max(1, min(self.batch_size, self._limit) // 4):
+            return True
+        acks = self._acks_batcher.pending if self._acks_batcher is not None else 0
+        return self._inbox.waiting and not acks and not self._reserved
 
     async def _wait_change(self) -> None:
         self._change.clear()
