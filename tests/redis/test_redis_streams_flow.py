@@ -190,3 +190,47 @@ async def test_configure_is_what_the_dispatcher_may_call(client: aredis.Redis) -
 
     consumer: Any = RedisStreamConsumer(client)
     assert isinstance(consumer, ReadAhead)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_both_protocols_read_streams_and_pubsub(names: Names, protocol: int) -> None:
+    """RESP2 replies are lists of pairs, RESP3 ones maps and push frames: both are read."""
+    from dispytch import EventEmitter
+    from dispytch.redis import (
+        RedisConsumer,
+        RedisEventRoute,
+        RedisEventSubscription,
+        RedisProducer,
+        RedisStreamRoute,
+    )
+
+    from tests.redis.redis_support import REDIS_URL
+
+    client = aredis.Redis.from_url(REDIS_URL, protocol=protocol)
+    stream, channel = names.stream("proto"), names.channel("proto")
+    got: list[tuple[str, int]] = []
+    streams = EventDispatcher(RedisStreamConsumer(client, group="g", block_ms=50))
+    pubsub = EventDispatcher(RedisConsumer(client.pubsub()))
+
+    @streams.handler(RedisStreamSubscription(stream=stream))
+    async def on_entry(event: Event[Job]) -> None:
+        got.append(("stream", event.body.n))
+
+    @pubsub.handler(RedisEventSubscription(channel=channel))
+    async def on_message(event: Event[Job]) -> None:
+        got.append(("channel", event.body.n))
+
+    emitter = EventEmitter(RedisProducer(client))
+    try:
+        async with streams, pubsub:
+            for n in range(20):
+                await emitter.emit(Job(n=n), route=RedisStreamRoute(stream=stream))
+                await emitter.emit(Job(n=n), route=RedisEventRoute(channel=channel))
+            deadline = time.monotonic() + TIMEOUT
+            while len(got) < 40 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        assert sorted(got) == sorted(
+            [("stream", n) for n in range(20)] + [("channel", n) for n in range(20)]
+        )
+    finally:
+        await client.aclose()
