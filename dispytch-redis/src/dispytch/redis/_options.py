@@ -41,8 +41,8 @@ SCHEMES = {
 }
 
 
-class RedisOptions(TransportOptions):
-    """Options of the Redis Pub/Sub transport (``redis://``), producer and consumer."""
+class _RedisCommonOptions(TransportOptions):
+    """What both Redis transports take: the producer's options and a few consumer ones."""
 
     warn_no_receivers: bool = Field(
         True, description="Producer: log a WARNING when a Pub/Sub message reached nobody."
@@ -56,6 +56,17 @@ class RedisOptions(TransportOptions):
     ordered: bool = Field(
         False, description="Consumer: handle one channel's (or stream's) messages in order."
     )
+    close_timeout: float = Field(
+        0.75,
+        gt=0,
+        description="Consumer: seconds close() spends settling with Redis (unsubscribe, "
+        "hand back, flush acks) before giving up on an unreachable server.",
+    )
+
+
+class RedisOptions(_RedisCommonOptions):
+    """Options of the Redis Pub/Sub transport (``redis://``), producer and consumer."""
+
     max_buffered: int = Field(
         2000,
         ge=1,
@@ -65,15 +76,9 @@ class RedisOptions(TransportOptions):
     subscribe_timeout: float = Field(
         10.0, gt=0, description="Pub/Sub consumer: seconds start() waits for confirmations."
     )
-    close_timeout: float = Field(
-        0.75,
-        gt=0,
-        description="Consumer: seconds close() spends settling with Redis (unsubscribe, "
-        "hand back, flush acks) before giving up on an unreachable server.",
-    )
 
 
-class RedisStreamOptions(RedisOptions):
+class RedisStreamOptions(_RedisCommonOptions):
     """Options of the Redis Streams transport (``redis+streams://``), producer and consumer."""
 
     group: str = Field("dispytch", min_length=1, description="Consumer group.")
