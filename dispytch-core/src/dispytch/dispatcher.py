@@ -138,6 +138,7 @@ class EventDispatcher:
         #: unknown_route, invalid_payload, failed_handlers, held_unsettled.
         self.stats: Counter[str] = Counter()
         self.decoders = DecoderCache(serializer_for, _served_content_types)
+        self._decode = self.decoders.decode
         self._routes = RouteTable()
         self._running = False
         self._stopping = False
@@ -494,7 +495,7 @@ class EventDispatcher:
                 # The common case, kept short: one plain handler that takes this message
                 # (another event type goes the long way, to be counted as skipped).
                 try:
-                    await direct(Event(self.decoders.decode(msg, entry.model), msg, params))
+                    await direct(Event(self._decode(msg, entry.model), msg, params))
                 except Exception as exc:
                     requeue = settler.failed(entry.spec.name, msg, exc, 1)
                     await settler.conclude(msg, None, 1, requeue, None if requeue else exc)
@@ -524,7 +525,7 @@ class EventDispatcher:
         failed: BaseException | None = None
         dead = False
         filtered = 0
-        decode = self.decoders.decode
+        decode = self._decode
         acknowledge = settler.acknowledger_for
         for entry, params in matches:
             spec = entry.spec

@@ -145,11 +145,8 @@ def closed_for_good(channel: AbstractChannel) -> bool:
         return False
     if not is_robust(channel):
         return True
-    called = getattr(channel, "_close_called", None)  # aio-pika 10.2+
-    if called is None:  # aio-pika 10.0/10.1: close() resolves the _closed future
-        closed = getattr(channel, "_closed", None)
-        called = bool(closed is not None and closed.done())
-    if called:
+    # aio-pika 10.2+ (the declared floor) records a user's close() of a robust channel.
+    if getattr(channel, "_close_called", False):
         return True
     connection: Any = getattr(channel, "_connection", None)
     return bool(getattr(connection, "close_called", False))
