@@ -228,3 +228,30 @@ async def test_rejected_entries_carry_the_real_error(client: aredis.Redis, names
     assert headers["dispytch-error-type"] == "ValueError"
     assert headers["dispytch-error-message"] == "amount must be > 0"
     assert fields[b"payload"] == b'{"n": 1}'
+
+
+async def test_dead_letters_from_the_dispatcher_carry_the_handlers_error(
+    client: aredis.Redis, names: Names
+) -> None:
+    stream, dlq = names.stream(), names.stream("dlq")
+    dispatcher = EventDispatcher(
+        RedisStreamConsumer(client, group="g", block_ms=50, dead_letter_stream=dlq)
+    )
+
+    @dispatcher.handler(RedisStreamSubscription(stream=stream))
+    async def refuse(event: Event[Ping]) -> None:
+        raise LookupError(f"no account for ping {event.body.n}")
+
+    async with dispatcher:
+        await client.xadd(stream, {"payload": Ping(n=7).model_dump_json()})
+        await client.xadd(stream, {"payload": b"not json"})  # invalid payload
+        for _ in range(1000):
+            if int(await client.xlen(dlq)) == 2:
+                break
+            await asyncio.sleep(0.01)
+    by_type = {}
+    for _, fields in await client.xrange(dlq):
+        headers = json.loads(fields[b"headers"])
+        by_type[headers["dispytch-error-type"]] = headers["dispytch-error-message"]
+    assert by_type["LookupError"] == "no account for ping 7"
+    assert "PayloadError" in by_type  # not "Rejected"

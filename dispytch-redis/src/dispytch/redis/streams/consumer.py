@@ -403,7 +403,8 @@ class RedisStreamConsumer:
         error: BaseException | None = None,
     ) -> None:
         """Redeliver the entry (``requeue=True``, after ``delay`` seconds if given) or give
-        it up (``False``: dead-letter stream, with ``error`` as the reason when given).
+        it up (``False``: dead-letter stream, with the reason from ``error``, else from
+        ``message.error``, which the dispatcher sets before rejecting).
 
         Raises:
             redis.exceptions.RedisError: When Redis cannot be reached (the entry stays
@@ -414,6 +415,9 @@ class RedisStreamConsumer:
             return
         try:
             if not requeue:
+                if error is None:
+                    # The dispatcher says why it rejected the message (Message.error).
+                    error = getattr(message, "error", None)
                 if error is not None:
                     error_type, reason = type(error).__name__, str(error) or repr(error)
                 else:
