@@ -496,6 +496,12 @@ class RedisStreamConsumer:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
                 if leftovers:
                     await hand_back(self._r, leftovers, _REQUEUE_IDLE_MS)
+                now = time.monotonic()
+                for token, due in list(self._keeper.delayed.items()):
+                    # Claimable when its delay is over, or after min_idle_time at most.
+                    idle = self.min_idle_time - max(0.0, due - now)
+                    await hand_back(self._r, [token], int(max(0.0, idle) * 1000))
+                self._keeper.delayed.clear()
                 await self._acks.flush_all()
                 if self._started and not self._named:
                     await self._keeper.forget_member()
