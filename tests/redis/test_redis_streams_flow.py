@@ -234,3 +234,62 @@ async def test_both_protocols_read_streams_and_pubsub(names: Names, protocol: in
         )
     finally:
         await client.aclose()
+
+
+async def test_pausing_keeps_back_what_was_already_taken_in_order(
+    client: aredis.Redis, names: Names
+) -> None:
+    slow, busy = names.stream("slow"), names.stream("busy")
+    consumer = RedisStreamConsumer(client, group="g", block_ms=50, ordered=True)
+    consumer.subscribe([RedisStreamSubscription(stream=slow), RedisStreamSubscription(stream=busy)])
+    await consumer.start()
+    try:
+        for n in range(3):
+            await client.xadd(slow, {"payload": b'{"n": %d}' % n})
+        await client.xadd(busy, {"payload": b'{"n": 9}'})
+        for _ in range(500):  # taken from Redis (pending), not yet yielded
+            if await pending(client, slow) == 3 and await pending(client, busy) == 1:
+                break
+            await asyncio.sleep(0.01)
+        consumer.pause(slow)
+        it = consumer.listen().__aiter__()
+        first = await next_message(it)
+        assert first.route == busy  # the slow stream's entries are kept back
+        await consumer.ack(first)
+        waiting = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # nothing is yielded for the paused stream
+        consumer.resume(slow)
+        again = [await asyncio.wait_for(waiting, TIMEOUT)]
+        again += [await next_message(it) for _ in range(2)]
+        assert [m.payload for m in again] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+        for m in again:
+            await consumer.ack(m)
+    finally:
+        await consumer.stop()
+        await consumer.close()
+    assert await pending(client, slow) == 0
+
+
+async def test_the_bound_holds_across_several_streams(client: aredis.Redis, names: Names) -> None:
+    """XREADGROUP's COUNT is per stream: a read over several never asks for more than
+    the room left in all."""
+    streams = [names.stream(f"multi{i}") for i in range(3)]
+    consumer = RedisStreamConsumer(client, group="g", block_ms=50)
+    consumer.configure(max_in_flight=4)
+    consumer.subscribe([RedisStreamSubscription(stream=s) for s in streams])
+    await consumer.start()
+    try:
+        for s in streams:
+            for n in range(10):
+                await client.xadd(s, {"payload": b'{"n": %d}' % n})
+        await asyncio.sleep(0.5)  # nothing acknowledged: reading must stop at 4
+        total = sum([await pending(client, s) for s in streams])
+        assert total == 4
+        it = consumer.listen().__aiter__()
+        for _ in range(30):
+            await consumer.ack(await next_message(it))
+    finally:
+        await consumer.stop()
+        await consumer.close()
+    assert sum([await pending(client, s) for s in streams]) == 0

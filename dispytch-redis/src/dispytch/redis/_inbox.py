@@ -50,6 +50,24 @@ class Inbox(Generic[T]):
         if getter is not None and not getter.done():
             getter.set_result(None)
 
+    def put_front(self, items: list[T]) -> None:
+        """Put ``items`` before everything buffered, in their order (resumed ones)."""
+        self._items.extendleft(reversed(items))
+        getter = self._getter
+        if items and getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def take_where(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Remove and return the buffered items ``predicate`` picks, in order."""
+        if not self._items:
+            return []
+        taken = [item for item in self._items if predicate(item)]
+        if taken:
+            kept = [item for item in self._items if not predicate(item)]
+            self._items.clear()
+            self._items.extend(kept)
+        return taken
+
     async def wait_space(self) -> None:
         """Wait until the buffer fell to half of ``high_water`` (or was closed)."""
         while len(self._items) >= self._high and not self.closed:

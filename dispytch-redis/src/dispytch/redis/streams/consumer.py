@@ -196,6 +196,8 @@ class RedisStreamConsumer:
         # (group, member) -> streams read by that member (replaced, never mutated)
         self._members: dict[tuple[str, str], list[str]] = {}
         self._paused: set[str] = set()
+        # Entries of paused streams taken before the pause, kept back until resume.
+        self._parked: dict[str, list[Message]] = {}
         self._readers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._keeper = Keeper(self)
         self._keeper_task: asyncio.Task[None] | None = None
@@ -450,18 +452,39 @@ class RedisStreamConsumer:
     def pause(self, lane: Hashable) -> None:
         """Stop reading the stream ``lane`` (the LanePausing protocol; idempotent).
 
-        Takes effect from the next read (within ``block_ms``); entries already taken are
-        still yielded. Recovery skips the stream meanwhile.
+        Entries of that stream already taken and not yet yielded are kept back until
+        :meth:`resume` (still held, and kept fresh, by this member), so the dispatcher
+        is not handed more of a lane it asked to pause; a read blocked at the time of the
+        pause ends within ``block_ms``, and what it brings for the lane is kept back too.
+        Recovery skips the stream meanwhile.
         """
         if isinstance(lane, str) and lane not in self._paused:
             self._paused.add(lane)
+            held = self._inbox.take_where(lambda m: m.lane == lane)
+            if held:
+                self._parked.setdefault(lane, []).extend(held)
             self._change.set()
 
     def resume(self, lane: Hashable) -> None:
-        """Read the stream ``lane`` again (idempotent)."""
+        """Read the stream ``lane`` again (idempotent); what was kept back comes first."""
         if isinstance(lane, str) and lane in self._paused:
             self._paused.discard(lane)
+            held = self._parked.pop(lane, None)
+            if held:
+                self._inbox.put_front(held)
             self._change.set()
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Hand read entries to ``listen``, keeping back those of paused streams."""
+        if self._paused:
+            for msg in messages:
+                if msg.lane in self._paused:
+                    assert isinstance(msg.lane, str)
+                    self._parked.setdefault(msg.lane, []).append(msg)
+                else:
+                    self._inbox.put(msg)
+        else:
+            self._inbox.put_many(messages)
 
     async def stop(self) -> None:
         """Stop reading; ``listen`` ends now (a blocked read ends within ``block_ms``)."""
@@ -488,6 +511,7 @@ class RedisStreamConsumer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         self._inbox.drain()  # read but never handed out: their tokens are in _inflight
+        self._parked.clear()  # the same
         leftovers = list(self._inflight)
         self._inflight.clear()
         try:

@@ -112,6 +112,7 @@ class StreamReader:
         self.group = group
         self.member = member
         self._backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
+        self._turn = 0  # which streams go first when the room is less than one each
 
     def _request(self, conn: Any, streams: list[str], count: int) -> Any:
         c = self.c
@@ -149,16 +150,25 @@ class StreamReader:
                 if count == 0:
                     await c._wait_room()
                     continue
+                # COUNT applies to each stream: never ask for more than was reserved in all.
+                reading = streams
+                if count < len(streams):
+                    start = self._turn % len(streams)
+                    self._turn += count
+                    reading = (streams[start:] + streams[:start])[:count]
+                per_stream = count // len(reading)
+                c._release(count - per_stream * len(reading))
+                count = per_stream * len(reading)
                 try:
                     try:
                         if conn is None:
                             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-                        await conn.send_packed_command(self._request(conn, streams, count))
+                        await conn.send_packed_command(self._request(conn, reading, per_stream))
                         reply = await conn.read_response(timeout=read_timeout)
                         if reply is None and not conn.is_connected:
                             raise ConnectionError("the read was cut")
                     except ResponseError as exc:
-                        await self._error_reply(exc, streams)
+                        await self._error_reply(exc, reading)
                         continue
                     except (RedisError, OSError) as exc:
                         if conn is not None:
@@ -172,9 +182,7 @@ class StreamReader:
                         name = c._names.get(raw_name) if type(raw_name) is bytes else raw_name
                         if name is None or not isinstance(entries, list):
                             continue
-                        c._inbox.put_many(
-                            to_messages(c, name, self.group, self.member, entries, None)
-                        )
+                        c._deliver(to_messages(c, name, self.group, self.member, entries, None))
                 finally:
                     c._release(count)
         finally:

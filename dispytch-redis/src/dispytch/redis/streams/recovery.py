@@ -185,7 +185,7 @@ class Keeper:
                 stream,
                 group,
             )
-            c._inbox.put_many(to_messages(c, stream, group, member, deliver, counts))
+            c._deliver(to_messages(c, stream, group, member, deliver, counts))
 
     async def read_own_pending(self, group: str, member: str, streams: list[str]) -> None:
         """Entries this member name left pending before a restart (fixed names only)."""
