@@ -36,6 +36,7 @@ nox.options.sessions = [
     "rabbitmq",
     "rabbitmq_lowest",
     "redis",
+    "redis_lowest",
     "avro",
     "protobuf",
     "plugins",
@@ -159,6 +160,12 @@ def rabbitmq_lowest(session: nox.Session) -> None:
 def redis(session: nox.Session) -> None:
     """dispytch-redis with core only, against the local Redis."""
     _plugin_session(session, "redis")
+
+
+@nox.session
+def redis_lowest(session: nox.Session) -> None:
+    """dispytch-redis against the lowest redis-py and hiredis it declares."""
+    _plugin_session(session, "redis", "redis==7.0.0", "hiredis==3.2.0")
 
 
 @nox.session
