@@ -37,6 +37,7 @@ nox.options.sessions = [
     "types",
     "demo",
     "workers",
+    "fastapi",
 ]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -175,6 +176,19 @@ def workers(session: nox.Session) -> None:
 
 
 @nox.session
+def fastapi(session: nox.Session) -> None:
+    """dispytch-fastapi with core: TestClient and a real uvicorn on loopback (memory
+    transport); core alone still imports no web framework."""
+    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", *TEST_DEPS)
+    session.run(
+        "python",
+        "-c",
+        "import dispytch, sys; assert not {'fastapi', 'starlette'} & set(sys.modules)",
+    )
+    _pytest(session, "tests/fastapi")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
@@ -186,7 +200,9 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
     not follow extend_path across editable source folders)."""
-    session.install("mypy", CORE + "[msgpack]", *PLUGINS.values(), "orjson", *TEST_DEPS)
+    session.install(
+        "mypy", CORE + "[msgpack]", *PLUGINS.values(), "./dispytch-fastapi", "orjson", *TEST_DEPS
+    )
     session.run("mypy", "--strict", "-p", "dispytch", "-p", "dispytch_pytest")
 
 
