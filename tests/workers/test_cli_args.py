@@ -3,6 +3,8 @@ given up. The memory transport only: no broker."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -145,3 +147,85 @@ def test_reload_restarts_the_workers_on_a_source_change(app_dir: Path) -> None:
             proc.stderr.close()
     assert proc.returncode == 0, "".join(lines)
     assert "Every worker stopped." in "".join(lines)
+
+
+class _Run:
+    """A supervisor started in its own process group, as a terminal starts it."""
+
+    def __init__(self, app_dir: Path, *args: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dispytch.cli", "run", "--app-dir", str(app_dir), *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def pids(self) -> list[int]:
+        import re
+
+        return [int(p) for p in re.findall(r"Worker \d+ started \(pid (\d+)\)", self.log())]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.reader.join(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its dead parent's reaper) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ctrl_c_on_the_terminal_stops_gracefully(app_dir: Path) -> None:
+    run = _Run(app_dir, "cliapp:dispatcher", "--workers", "2")
+    try:
+        eventually(lambda: run.log().count("Running cliapp:dispatcher") == 2, "2 running")
+        os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl+C does: the whole group
+        run.proc.wait(60)
+        log = run.log()
+        assert run.proc.returncode == 0, log
+        assert "again" not in log  # each worker got one signal, not two
+        assert log.count("dispytch.cli: Stopped.") == 2
+        assert "Every worker stopped." in log
+    finally:
+        run.close()
+
+
+def test_workers_of_a_killed_supervisor_stop_by_themselves(app_dir: Path) -> None:
+    run = _Run(app_dir, "cliapp:dispatcher", "--workers", "2")
+    try:
+        eventually(lambda: run.log().count("Running cliapp:dispatcher") == 2, "2 running")
+        pids = run.pids()
+        run.proc.kill()
+        run.proc.wait(10)
+        eventually(lambda: not any(_alive(p) for p in pids), "the orphaned workers to stop", 30)
+        assert run.log().count("is gone: stopping gracefully") == 2
+    finally:
+        run.close()

@@ -240,6 +240,8 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
             getattr(dispatcher, "name", type(dispatcher).__name__),
         )
         waiters = [asyncio.ensure_future(stop_requested.wait())]
+        if os.environ.get(WORKER_ENV):
+            waiters.append(asyncio.ensure_future(_orphaned()))
         wait_closed = getattr(dispatcher, "wait", None)
         ended: asyncio.Future[Any] | None = None
         if inspect.iscoroutinefunction(wait_closed):
@@ -302,6 +304,19 @@ def _log_format() -> str:
     worker = os.environ.get(WORKER_ENV)
     who = f"[worker {worker} pid {os.getpid()}] " if worker else ""
     return f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
+
+
+async def _orphaned() -> None:
+    """Return when this worker's supervisor is gone (the worker then stops gracefully).
+
+    Workers run in their own session, so that a terminal's Ctrl+C reaches only the
+    supervisor (which forwards one SIGTERM); this keeps a supervisor killed outright from
+    leaving them running.
+    """
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a parent died
+        await asyncio.sleep(1.0)
+    log.warning("The supervisor (pid %d) is gone: stopping gracefully.", parent)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -381,7 +396,11 @@ class Supervisor:
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         env = dict(os.environ)
         env[WORKER_ENV] = str(index)
-        proc = await asyncio.create_subprocess_exec(*self._command(), env=env)
+        # A session of its own: a terminal's Ctrl+C goes to the supervisor only, which
+        # forwards one SIGTERM (the worker would count a second signal as "force").
+        proc = await asyncio.create_subprocess_exec(
+            *self._command(), env=env, start_new_session=True
+        )
         self.procs[index] = proc
         log.info("Worker %d started (pid %d).", index, proc.pid)
         return proc
