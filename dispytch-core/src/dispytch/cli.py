@@ -239,7 +239,7 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
             target,
             getattr(dispatcher, "name", type(dispatcher).__name__),
         )
-        waiters = [asyncio.ensure_future(stop_requested.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop_requested.wait())]
         if os.environ.get(WORKER_ENV):
             waiters.append(asyncio.ensure_future(_orphaned()))
         wait_closed = getattr(dispatcher, "wait", None)
