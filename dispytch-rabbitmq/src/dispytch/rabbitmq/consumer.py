@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import DeliveredMessage
+from dispytch.cqrs.wire import HEADER_CORRELATION_ID
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
@@ -27,7 +36,8 @@ from dispytch.rabbitmq.routes import (
     RabbitMQExchange,
 )
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import Capabilities, Message
+from dispytch.transport import HEADER_CONTENT_TYPE, Capabilities, Message
+from pamqp.commands import Basic
 
 _compat.install_tolerant_decoding()
 
@@ -64,7 +74,7 @@ def capabilities(*, ordered: bool) -> Capabilities:
         delayed_requeue=False,
         pause_lanes=True,
         lease_extension=False,
-        request_reply=False,
+        request_reply=True,
     )
 
 
@@ -618,6 +628,46 @@ class RabbitMQConsumer:
     async def nack(self, message: Message, *, requeue: bool) -> None:
         """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX."""
         await _settle(message.token, requeue=requeue)
+
+    # ----------------------------------------------------------------- request/reply
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the request's AMQP ``reply_to`` (direct reply-to), if any."""
+        token = request.token
+        if not isinstance(token, _Token):
+            return None
+        reply_to: str | None = token.delivered.header.properties.reply_to
+        return reply_to or None
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Publish a reply to the request's ``reply_to`` through the default exchange, on
+        the channel the request came on (not confirmed: direct reply-to is transient, and
+        a requester that is gone loses it)."""
+        token: _Token = request.token
+        reply_to = self.reply_address(request)
+        if reply_to is None:
+            return
+        hdrs: dict[str, Any] = dict(headers)
+        content_type = hdrs.pop(HEADER_CONTENT_TYPE, None)
+        props = Basic.Properties(
+            content_type=content_type,
+            headers=hdrs,
+            correlation_id=headers.get(HEADER_CORRELATION_ID)
+            or token.delivered.header.properties.correlation_id,
+            delivery_mode=1,
+        )
+        try:
+            await token.channel.basic_publish(
+                payload, exchange="", routing_key=reply_to, properties=props
+            )
+        except _CANCEL_ERRORS as exc:
+            log.warning(
+                "Could not send the reply to %r (%s: %s); its caller will time out.",
+                reply_to,
+                type(exc).__name__,
+                exc,
+            )
 
     # ----------------------------------------------------------------- shutdown
     async def stop(self) -> None:
