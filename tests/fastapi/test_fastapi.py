@@ -74,8 +74,8 @@ class Counting:
         self.stops += 1
 
 
-#: How a later part (a command bus) plugs in: a component in the lifespan, a dependency.
-Bus = dependency("dispytch_bus", Counting)
+#: How a later part (durable functions) plugs in: a component in the lifespan, a dependency.
+Jobs = dependency("dispytch_jobs", Counting)
 
 
 class CountingEmitter(EventEmitter):
@@ -94,18 +94,18 @@ class CountingEmitter(EventEmitter):
 async def test_lifespan_starts_and_stops_each_once() -> None:
     emitter = CountingEmitter.from_url("memory://fastapi-counting")
     bus = Counting()
-    app = FastAPI(lifespan=lifespan(emitter, components={"dispytch_bus": bus}))
+    app = FastAPI(lifespan=lifespan(emitter, components={"dispytch_jobs": bus}))
     seen: list[Any] = []
 
-    @app.get("/bus")
-    async def get_bus(b: Bus) -> dict[str, bool]:
+    @app.get("/jobs")
+    async def get_jobs(b: Jobs) -> dict[str, bool]:
         seen.append(b)
         return {"ok": True}
 
     async with memory(emitter, start=False, clock=False):
         with TestClient(app) as client:
-            assert client.get("/bus").json() == {"ok": True}
-            assert client.get("/bus").json() == {"ok": True}
+            assert client.get("/jobs").json() == {"ok": True}
+            assert client.get("/jobs").json() == {"ok": True}
         # (Counted before the kit's own exit, which stops what is still started.)
         assert (CountingEmitter.starts, CountingEmitter.stops) == (1, 1)
     assert (bus.starts, bus.stops) == (1, 1)

@@ -17,9 +17,10 @@ run some in the web process too, which is then explicit.
 
 The lifespan keeps everything it started under names in the Starlette lifespan state
 (``request.state``); :func:`dependency` turns such a name into an ``Annotated[...,
-Depends(...)]`` type. :data:`Emitter` is one; the command/query bus and durable functions
-plug in the same way when they land (``components={"dispytch_bus": bus}`` and
-``Bus = dependency("dispytch_bus", CommandBus)``), with no change here.
+Depends(...)]`` type. :data:`Emitter` is one, :data:`CommandBus` (the
+:class:`~dispytch.Bus` given as ``lifespan(bus=...)``) another; durable functions will plug
+in the same way (``components={"dispytch_jobs": jobs}`` and
+``Jobs = dependency("dispytch_jobs", ...)``), with no change here.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
+from dispytch.cqrs import Bus
 from dispytch.dispatcher import EventDispatcher
 from dispytch.emitter import EventEmitter
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
 __all__ = [
+    "BUS",
     "EMITTER",
+    "CommandBus",
     "Dispytch",
     "Emitter",
     "IdempotencyKey",
@@ -48,6 +52,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: The lifespan-state name of the command/query bus.
+BUS = "dispytch_bus"
 #: The lifespan-state name of the (first) emitter.
 EMITTER = "dispytch_emitter"
 #: The lifespan-state name of every emitter, as a tuple.
@@ -82,6 +88,7 @@ def lifespan(
     *,
     emitters: Sequence[EventEmitter] = (),
     dispatchers: Sequence[EventDispatcher] = (),
+    bus: Bus | None = None,
     components: Mapping[str, Any] | None = None,
     wrap: Lifespan | None = None,
 ) -> Lifespan:
@@ -94,6 +101,8 @@ def lifespan(
         dispatchers: Dispatchers to *run in the web process*. None by default: handlers
             belong in workers (``dispytch run``), so a web server with many processes does
             not become a set of consumers by accident.
+        bus: A :class:`~dispytch.Bus` (commands and queries) to start and stop with the
+            app; :data:`CommandBus` injects it.
         components: More things with ``start``/``stop`` (or async context managers) to
             run with the app and expose by name in the lifespan state, for
             :func:`dependency`; what later Dispytch parts (a command bus, durable
@@ -112,9 +121,13 @@ def lifespan(
         if not isinstance(d, EventDispatcher):
             raise TypeError(f"lifespan(dispatchers=...) takes EventDispatcher objects, not {d!r}.")
     extra = dict(components or {})
-    clash = {EMITTER, EMITTERS, DISPATCHERS} & set(extra)
+    clash = {EMITTER, EMITTERS, DISPATCHERS, BUS} & set(extra)
     if clash:
         raise ValueError(f"lifespan(components=...) may not use the reserved name(s) {clash}.")
+    if bus is not None:
+        if not isinstance(bus, Bus):
+            raise TypeError(f"lifespan(bus=...) takes a dispytch.Bus, not {bus!r}.")
+        extra = {BUS: bus, **extra}
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -198,6 +211,10 @@ def get_emitter(request: Request) -> EventEmitter:
 
 #: The lifespan's emitter, injected: ``async def endpoint(emitter: Emitter)``.
 Emitter = Annotated[EventEmitter, Depends(get_emitter)]
+
+#: The lifespan's command/query bus: ``async def endpoint(bus: CommandBus)``, then
+#: ``await bus.send(CreateUser(...))`` / ``await bus.ask(GetUser(...))``.
+CommandBus = dependency(BUS, Bus)
 
 
 def _check_key(value: str) -> str:
