@@ -279,6 +279,12 @@ class KitProducer(MemoryProducer):
         if self._faults.take_duplicate(str(topic), message.headers):
             await super().send(message)
 
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """A command or query sent with ``emitter.request``: recorded like an event."""
+        await super().send_request(message)
+        if self._recorder is not None:
+            self._recorder.record(message)
+
 
 class KitConsumer(MemoryConsumer):
     """A memory consumer that applies crash-before-ack faults and reports what it holds."""
@@ -357,6 +363,11 @@ class Kit:
                     f"memory() takes EventEmitter and EventDispatcher objects, not "
                     f"{type(target).__name__}.\nPass the service's own emitter/dispatcher."
                 )
+        for dispatcher in self.dispatchers:
+            # Where its command and query handlers' events go: part of the service too.
+            own = getattr(dispatcher, "emitter", None)
+            if isinstance(own, EventEmitter) and all(own is not e for e in self.emitters):
+                self.emitters.append(own)
         self._start = start
         self._ordered = ordered
         self._swaps: list[_Swap] = []
@@ -463,6 +474,14 @@ class Kit:
         if self._own_emitter is None:
             raise RuntimeError("Enter the kit (async with) before emitting.")
         await self._own_emitter.emit(event, headers=headers, key=key, route=route)
+
+    async def request(self, message: Any, **options: Any) -> Any:
+        """Send a command or query from the test and return the reply (``EventEmitter.request``
+        on the kit's broker: a swapped dispatcher's ``@router.command``/``@router.query``
+        handler answers it). Not recorded, like :meth:`emit`."""
+        if self._own_emitter is None:
+            raise RuntimeError("Enter the kit (async with) before sending requests.")
+        return await self._own_emitter.request(message, **options)
 
     def pending(self) -> list[str]:
         """What is not yet handled: messages queued or delivered-unsettled, per group, and
