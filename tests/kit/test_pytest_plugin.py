@@ -41,6 +41,12 @@ def test_fixtures_work_when_opted_in_on_the_command_line(project: Path) -> None:
     assert "5 passed" in result.stdout
 
 
+def test_the_dispytch_testing_name_works_too(project: Path) -> None:
+    result = run_pytest(project, "-p", "dispytch.testing.pytest_plugin", "check_shop.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+
+
 def test_fixtures_work_when_opted_in_by_conftest(project: Path) -> None:
     (project / "conftest.py").write_text('pytest_plugins = ["dispytch_pytest"]\n')
     result = run_pytest(project, "check_shop.py")
