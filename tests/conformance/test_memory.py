@@ -1,4 +1,6 @@
-"""The transport conformance suite against the embedded memory transport."""
+"""The transport conformance suite against the embedded memory transport, in both
+construction modes: over a broker the harness made (``"client"``) and from ``memory://``
+URLs through the plugin's factories (``"url"``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from dispytch.testing.conformance import TransportConformance
 class TestMemoryTransport(TransportConformance):
     timeout = 5.0
 
-    @pytest.fixture
-    async def harness(self) -> AsyncIterator[MemoryHarness]:
-        h = MemoryHarness()
+    @pytest.fixture(params=["client", "url"])
+    async def harness(self, request: pytest.FixtureRequest) -> AsyncIterator[MemoryHarness]:
+        h = MemoryHarness(mode=request.param)
         yield h
         await h.cleanup()
