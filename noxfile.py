@@ -21,7 +21,8 @@ PLUGINS = {
     "rabbitmq": "./dispytch-rabbitmq",
     "redis": "./dispytch-redis",
 }
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
+# What the conformance suite needs too: dispytch-core[testing].
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
 
 nox.options.sessions = [
