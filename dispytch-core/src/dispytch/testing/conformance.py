@@ -44,6 +44,7 @@ import contextlib
 import inspect
 import logging
 import random
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -255,9 +256,11 @@ class TransportConformance:
         caplog: pytest.LogCaptureFixture, level: int, route: str, size: int, what: str
     ) -> None:
         """A record at ``level`` or above names ``route`` and the payload size."""
+        size_given = re.compile(rf"(?<![\w.]){size}(?![\w.])")
         for record in caplog.records:
             text = record.getMessage()
-            if record.levelno >= level and route in text and str(size) in text:
+            named = route in text and size_given.search(text.replace(route, ""))
+            if record.levelno >= level and named:
                 return
         shown = [f"{r.levelname}: {r.getMessage()[:200]}" for r in caplog.records]
         pytest.fail(

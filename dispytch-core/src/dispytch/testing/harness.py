@@ -125,9 +125,10 @@ class TransportHarness:
         """``count`` distinct lanes for a case named ``name`` (used when
         ``capabilities.ordered_lanes``, and to spread a backlog in the bounded-memory cases).
 
-        The default gives each lane its own route ``f"{name}.lane{i}"`` (the memory and
-        Streams transports make one lane per topic or stream); Kafka overrides it with one
-        topic of ``count`` partitions and a key per partition.
+        The default gives each lane its own route ``f"{name}.lane{i}"``, which is a lane of
+        its own wherever a lane is a topic, a stream or a topic's partition (memory,
+        Streams, Kafka with one partition per topic). A harness may override it, e.g. with
+        one Kafka topic of ``count`` partitions and a key that lands on each.
         """
         return [Lane(n, self.route(n)) for n in (f"{name}.lane{i}" for i in range(count))]
 
