@@ -28,7 +28,8 @@ from dispytch import (
 )
 from dispytch.errors import PluginError, RequeueMessage
 from dispytch.memory import MemoryEventRoute, MemoryProducer
-from dispytch.middleware import HandlerTimeoutError, resolve_middleware
+from dispytch.middleware import HandlerTimeoutError
+from dispytch.router import resolve_middleware
 from dispytch.transport import (
     HEADER_DEAD_LETTERED_AT,
     HEADER_ERROR_ATTEMPTS,
@@ -322,7 +323,7 @@ async def test_dead_letter_publish_failure_keeps_the_original(
     d = kit.dispatcher()
     attempts: list[int] = []
 
-    @d.handler(topic="jobs", middlewares=[DeadLetter(producer, route=DLQ)])
+    @d.handler(topic="jobs", middlewares=[DeadLetter(producer, route=DLQ, publish_attempts=1)])
     async def work(event: Event[Job]) -> None:
         attempts.append(event.attempt)
         raise ValueError("bad job")
