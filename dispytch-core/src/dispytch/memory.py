@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from dispytch.errors import NotStartedError
 from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute
-from dispytch.transport import Message, OutgoingMessage
+from dispytch.transport import Capabilities, Message, OutgoingMessage
 
 log = logging.getLogger("dispytch.memory")
 
@@ -238,7 +238,8 @@ class MemoryConsumer:
         broker: The broker (default: the process-wide ``"default"`` one).
         group: The consumer group; groups each get every message, members of one group
             share them.
-        ordered: Handle messages of one topic one at a time, in order.
+        ordered: Handle messages of one topic one at a time, in order (each topic is a
+            lane; a lane can be paused, see :class:`~dispytch.transport.LanePausing`).
     """
 
     def __init__(
@@ -250,6 +251,22 @@ class MemoryConsumer:
         self._running = False
         self._ordered = ordered
         self._stopped: asyncio.Future[None] | None = None
+        # Lane pausing: messages of a paused lane taken off the group queue wait here, in
+        # order, until it is resumed (and go back to the group on stop).
+        self._paused: set[Hashable] = set()
+        self._held: dict[Hashable, deque[Message]] = {}
+        #: At-least-once with requeue; an ordered consumer's lanes can be paused.
+        self.capabilities = Capabilities(ordered_lanes=ordered, pause_lanes=ordered)
+
+    def pause(self, lane: Hashable) -> None:
+        """Stop yielding messages of ``lane`` (a topic) until :meth:`resume`."""
+        self._paused.add(lane)
+
+    def resume(self, lane: Hashable) -> None:
+        """Yield messages of ``lane`` again, those held meanwhile first."""
+        self._paused.discard(lane)
+        if self._held.get(lane) and self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)  # wake listen() to yield them
 
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
         self._subscriptions.extend(subscriptions)
@@ -269,14 +286,20 @@ class MemoryConsumer:
         unacked = self._group.unacked
         ids = self.broker._ids
         ordered = self._ordered
+        held = self._held
         while self._running:
-            try:
-                msg = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                got = await self._wait(queue)
-                if got is None:
-                    break
-                msg = got
+            msg = self._resumed()
+            if msg is None:
+                try:
+                    msg = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    got = await self._wait(queue)
+                    if got is None:
+                        continue  # stopped, or a lane resumed
+                    msg = got
+                if ordered and (msg.route in self._paused or held.get(msg.route)):
+                    held.setdefault(msg.route, deque()).append(msg)
+                    continue
             token = next(ids)
             msg.token = token
             if ordered:
@@ -284,8 +307,18 @@ class MemoryConsumer:
             unacked[token] = (msg, self)
             yield msg
 
+    def _resumed(self) -> Message | None:
+        """The next held message of a lane no longer paused."""
+        for lane, waiting in self._held.items():
+            if lane not in self._paused:
+                msg = waiting.popleft()
+                if not waiting:
+                    del self._held[lane]
+                return msg
+        return None
+
     async def _wait(self, queue: asyncio.Queue[Message]) -> Message | None:
-        """Wait for a message or for stop(), whichever comes first."""
+        """Wait for a message, for stop() or for a resumed lane, whichever comes first."""
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         getter = loop.create_task(queue.get())
@@ -322,6 +355,11 @@ class MemoryConsumer:
         self._running = False
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+        for waiting in self._held.values():  # never delivered: back to the group as they are
+            for msg in waiting:
+                self._group.queue.put_nowait(msg)
+        self._held.clear()
+        self._paused.clear()
 
     async def close(self) -> None:
         """Hand every delivered-but-unsettled message of this consumer back to its group."""

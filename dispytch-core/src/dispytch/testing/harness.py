@@ -224,7 +224,7 @@ class MemoryHarness(TransportHarness):
             # The broker that URL names, only to look at what it rejected (the plain view
             # of the broker that publish_raw and rejected() use).
             self.broker = MemoryBroker.named(broker_name)
-        declared = capabilities_of(MemoryConsumer(self.broker, group="_capabilities"))
+        declared = capabilities_of(MemoryConsumer(self.broker, group="_capabilities", ordered=True))
         # Ordered memory consumers put each topic in its own lane.
         self.capabilities = dataclasses.replace(declared, ordered_lanes=True)
 
