@@ -82,6 +82,12 @@ class TransportHarness:
             any failure (an at-least-once transport that reclaims by idle time and says
             so); the suite then asks for "at least once" where it otherwise asks for
             "exactly once".
+        undecodable_headers: What the transport does with a message whose header values
+            are not valid UTF-8: ``"replace"`` (decoded with replacement characters and
+            handled like any other; the default) or ``"reject"`` (the transport cannot
+            carry them, e.g. in a JSON header block, and rejects the message as invalid:
+            logged, and ending where rejected messages end). The hostile-input case
+            expects one or the other accordingly.
     """
 
     name = "transport"
@@ -93,6 +99,7 @@ class TransportHarness:
     redelivery_timeout = 10.0
     redelivery_window = 2.0
     may_duplicate = False
+    undecodable_headers: Literal["replace", "reject"] = "replace"
 
     def unique_name(self, prefix: str = "conf") -> str:
         """A topic/queue/stream name no other case uses (dots included on purpose)."""

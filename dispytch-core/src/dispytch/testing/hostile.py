@@ -25,7 +25,7 @@ import json
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -61,15 +61,29 @@ class RawInput:
         )
 
 
-def expected_event(raw: RawInput, model: type[T] = Placed) -> T | None:  # type: ignore[assignment]
+def expected_event(
+    raw: RawInput,
+    model: type[T] = Placed,  # type: ignore[assignment]
+    *,
+    undecodable_headers: Literal["replace", "reject"] = "replace",
+) -> T | None:
     """The event of type ``model`` that a correct consumer hands to a handler of it, or
     ``None`` when the failure policy must take the message (logged, rejected).
 
     Decides as the dispatcher does: the content type header (decoded like every broker
     header, invalid UTF-8 replaced) must be absent or JSON's, and the payload must validate
-    through the JSON serializer. The generators never set an event-type header other than
+    through the JSON serializer. With ``undecodable_headers="reject"`` (a transport that
+    cannot carry header values that are not UTF-8, see
+    :attr:`~dispytch.testing.TransportHarness.undecodable_headers`) any such value makes
+    the message invalid. The generators never set an event-type header other than
     ``model``'s own, so "no handler takes this event type" does not arise here.
     """
+    if undecodable_headers == "reject":
+        for value in raw.headers.values():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
     content_type = raw.headers.get(HEADER_CONTENT_TYPE)
     if content_type is not None and content_type.decode("utf-8", "replace") not in (
         "",
