@@ -30,6 +30,7 @@ nox.options.sessions = [
     "wheels",
     "kafka",
     "rabbitmq",
+    "rabbitmq_lowest",
     "redis",
     "plugins",
     "sample_plugin",
@@ -129,6 +130,12 @@ def kafka(session: nox.Session) -> None:
 def rabbitmq(session: nox.Session) -> None:
     """dispytch-rabbitmq with core only, against the local RabbitMQ."""
     _plugin_session(session, "rabbitmq")
+
+
+@nox.session
+def rabbitmq_lowest(session: nox.Session) -> None:
+    """dispytch-rabbitmq on the lowest aio-pika, aiormq and pamqp it declares."""
+    _plugin_session(session, "rabbitmq", "aio-pika==10.0.0", "aiormq==7.1.0", "pamqp==4.0.0")
 
 
 @nox.session
