@@ -60,7 +60,7 @@ from dispytch.middleware import DeadLetter, Retry
 from dispytch.testing.events import Address, Cancelled, Placed, placed
 from dispytch.testing.harness import TransportHarness
 from dispytch.testing.hostile import RawInput, expected_event, hostile_inputs, named_inputs
-from dispytch.testing.probe import probe
+from dispytch.testing.probe import ConsumerProbe, probe
 from dispytch.transport import (
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
@@ -171,13 +171,16 @@ class TransportConformance:
         stop_timeout: float = 5,
         **dispatcher_kw: Any,
     ) -> AsyncIterator[EventDispatcher]:
-        """A started dispatcher over ``consumer`` (default: a new one of ``group``) with
-        ``register(dispatcher, subscription)`` called for each name in ``name``."""
+        """A started dispatcher with ``register(dispatcher, subscription)`` called for each
+        name in ``name``, over ``consumer`` (from :meth:`probed`, names prepared) or, by
+        default, a new consumer of ``group`` after every name was prepared for it."""
         names = [name] if isinstance(name, str) else list(dict.fromkeys(name))
         group = group or f"g-{uuid.uuid4().hex[:8]}"
-        for n in names:
-            await harness.prepare(n, group=group)
-        dispatcher = EventDispatcher(consumer or harness.consumer(group=group), **dispatcher_kw)
+        if consumer is None:
+            for n in names:
+                await harness.prepare(n, group=group)
+            consumer = harness.consumer(group=group)
+        dispatcher = EventDispatcher(consumer, **dispatcher_kw)
         for n in names if subscription_name is None else [subscription_name]:
             register(dispatcher, harness.subscription(n, group=group))
         await dispatcher.start()
@@ -185,6 +188,20 @@ class TransportConformance:
             yield dispatcher
         finally:
             await dispatcher.stop(timeout=stop_timeout)
+
+    async def probed(
+        self,
+        harness: TransportHarness,
+        names: Sequence[str],
+        group: str,
+        extra: Sequence[str] = (),
+    ) -> ConsumerProbe:
+        """A new consumer of ``group`` in a counting probe, once every name (and each of
+        ``extra``, subscribed on top of what the dispatcher subscribes) was prepared."""
+        for n in dict.fromkeys([*names, *extra]):
+            await harness.prepare(n, group=group)
+        subs = [harness.subscription(n, group=group) for n in extra]
+        return probe(harness.consumer(group=group), extra=subs)
 
     @contextlib.asynccontextmanager
     async def emitter(self, harness: TransportHarness) -> AsyncIterator[EventEmitter]:
@@ -469,11 +486,8 @@ class TransportConformance:
             async def on_placed(event: Event[Placed]) -> None:
                 got.append(event.body.order_id)
 
-        await harness.prepare(stray, group=group)
         # The consumer is also subscribed to `stray`, which no handler takes.
-        consumer = probe(
-            harness.consumer(group=group), extra=[harness.subscription(stray, group=group)]
-        )
+        consumer = await self.probed(harness, [name], group, extra=[stray])
         async with (
             self.running(harness, name, register, group=group, consumer=consumer) as dispatcher,
             self.emitter(harness) as em,
@@ -933,7 +947,7 @@ class TransportConformance:
                 await asyncio.sleep(self.slow_seconds * 2)
                 got.append(event.body.order_id)
 
-        consumer = probe(harness.consumer(group=group))
+        consumer = await self.probed(harness, [lane.name for lane in lanes], group)
         async with (
             self.running(
                 harness,
@@ -990,7 +1004,7 @@ class TransportConformance:
                 else:
                     fast_done.append(event.body.order_id)
 
-        consumer = probe(harness.consumer(group=group))
+        consumer = await self.probed(harness, [slow_lane.name, fast_lane.name], group)
         try:
             async with (
                 self.running(
@@ -1050,7 +1064,7 @@ class TransportConformance:
                 seen[event.body.order_id] += 1
                 held.append(ack)  # settled later, by the case
 
-        consumer = probe(harness.consumer(group=group))
+        consumer = await self.probed(harness, [lane.name for lane in lanes], group)
         async with (
             self.running(
                 harness,

@@ -57,9 +57,12 @@ class TransportHarness:
     :meth:`consumer` wrap clients the harness built and connected itself, and
     :meth:`cleanup` closes them (the transport must not).
 
-    The consumers the harness builds must honour ``subscribe()``: the suite wraps them in
-    a probe that counts what was taken and not yet settled, and one case subscribes them
-    to a route no handler takes (the unknown-route case).
+    Before a case asks for a consumer of a group it calls :meth:`prepare` once for every
+    name that consumer will receive (so a ``"client"``-mode harness may subscribe the
+    user's client there), and it does not prepare names for that consumer afterwards. The
+    consumers must honour what ``subscribe()`` adds on top of those names: the suite wraps
+    them in a probe that counts what was taken and not yet settled, and one case
+    subscribes them to a route no handler takes (the unknown-route case).
 
     Attributes:
         name: Shown in test ids and skip reasons.
