@@ -1201,7 +1201,9 @@ class TransportConformance:
         """The harness's ``capabilities`` are what its consumers declare: a harness that
         declared less would skip cases, one that declared more would fail them for the
         wrong reason (an "out of order" that is really an unordered consumer)."""
-        consumer = harness.consumer(group=f"g-{uuid.uuid4().hex[:8]}")
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        await harness.prepare(harness.unique_name(), group=group)
+        consumer = harness.consumer(group=group)
         if getattr(consumer, "capabilities", None) is None:
             pytest.skip(f"{type(consumer).__name__} declares no capabilities attribute")
         declared = capabilities_of(consumer)

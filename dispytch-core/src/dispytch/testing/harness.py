@@ -203,7 +203,12 @@ class TransportHarness:
         """Payloads of messages on ``name`` that the failure policy rejected and that
         ended where the transport's docs say rejected messages go (a dead-letter queue
         or stream), or ``None`` where rejected messages are dropped by design (after an
-        ERROR log): the suite then checks that they are not delivered again."""
+        ERROR log): the suite then checks that they are not delivered again.
+
+        A view, not a consumer of them: the suite polls it, so each call returns every
+        such payload seen so far (a harness that must take them off a queue to look, e.g.
+        a RabbitMQ dead-letter queue, keeps what it took and returns it again).
+        """
         return None
 
     async def cleanup(self) -> None:
