@@ -1,6 +1,7 @@
 """The transport conformance suite against the embedded memory transport, in both
 construction modes: over a broker the harness made (``"client"``) and from ``memory://``
-URLs through the plugin's factories (``"url"``)."""
+URLs through the plugin's factories (``"url"``); each with ordered consumers (lanes, the
+lane cases) and unordered ones (a topic's messages side by side)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from dispytch.transport import LanePausing, Message, capabilities_of
 class TestMemoryTransport(TransportConformance):
     timeout = 5.0
 
-    @pytest.fixture(params=["client", "url"])
+    @pytest.fixture(
+        params=[("client", True), ("url", True), ("client", False), ("url", False)],
+        ids=["client-ordered", "url-ordered", "client", "url"],
+    )
     async def harness(self, request: pytest.FixtureRequest) -> AsyncIterator[MemoryHarness]:
-        h = MemoryHarness(mode=request.param)
+        mode, ordered = request.param
+        h = MemoryHarness(mode=mode, ordered=ordered)
         yield h
         await h.cleanup()
 

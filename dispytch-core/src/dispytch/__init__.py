@@ -13,6 +13,15 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from dispytch._version import __version__
+from dispytch.cqrs import (
+    Bus,
+    Command,
+    CommandBase,
+    EventCollector,
+    Query,
+    QueryBase,
+    RemoteError,
+)
 from dispytch.di import Dependency
 from dispytch.dispatcher import AckPolicy, EventDispatcher
 from dispytch.emitter import EventEmitter
@@ -43,6 +52,13 @@ from dispytch.routes import EventRoute, EventSubscription, TopicRoute, TopicSubs
 from dispytch.transport import Acknowledger, Consumer, Message, OutgoingMessage, Producer
 
 __all__ = [
+    "RemoteError",
+    "QueryBase",
+    "Query",
+    "EventCollector",
+    "CommandBase",
+    "Command",
+    "Bus",
     "AckPolicy",
     "Acknowledger",
     "AsyncLock",

@@ -21,6 +21,7 @@ holds ``ROUTE_CACHE_LIMIT`` topics. A group's own queue is not bounded: the disp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import deque
@@ -29,6 +30,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dispytch.cqrs.errors import NoRouteError
+from dispytch.cqrs.wire import HEADER_REPLY_TO, ReplyHandler
 from dispytch.errors import NotStartedError
 from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute
@@ -116,6 +119,8 @@ class MemoryBroker:
         self._route_cache: dict[str, tuple[_Group, ...]] = {}
         self._parked: deque[Message] = deque()  # oldest first, all topics
         self._ids = itertools.count(1)
+        #: Request/reply: reply address -> the requesting producer's callback.
+        self.reply_addresses: dict[str, ReplyHandler] = {}
         self.rejected: list[Message] = []
         self.published = 0
         self.parked_dropped = 0
@@ -212,6 +217,10 @@ class MemoryBroker:
                 )
             )
 
+    def routable(self, topic: str) -> bool:
+        """Whether any group subscribes to ``topic`` (a request to it can be received)."""
+        return any(g.matches(topic) for g in self._groups.values())
+
     def pending(self, group: str) -> int:
         """Messages waiting in a group's queue plus those delivered but not settled."""
         grp = self.group(group)
@@ -242,12 +251,46 @@ class MemoryProducer:
     def __init__(self, broker: MemoryBroker | None = None) -> None:
         self.broker = broker or MemoryBroker.named()
         self._running = False
+        self._reply_address: str | None = None
 
     async def start(self) -> None:
         self._running = True
 
     async def stop(self) -> None:
         self._running = False
+        if self._reply_address is not None:
+            self.broker.reply_addresses.pop(self._reply_address, None)
+            self._reply_address = None
+
+    async def open_replies(self, deliver: ReplyHandler) -> None:
+        """Request/reply: register this producer's one reply address with the broker."""
+        if self._reply_address is None:
+            self._reply_address = f"memory-reply-{next(self.broker._ids)}-{id(self):x}"
+        self.broker.reply_addresses[self._reply_address] = deliver
+
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """Publish a request with this producer's reply address.
+
+        Raises:
+            NoRouteError: No group subscribes to its topic (a request is never parked).
+        """
+        if not self._running:
+            raise NotStartedError(
+                "The memory producer is not started. Call `await emitter.start()` or use "
+                "`async with emitter:` before sending requests."
+            )
+        if self._reply_address is None:
+            raise NotStartedError("open_replies() was not called before send_request().")
+        topic = _topic_of(message.route)
+        if not self.broker.routable(topic):
+            raise NoRouteError(
+                f"No consumer group of memory broker {self.broker.name!r} subscribes to "
+                f"{topic!r}, so the request cannot be received.\nStart a dispatcher with a "
+                "handler for it first."
+            )
+        headers = dict(message.headers)
+        headers[HEADER_REPLY_TO] = self._reply_address
+        self.broker.publish(topic, message.payload, headers, message.key)
 
     async def send(self, message: OutgoingMessage) -> None:
         if not self._running:
@@ -265,6 +308,9 @@ class MemoryProducer:
 class MemoryConsumer:
     """Consumes from a :class:`MemoryBroker` as a member of a consumer group.
 
+    It can answer requests (``request_reply``): the reply goes straight to the requesting
+    producer's reply address.
+
     Args:
         broker: The broker (default: the process-wide ``"default"`` one).
         group: The consumer group; groups each get every message, members of one group
@@ -272,6 +318,8 @@ class MemoryConsumer:
         ordered: Handle messages of one topic one at a time, in order (each topic is a
             lane; a lane can be paused, see :class:`~dispytch.transport.LanePausing`).
     """
+
+    capabilities = Capabilities(request_reply=True)
 
     def __init__(
         self, broker: MemoryBroker | None = None, *, group: str = "default", ordered: bool = False
@@ -286,8 +334,10 @@ class MemoryConsumer:
         # order, until it is resumed (and go back to the group on stop).
         self._paused: set[Hashable] = set()
         self._held: dict[Hashable, deque[Message]] = {}
-        #: At-least-once with requeue; an ordered consumer's lanes can be paused.
-        self.capabilities = Capabilities(ordered_lanes=ordered, pause_lanes=ordered)
+        if ordered:  # an ordered consumer's lanes can be paused
+            self.capabilities = dataclasses.replace(
+                self.capabilities, ordered_lanes=True, pause_lanes=True
+            )
 
     def pause(self, lane: Hashable) -> None:
         """Stop yielding messages of ``lane`` (a topic) until :meth:`resume`."""
@@ -372,6 +422,21 @@ class MemoryConsumer:
 
     async def ack(self, message: Message) -> None:
         self._group.unacked.pop(message.token, None)
+
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the requester's reply address, from the request's headers."""
+        return request.headers.get(HEADER_REPLY_TO)
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Hand a reply to the requesting producer (dropped when it is gone)."""
+        address = request.headers.get(HEADER_REPLY_TO)
+        deliver = self.broker.reply_addresses.get(address) if address else None
+        if deliver is None:
+            log.debug("Reply to %s dropped: the requester is gone.", address)
+            return
+        deliver(Message(payload, route=address or "", headers=dict(headers)))
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         if self._group.unacked.pop(message.token, None) is None:

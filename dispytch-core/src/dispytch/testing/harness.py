@@ -9,7 +9,6 @@ The suite knows the guarantees and checks them the same way on every transport.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -222,14 +221,17 @@ class MemoryHarness(TransportHarness):
     ``MemoryProducer``/``MemoryConsumer`` (the broker is the memory transport's "client";
     its producer wrapper still needs ``start()``, which :meth:`ready_producer` does).
     ``"url"``: everything through ``memory://<name>`` URLs and the plugin's factories, as
-    ``EventEmitter.from_url``/``EventDispatcher.from_url`` build them. Consumers are
-    ordered (one lane per topic), so the lane cases run too.
+    ``EventEmitter.from_url``/``EventDispatcher.from_url`` build them. With
+    ``ordered=True`` consumers are ordered (one lane per topic, lanes can be paused), so
+    the lane cases run too; unordered (the default) they handle a topic's messages side by
+    side.
     """
 
     name = "memory"
 
-    def __init__(self, mode: Mode = "url") -> None:
+    def __init__(self, mode: Mode = "url", *, ordered: bool = False) -> None:
         self.mode = mode
+        self.ordered = ordered
         broker_name = f"conformance-{uuid.uuid4().hex}"
         if mode == "client":
             self.url = ""
@@ -239,9 +241,8 @@ class MemoryHarness(TransportHarness):
             # The broker that URL names, only to look at what it rejected (the plain view
             # of the broker that publish_raw and rejected() use).
             self.broker = MemoryBroker.named(broker_name)
-        declared = capabilities_of(MemoryConsumer(self.broker, group="_capabilities", ordered=True))
-        # Ordered memory consumers put each topic in its own lane.
-        self.capabilities = dataclasses.replace(declared, ordered_lanes=True)
+        probe = MemoryConsumer(self.broker, group="_capabilities", ordered=ordered)
+        self.capabilities = capabilities_of(probe)
 
     def route(self, name: str) -> EventRoute:
         return MemoryEventRoute(topic=name)
@@ -254,9 +255,9 @@ class MemoryHarness(TransportHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return MemoryConsumer(self.broker, group=group, ordered=True)
+            return MemoryConsumer(self.broker, group=group, ordered=self.ordered)
         url = f"{self.url}?group={group}"
-        consumer: Consumer = transport_for_url(url).consumer_factory(url, ordered=True)
+        consumer: Consumer = transport_for_url(url).consumer_factory(url, ordered=self.ordered)
         return consumer
 
     async def unstarted_producer(self) -> Producer | None:
@@ -265,7 +266,7 @@ class MemoryHarness(TransportHarness):
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":
             assert isinstance(consumer, MemoryConsumer)
-            return MemoryConsumer(consumer.broker, group=group, ordered=True)
+            return MemoryConsumer(consumer.broker, group=group, ordered=self.ordered)
         return self.consumer(group=group)
 
     async def publish_raw(
