@@ -26,7 +26,8 @@ SERIALIZERS = {
     "avro": "./dispytch-avro",
     "protobuf": "./dispytch-protobuf",
 }
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
+# What the conformance suite needs too: dispytch-core[testing].
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
 
 nox.options.sessions = [
