@@ -683,7 +683,7 @@ class RabbitMQConsumer:
                 mandatory=True,
                 timeout=_DEAD_LETTER_TIMEOUT,
             )
-        except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+        except _DEAD_LETTER_ERRORS as exc:
             self._dlx_channel = None
             log.warning(
                 "Could not publish the rejected delivery from %r to its dead-letter exchange "
@@ -847,6 +847,12 @@ class RabbitMQConsumer:
 #: How long a dead-letter publish may wait for its confirm before the delivery is
 #: rejected the broker's way instead.
 _DEAD_LETTER_TIMEOUT = 5.0
+#: What a dead-letter publish may raise that sends the delivery the broker's way instead.
+_DEAD_LETTER_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+    TimeoutError,
+)
 
 
 class _Token:
