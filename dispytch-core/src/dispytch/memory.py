@@ -21,10 +21,11 @@ holds ``ROUTE_CACHE_LIMIT`` topics. A group's own queue is not bounded: the disp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -314,7 +315,8 @@ class MemoryConsumer:
         broker: The broker (default: the process-wide ``"default"`` one).
         group: The consumer group; groups each get every message, members of one group
             share them.
-        ordered: Handle messages of one topic one at a time, in order.
+        ordered: Handle messages of one topic one at a time, in order (each topic is a
+            lane; a lane can be paused, see :class:`~dispytch.transport.LanePausing`).
     """
 
     capabilities = Capabilities(request_reply=True)
@@ -328,6 +330,24 @@ class MemoryConsumer:
         self._running = False
         self._ordered = ordered
         self._stopped: asyncio.Future[None] | None = None
+        # Lane pausing: messages of a paused lane taken off the group's inbox wait here, in
+        # order, until it is resumed (and go back to the group on stop).
+        self._paused: set[Hashable] = set()
+        self._held: dict[Hashable, deque[Message]] = {}
+        if ordered:  # an ordered consumer's lanes can be paused
+            self.capabilities = dataclasses.replace(
+                self.capabilities, ordered_lanes=True, pause_lanes=True
+            )
+
+    def pause(self, lane: Hashable) -> None:
+        """Stop yielding messages of ``lane`` (a topic) until :meth:`resume`."""
+        self._paused.add(lane)
+
+    def resume(self, lane: Hashable) -> None:
+        """Yield messages of ``lane`` again, those held meanwhile first."""
+        self._paused.discard(lane)
+        if self._held.get(lane) and self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)  # wake listen() to yield them
 
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
         self._subscriptions.extend(subscriptions)
@@ -348,14 +368,20 @@ class MemoryConsumer:
         unacked = self._group.unacked
         ids = self.broker._ids
         ordered = self._ordered
+        held = self._held
         while self._running:
-            if items:
-                msg = items.popleft()
-            else:
-                got = await self._wait(inbox)
-                if got is None:
-                    break
-                msg = got
+            msg = self._resumed()
+            if msg is None:
+                if items:
+                    msg = items.popleft()
+                else:
+                    got = await self._wait(inbox)
+                    if got is None:
+                        continue  # stopped, or a lane resumed
+                    msg = got
+                if ordered and (msg.route in self._paused or held.get(msg.route)):
+                    held.setdefault(msg.route, deque()).append(msg)
+                    continue
             token = next(ids)
             msg.token = token
             if ordered:
@@ -363,8 +389,18 @@ class MemoryConsumer:
             unacked[token] = (msg, self)
             yield msg
 
+    def _resumed(self) -> Message | None:
+        """The next held message of a lane no longer paused."""
+        for lane, waiting in self._held.items():
+            if lane not in self._paused:
+                msg = waiting.popleft()
+                if not waiting:
+                    del self._held[lane]
+                return msg
+        return None
+
     async def _wait(self, inbox: _Inbox) -> Message | None:
-        """Wait for a message or for stop(), whichever comes first."""
+        """Wait for a message, for stop() or for a resumed lane, whichever comes first."""
         loop = asyncio.get_running_loop()
         stopped = self._stopped = loop.create_future()
         items = inbox.items
@@ -378,6 +414,8 @@ class MemoryConsumer:
                     waiter.cancel()  # wake() skips it
             if self._running and items:
                 return items.popleft()
+            if stopped.done():
+                break  # stopped, or a resumed lane has held messages to yield
         if items:
             inbox.wake()  # a wake-up this member will not use: pass it on to another
         return None
@@ -417,6 +455,11 @@ class MemoryConsumer:
         self._running = False
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+        for waiting in self._held.values():  # never delivered: back to the group as they are
+            for msg in waiting:
+                self._group.queue.put_nowait(msg)
+        self._held.clear()
+        self._paused.clear()
 
     async def close(self) -> None:
         """Hand every delivered-but-unsettled message of this consumer back to its group."""

@@ -158,12 +158,14 @@ def connection_of(channel: AbstractChannel) -> AbstractConnection:
     return connection
 
 
-async def raw_channel(connection: AbstractConnection) -> aiormq.abc.AbstractChannel:
+async def raw_channel(
+    connection: AbstractConnection, *, publisher_confirms: bool = False
+) -> aiormq.abc.AbstractChannel:
     """A throwaway aiormq channel on the connection, outside aio-pika's bookkeeping: a
-    passive declaration that fails closes it, and a robust connection must not try to
-    reopen it."""
+    passive declaration (or a publish to a missing exchange) that fails closes it, and a
+    robust connection must not try to reopen it."""
     await connection.ready()
     transport = connection.transport
     if transport is None:
         raise ConnectionError("The RabbitMQ connection is closed.")
-    return await transport.connection.channel(publisher_confirms=False)
+    return await transport.connection.channel(publisher_confirms=publisher_confirms)
