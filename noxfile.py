@@ -26,6 +26,15 @@ SERIALIZERS = {
     "avro": "./dispytch-avro",
     "protobuf": "./dispytch-protobuf",
 }
+#: Other distributions: a web framework's glue and a journal store, each checked to come
+#: from its own wheel (the import, and the probe printed beside it).
+OTHERS = {
+    "fastapi": ("./dispytch-fastapi", "import dispytch.fastapi"),
+    "postgres": (
+        "./dispytch-postgres",
+        "import dispytch.plugins as p\nassert p.journal_store_spec('postgresql') is not None",
+    ),
+}
 # What the conformance suite needs too: dispytch-core[testing].
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
@@ -81,7 +90,7 @@ def core(session: nox.Session) -> None:
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
-    dists = ["dispytch-core", *(f"dispytch-{n}" for n in (*PLUGINS, *SERIALIZERS))]
+    dists = ["dispytch-core", *(f"dispytch-{n}" for n in (*PLUGINS, *SERIALIZERS, *OTHERS))]
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", *dists, silent=True)
 
 
@@ -92,7 +101,8 @@ def wheels(session: nox.Session) -> None:
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.install("build")
-    for path in (CORE, *PLUGINS.values(), *SERIALIZERS.values(), "."):
+    other_paths = [path for path, _ in OTHERS.values()]
+    for path in (CORE, *PLUGINS.values(), *SERIALIZERS.values(), *other_paths, "."):
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), path)
     core_whl = next(dist.glob("dispytch_core-*.whl"))
     for name in PLUGINS:
@@ -120,6 +130,11 @@ def wheels(session: nox.Session) -> None:
             f"assert type(p.serializer_for('{name}')).__module__.startswith('dispytch.{name}')\n"
             f"print('dispytch.{name} serves {name} from its own wheel')",
         )
+    for name, (_, probe) in OTHERS.items():
+        whl = next(dist.glob(f"dispytch_{name}-*.whl"))
+        _uninstall_dispytch(session)
+        session.install(str(core_whl), str(whl))
+        session.run("python", "-c", f"{probe}\nprint('dispytch-{name} works from its wheel')")
     # The meta-distribution pulls core and, through an extra, a plugin.
     _uninstall_dispytch(session)
     meta = next(dist.glob("dispytch-*.whl"))
