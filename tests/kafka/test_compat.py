@@ -86,4 +86,3 @@ async def test_consumer_started_is_read_from_the_client(kafka_bootstrap: str) ->
     finally:
         await raw.stop()
     assert _compat.client_closed(raw) is True
-

@@ -44,7 +44,7 @@ def test_producer_options_are_typed_and_checked() -> None:
     assert p._client_kwargs["bootstrap_servers"] == "h:1"
     assert p._client_kwargs["max_batch_size"] == 256 * 1024  # batch_bytes' default
     assert KafkaProducer.from_url("kafka://h:1?acks=-1").options.acks == -1
-    with pytest.raises(ConfigError, match="Unknown Kafka option 'lingr_ms'. Did you mean 'linger_ms'"):
+    with pytest.raises(ConfigError, match="option 'lingr_ms'. Did you mean 'linger_ms'"):
         KafkaProducer.from_url("kafka://h:1?lingr_ms=7")
     with pytest.raises(ConfigError, match="linger_ms='soon'"):
         KafkaProducer.from_url("kafka://h:1?linger_ms=soon")
@@ -59,7 +59,8 @@ def test_one_boolean_vocabulary_for_urls_and_keywords() -> None:
 
     for text, value in [("true", True), ("on", True), ("1", True), ("no", False), ("off", False)]:
         assert KafkaConsumer.from_url(f"kafka://h?ordered={text}", group_id="g").ordered is value
-    assert KafkaConsumer.from_url("kafka://h?ordered=on", group_id="g", ordered=False).ordered is False
+    kw = KafkaConsumer.from_url("kafka://h?ordered=on", group_id="g", ordered=False)
+    assert kw.ordered is False  # keywords win over the query
     with pytest.raises(ConfigError, match="ordered='maybe'"):
         KafkaConsumer.from_url("kafka://h?ordered=maybe", group_id="g")
 
