@@ -29,6 +29,7 @@ from dispytch.kafka import (
     KafkaEventSubscription,
     KafkaMessage,
     KafkaProducer,
+    _compat,
 )
 from dispytch.transport import Message
 
@@ -258,7 +259,7 @@ async def test_wrapped_raw_consumer_as_in_the_seed(kafka_bootstrap: str, new_top
             async with asyncio.timeout(T):
                 while len(got) < 10:
                     await asyncio.sleep(0.02)
-        assert not raw._closed  # the user's client stays open
+        assert not _compat.client_closed(raw)  # the user's client stays open
         assert await committed(kafka_bootstrap, gid, new_topic) == [10]
     finally:
         await raw.stop()
