@@ -322,3 +322,56 @@ async def test_dynamic_route_from_nested_fields_and_format_specs(kit: Kit) -> No
     assert msg.route.topic == "user.7.vip.005"  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match=r"cannot fill .* from NestedBad: AttributeError"):
         kit.emitter.build(NestedBad(owner=Owner(id=1)))
+
+
+# -- batch timeouts: callbacks only for what was not confirmed ----------------------------
+
+
+class PartlyConfirmingProducer(TimingOutProducer):
+    """Confirms the first ``confirmed`` messages of a batch and says which were not."""
+
+    def __init__(self, confirmed: int, *, tells: bool) -> None:
+        super().__init__()
+        self.confirmed = confirmed
+        self.tells = tells
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.sent.extend(messages)
+        late = list(messages[self.confirmed :])
+        if late:
+            raise EmitTimeoutError(
+                f"{len(late)} not confirmed", undelivered=late if self.tells else None
+            )
+
+
+async def test_batch_timeout_calls_back_only_for_unconfirmed_events() -> None:
+    producer = PartlyConfirmingProducer(confirmed=2, tells=True)
+    emitter = EventEmitter(producer)
+    got: list[EventBase] = []
+    emitter.on_timeout(got.append)
+    batch = [Note(text=str(i)) for i in range(5)]
+    await emitter.emit_batch(batch)
+    assert got == batch[2:]  # the delivered two are not reported as timed out
+    await emitter.emit_batch(batch[:2])  # all confirmed: nothing to report
+    assert got == batch[2:]
+
+
+async def test_batch_timeout_without_knowing_which_calls_back_each_event_once() -> None:
+    producer = PartlyConfirmingProducer(confirmed=2, tells=False)
+    emitter = EventEmitter(producer)
+    got: list[EventBase] = []
+    emitter.on_timeout(got.append)
+    batch = [Note(text=str(i)) for i in range(5)]
+    await emitter.emit_batch(batch)
+    # The producer cannot say which were confirmed: none is known delivered, so every
+    # event is passed on, each once.
+    assert got == batch
+
+
+async def test_batch_timeout_without_callbacks_raises_with_what_was_late() -> None:
+    producer = PartlyConfirmingProducer(confirmed=1, tells=True)
+    emitter = EventEmitter(producer)
+    with pytest.raises(EmitTimeoutError, match="2 not confirmed") as info:
+        await emitter.emit_batch([Note(text="a"), Note(text="b"), Note(text="c")])
+    assert info.value.undelivered is not None
+    assert [m.payload for m in info.value.undelivered] == [m.payload for m in producer.sent[1:]]

@@ -4,6 +4,7 @@ and the lifecycle the dispatcher relies on."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from dispytch import NotStartedError, OutgoingMessage, TopicRoute, TopicSubscription
@@ -153,3 +154,40 @@ def test_urls_name_brokers_and_groups() -> None:
     assert p.broker is c.broker is MemoryBroker.named("shop")
     assert c._group.name == "billing"
     assert producer_from_url("memory://").broker is MemoryBroker.named()
+
+
+# -- bounds --------------------------------------------------------------------------------
+
+
+def test_parked_messages_are_bounded_oldest_dropped_first() -> None:
+    broker = MemoryBroker(uuid.uuid4().hex, max_parked=3)
+    for i in range(5):
+        broker.publish(f"nobody.{i % 2}", str(i).encode(), {}, None)
+    assert broker.parked == 3 and broker.parked_dropped == 2
+    kept = [m.payload for m in broker._parked]
+    assert sorted(kept) == [b"2", b"3", b"4"]
+
+
+async def test_rejected_keeps_the_last_max_rejected() -> None:
+    broker = MemoryBroker(uuid.uuid4().hex, max_rejected=2)
+    consumer = MemoryConsumer(broker, group="g")
+    consumer.subscribe([TopicSubscription(topic="t")])
+    await consumer.start()
+    for i in range(4):
+        broker.publish("t", str(i).encode(), {}, None)
+    messages = consumer.listen()
+    for _ in range(4):
+        await consumer.nack(await anext(messages), requeue=False)
+    await consumer.close()
+    assert [m.payload for m in broker.rejected] == [b"2", b"3"]
+    assert broker.rejected_dropped == 2
+
+
+def test_route_cache_is_bounded() -> None:
+    from dispytch.memory import ROUTE_CACHE_LIMIT
+
+    broker = MemoryBroker(uuid.uuid4().hex, max_parked=0)
+    for i in range(ROUTE_CACHE_LIMIT + 10):
+        broker.publish(f"dynamic.{i}", b"", {}, None)
+    assert len(broker._route_cache) <= ROUTE_CACHE_LIMIT
+    assert broker.parked == 0 and broker.parked_dropped == ROUTE_CACHE_LIMIT + 10

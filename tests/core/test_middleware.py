@@ -28,7 +28,8 @@ from dispytch import (
 )
 from dispytch.errors import PluginError, RequeueMessage
 from dispytch.memory import MemoryEventRoute, MemoryProducer
-from dispytch.middleware import HandlerTimeoutError, resolve_middleware
+from dispytch.middleware import HandlerTimeoutError
+from dispytch.router import resolve_middleware
 from dispytch.transport import (
     HEADER_DEAD_LETTERED_AT,
     HEADER_ERROR_ATTEMPTS,

@@ -10,7 +10,9 @@
     first on ``sys.path``). It is an :class:`~dispytch.EventDispatcher`, or a callable or
     async callable returning one (a factory, so that building it may await). The
     dispatcher is started and runs until SIGINT or SIGTERM, then stops gracefully (in-flight
-    work finishes within its ``stop_timeout``) and the command exits with 0. A second
+    work finishes within its ``stop_timeout``) and the command exits with 0. A dispatcher
+    that ended because its consumer failed (``wait()`` raised, e.g.
+    :class:`~dispytch.errors.ConsumerClosedError`) exits with 1 after its stop. A second
     signal cuts the graceful stop short (exit 1), and so does a dispatcher that fails to
     start (exit 1, with the traceback). A module or attribute that cannot be found is
     reported in one line with exit code 2.
@@ -30,12 +32,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from dispytch._version import __version__
-
-if TYPE_CHECKING:
-    from dispytch.dispatcher import EventDispatcher
+from dispytch.dispatcher import EventDispatcher
+from dispytch.plugins import load_failures, plugin_infos, transport_problems
 
 log = logging.getLogger("dispytch.cli")
 
@@ -51,8 +52,6 @@ class CLIError(Exception):
 
 
 def _plugins_report() -> dict[str, Any]:
-    from dispytch.plugins import load_failures, plugin_infos, transport_problems
-
     return {
         "plugins": [info.to_dict() for info in plugin_infos()],
         "failures": [
@@ -169,8 +168,6 @@ def import_from_string(target: str, app_dir: str | None = None) -> Any:
 
 
 def _is_dispatcher(obj: Any) -> bool:
-    from dispytch.dispatcher import EventDispatcher
-
     if isinstance(obj, EventDispatcher):
         return True
     # Anything that starts and stops like one (a wrapper of the user's) is welcome too.
@@ -231,14 +228,26 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
         )
         waiters = [asyncio.ensure_future(stop_requested.wait())]
         wait_closed = getattr(dispatcher, "wait", None)
+        ended: asyncio.Future[Any] | None = None
         if inspect.iscoroutinefunction(wait_closed):
-            waiters.append(asyncio.ensure_future(wait_closed()))
+            ended = asyncio.ensure_future(wait_closed())
+            waiters.append(ended)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
-                w.cancel()
-        if not stop_requested.is_set():
+                if not w.done():
+                    w.cancel()
+        failure: BaseException | None = None
+        if ended is not None and ended.done() and not ended.cancelled():
+            failure = ended.exception()
+        if failure is not None:
+            log.error(
+                "The dispatcher stopped because its consumer failed: %s: %s",
+                type(failure).__name__,
+                failure,
+            )
+        elif not stop_requested.is_set():
             log.info("The dispatcher stopped on its own.")
         # The graceful stop runs as its own task, so that a second signal can abandon it
         # whatever it is awaiting.
@@ -250,7 +259,8 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
         if stop_task.done():
             stop_task.result()  # a failing stop propagates, with its traceback
             log.info("Stopped.")
-            return 0
+            # 0 only for a stop that was asked for (or a consumer that simply ended).
+            return 1 if failure is not None else 0
         stop_task.cancel()
         await asyncio.wait((stop_task,), timeout=1.0)
         sys.stderr.write("dispytch: stop interrupted by a second signal.\n")

@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin, get_type
 
 from pydantic import TypeAdapter, ValidationError
 
+from dispytch.context import HandlerContext
 from dispytch.errors import HandlerRegistrationError, RouteParamError
 from dispytch.event import Event
-from dispytch.transport import Acknowledger, Message
-
-if TYPE_CHECKING:
-    from dispytch.middleware.base import HandlerContext
+from dispytch.message import Message
+from dispytch.transport import Acknowledger
 
 
 class DependencyMarker:
@@ -217,8 +216,6 @@ class HandlerPlan:
         annotation: Any,
         stack: tuple[Any, ...],
     ) -> tuple[str, int, Any]:
-        from dispytch.middleware.base import HandlerContext
-
         dep: DependencyMarker | None = None
         base = annotation
         if get_origin(annotation) is Annotated:

@@ -12,6 +12,7 @@ from typing import Any
 
 from dispytch.errors import EmitTimeoutError
 from dispytch.event import EventBase
+from dispytch.plugins import notify, serializer_for, transport_for_url
 from dispytch.routes import EventRoute
 from dispytch.serialization import Serializer
 from dispytch.transport import (
@@ -54,8 +55,6 @@ class EventEmitter:
     ) -> None:
         self.producer = producer
         if isinstance(serializer, str):
-            from dispytch.plugins import serializer_for
-
             serializer = serializer_for(serializer)
         self.serializer: Serializer = serializer
         self._encode = serializer.encode
@@ -81,8 +80,6 @@ class EventEmitter:
             TransportNotFoundError: No installed plugin serves the scheme (the message says
                 what to install).
         """
-        from dispytch.plugins import transport_for_url
-
         spec = transport_for_url(url)
         return cls(spec.producer_factory(url, **options), serializer=serializer, owns_producer=True)
 
@@ -90,8 +87,6 @@ class EventEmitter:
         """Start the producer."""
         await self.producer.start()
         self._started = True
-        from dispytch.plugins.manager import notify
-
         notify("dispytch_emitter_started", emitter=self)
 
     async def stop(self) -> None:
@@ -100,8 +95,6 @@ class EventEmitter:
             return
         self._started = False
         await self.producer.stop()
-        from dispytch.plugins.manager import notify
-
         notify("dispytch_emitter_stopped", emitter=self)
 
     async def __aenter__(self) -> EventEmitter:
@@ -205,7 +198,10 @@ class EventEmitter:
     ) -> None:
         """Publish many events without waiting for each in turn; return when all are in.
 
-        Raises the first error after every event was attempted (see :meth:`emit`).
+        Raises the first error after every event was attempted (see :meth:`emit`). After
+        a timeout the ``on_timeout`` callbacks get each event that was not confirmed, once:
+        the ones the producer names in ``EmitTimeoutError.undelivered``, or every event of
+        the batch when the producer cannot say which were confirmed.
         """
         evs = list(events)
         stamp = f"{time.time():.6f}"
@@ -213,6 +209,10 @@ class EventEmitter:
         try:
             await self.producer.send_batch(messages)
         except (TimeoutError, EmitTimeoutError) as exc:
+            undelivered = exc.undelivered if isinstance(exc, EmitTimeoutError) else None
+            if undelivered is not None:
+                late = {id(m) for m in undelivered}
+                evs = [e for e, m in zip(evs, messages, strict=True) if id(m) in late]
             await self._timed_out(evs, exc)
 
     async def _timed_out(self, events: list[EventBase], exc: BaseException) -> None:

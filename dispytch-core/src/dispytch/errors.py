@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class DispytchError(Exception):
     """Base class of every error Dispytch raises on purpose."""
@@ -44,7 +47,23 @@ class EmitRejectedError(EmitError):
 
 
 class EmitTimeoutError(EmitError):
-    """The broker did not confirm an event within the producer's delivery timeout."""
+    """The broker did not confirm an event within the producer's delivery timeout.
+
+    A producer's ``send_batch`` that knows which messages of the batch were confirmed
+    passes the others as ``undelivered`` (the :class:`~dispytch.OutgoingMessage` objects
+    it was given); ``EventEmitter.emit_batch`` then calls its ``on_timeout`` callbacks for
+    those events only. ``None`` means "not known": every event of the batch is then
+    treated as not delivered, each passed to the callbacks once.
+
+    Attributes:
+        undelivered: The messages not confirmed, or ``None`` when the producer cannot say.
+    """
+
+    def __init__(self, *args: object, undelivered: Sequence[Any] | None = None) -> None:
+        super().__init__(*args)
+        self.undelivered: tuple[Any, ...] | None = (
+            tuple(undelivered) if undelivered is not None else None
+        )
 
 
 class HandlerRegistrationError(DispytchError):
@@ -56,7 +75,28 @@ class RouteParamError(DispytchError):
 
 
 class PayloadError(DispytchError):
-    """A payload could not be decoded or validated into the handler's event type."""
+    """A payload could not be decoded or validated into the handler's event type.
+
+    Delivering the same bytes again cannot help, so the failure policy never retries it:
+    the message goes to its dead letter or is rejected at once.
+    """
+
+
+class UnknownContentTypeError(PayloadError):
+    """A message names a content type no installed serializer decodes.
+
+    The message says which content types are served. Like any :class:`PayloadError` it is
+    never retried: install the serializer plugin for it, or fix the producer.
+
+    Attributes:
+        content_type: The content type the message named (without parameters).
+        served: The content types the installed serializers decode.
+    """
+
+    def __init__(self, message: str, *, content_type: str, served: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.content_type = content_type
+        self.served = served
 
 
 class ConfigError(DispytchError, ValueError):

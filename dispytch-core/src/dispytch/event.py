@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from dispytch.message import HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_TIMESTAMP, Message
 from dispytch.routes import EventRoute, TopicRoute
-
-if TYPE_CHECKING:
-    from dispytch.transport import Message
 
 T = TypeVar("T")
 
@@ -104,11 +102,11 @@ class Event(Generic[T]):
 
     @property
     def id(self) -> str:
-        return self._message.headers.get("dispytch-event-id", "")
+        return self._message.headers.get(HEADER_EVENT_ID, "")
 
     @property
     def type(self) -> str | None:
-        return self._message.headers.get("dispytch-event-type")
+        return self._message.headers.get(HEADER_EVENT_TYPE)
 
     @property
     def route(self) -> str:
@@ -128,7 +126,7 @@ class Event(Generic[T]):
 
     @property
     def timestamp(self) -> datetime:
-        raw = self._message.headers.get("dispytch-timestamp")
+        raw = self._message.headers.get(HEADER_TIMESTAMP)
         if raw:
             try:
                 return datetime.fromtimestamp(float(raw), tz=UTC)

@@ -7,12 +7,22 @@ acknowledged goes back to its group when it is nacked with ``requeue=True`` or w
 consumer closes (as a broker does when a connection drops), with its attempt count
 raised; ``nack(requeue=False)`` rejects it into :attr:`MemoryBroker.rejected`.
 Messages published where no group listens are kept until a group subscribes.
+
+Everything the broker keeps on its own is bounded, so that a long run with dynamic
+topics cannot grow it: at most ``max_parked`` messages wait for a group in all (the
+oldest is dropped first, whatever its topic, counted in
+:attr:`MemoryBroker.parked_dropped`), the last
+``max_rejected`` rejected messages are kept (older ones counted in
+:attr:`MemoryBroker.rejected_dropped`), and the topic -> groups cache is emptied when it
+holds ``ROUTE_CACHE_LIMIT`` topics. A group's own queue is not bounded: the dispatcher's
+``max_in_flight`` bounds what it takes, and what waits there is what was published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import MappingProxyType
@@ -23,6 +33,11 @@ from dispytch.errors import NotStartedError
 from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute
 from dispytch.transport import Message, OutgoingMessage
+
+log = logging.getLogger("dispytch.memory")
+
+#: Topics whose matching groups the broker remembers before it starts over.
+ROUTE_CACHE_LIMIT = 4096
 
 
 class _Group:
@@ -43,22 +58,37 @@ class _Group:
 class MemoryBroker:
     """An in-process broker: topics, consumer groups, acknowledgements, redelivery.
 
+    Args:
+        name: For :meth:`named` and ``memory://name`` URLs.
+        max_parked: Messages kept in all for topics no group subscribes to yet.
+        max_rejected: Rejected messages kept in :attr:`rejected`.
+
     Attributes:
-        rejected: Messages that were nacked without requeue, in order (for tests and
-            for inspecting what the failure policy gave up on).
+        rejected: The last ``max_rejected`` messages that were nacked without requeue, in
+            order (for tests and for inspecting what the failure policy gave up on).
         published: How many messages were published in all.
+        parked_dropped: Messages dropped because ``max_parked`` were already waiting.
+        rejected_dropped: Rejected messages no longer kept in :attr:`rejected`.
     """
 
     _registry: dict[str, MemoryBroker] = {}
 
-    def __init__(self, name: str = "default") -> None:
+    def __init__(
+        self, name: str = "default", *, max_parked: int = 10_000, max_rejected: int = 10_000
+    ) -> None:
+        if max_parked < 0 or max_rejected < 0:
+            raise ValueError("max_parked and max_rejected must not be negative.")
         self.name = name
+        self.max_parked = max_parked
+        self.max_rejected = max_rejected
         self._groups: dict[str, _Group] = {}
         self._route_cache: dict[str, tuple[_Group, ...]] = {}
-        self._parked: dict[str, deque[Message]] = {}
+        self._parked: deque[Message] = deque()  # oldest first, all topics
         self._ids = itertools.count(1)
         self.rejected: list[Message] = []
         self.published = 0
+        self.parked_dropped = 0
+        self.rejected_dropped = 0
 
     @classmethod
     def named(cls, name: str = "default") -> MemoryBroker:
@@ -79,10 +109,52 @@ class MemoryBroker:
             return
         group.patterns.add(pattern)
         self._route_cache.clear()
-        for topic in list(self._parked):
-            if pattern.match(topic) is not None:
-                for msg in self._parked.pop(topic):
-                    group.queue.put_nowait(msg)
+        if not self._parked:
+            return
+        keep: deque[Message] = deque()
+        taken: dict[str, bool] = {}
+        for msg in self._parked:
+            take = taken.get(msg.route)
+            if take is None:
+                take = taken[msg.route] = pattern.match(msg.route) is not None
+            if take:
+                group.queue.put_nowait(msg)
+            else:
+                keep.append(msg)
+        self._parked = keep
+
+    def _park(self, msg: Message) -> None:
+        parked = self._parked
+        if len(parked) >= self.max_parked:
+            if not self.parked_dropped:
+                log.warning(
+                    "Memory broker %r: %d messages wait for topics no group subscribes to; "
+                    "dropping the oldest (counted in parked_dropped). Subscribe first, or "
+                    "raise max_parked.",
+                    self.name,
+                    self.max_parked,
+                )
+            self.parked_dropped += 1
+            if not parked:
+                return  # max_parked=0: nothing is kept
+            parked.popleft()
+        parked.append(msg)
+
+    def reject(self, msg: Message) -> None:
+        """Keep a rejected message in :attr:`rejected` (the last ``max_rejected`` of them)."""
+        rejected = self.rejected
+        if self.max_rejected == 0:
+            self.rejected_dropped += 1
+            return
+        if len(rejected) >= self.max_rejected:
+            del rejected[0]
+            self.rejected_dropped += 1
+        rejected.append(msg)
+
+    @property
+    def parked(self) -> int:
+        """Messages waiting for a group to subscribe to their topic."""
+        return len(self._parked)
 
     def publish(
         self, topic: str, payload: bytes, headers: dict[str, str], key: bytes | None
@@ -92,11 +164,11 @@ class MemoryBroker:
         groups = self._route_cache.get(topic)
         if groups is None:
             groups = tuple(g for g in self._groups.values() if g.matches(topic))
+            if len(self._route_cache) >= ROUTE_CACHE_LIMIT:
+                self._route_cache.clear()
             self._route_cache[topic] = groups
         if not groups:
-            self._parked.setdefault(topic, deque()).append(
-                Message(payload, route=topic, headers=headers, key=key)
-            )
+            self._park(Message(payload, route=topic, headers=headers, key=key))
             return
         for grp in groups:
             grp.queue.put_nowait(
@@ -239,7 +311,7 @@ class MemoryConsumer:
         if requeue:
             self._requeue(message)
         else:
-            self.broker.rejected.append(message)
+            self.broker.reject(message)
 
     def _requeue(self, message: Message) -> None:
         message.attempt += 1

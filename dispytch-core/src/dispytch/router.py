@@ -1,19 +1,44 @@
 """``Router`` (also known by its older name ``HandlerGroup``): handlers grouped by concern,
-with shared middlewares, nestable."""
+with shared middlewares, nestable.
+
+Registration happens here, so this is also where a middleware named in a stack
+(``"retry"``, ``("retry", {"attempts": 5})``) is looked up in the plugin registry: the
+middleware contract below knows nothing of plugins.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dispytch.context import Middleware, MiddlewareLike
 from dispytch.di import HandlerPlan
-from dispytch.errors import HandlerRegistrationError
+from dispytch.errors import HandlerRegistrationError, PluginError
 from dispytch.event import declared_event_type
-from dispytch.middleware.base import Middleware, MiddlewareLike, resolve_middleware
+from dispytch.plugins import middleware_factory
 from dispytch.routes import EventSubscription, TopicSubscription
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resolve_middleware(item: MiddlewareLike) -> Middleware:
+    """Turn ``"retry"`` / ``("retry", {"attempts": 5})`` / a callable into a middleware.
+
+    Raises:
+        PluginError: No plugin provides the name (with the closest known one), or the
+            tuple is not ``(name, options)``.
+        TypeError: ``item`` is not callable.
+    """
+    if isinstance(item, str):
+        return middleware_factory(item)()
+    if isinstance(item, tuple):
+        if len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], Mapping):
+            raise PluginError(f'Cannot use {item!r} as a middleware: write ("name", {{options}}).')
+        return middleware_factory(item[0])(**item[1])
+    if not callable(item):
+        raise TypeError(f"{item!r} is not a middleware: pass an async (ctx, call_next) callable.")
+    return item  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dispytch.message import Message
 from dispytch.patterns import RoutePattern
 
 if TYPE_CHECKING:
     from typing import Self
-
-    from dispytch.transport import Message
 
 _formatter = string.Formatter()
 

@@ -3,138 +3,54 @@
 A transport knows bytes and its broker, nothing of pydantic or handlers. It supplies a
 :class:`Producer` that sends :class:`OutgoingMessage` records and a :class:`Consumer`
 that yields :class:`Message` objects and acknowledges them when the dispatcher says so.
+
+:class:`Message`, :class:`EncodedHeaders` and the ``HEADER_*`` names live on the ground
+floor, :mod:`dispytch.message`, and are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from dispytch.routes import EventRoute, EventSubscription
+from dispytch.message import (
+    HEADER_CONTENT_TYPE,
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_ERROR_ATTEMPTS,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_ORIGINAL_ROUTE,
+    HEADER_TIMESTAMP,
+    EncodedHeaders,
+    Message,
+)
+from dispytch.routes import EventRoute, EventSubscription
 
-#: Header names Dispytch itself writes. Transports carry them like any other header.
-HEADER_EVENT_TYPE = "dispytch-event-type"
-HEADER_CONTENT_TYPE = "dispytch-content-type"
-HEADER_EVENT_ID = "dispytch-event-id"
-HEADER_TIMESTAMP = "dispytch-timestamp"
-HEADER_ERROR_TYPE = "dispytch-error-type"
-HEADER_ERROR_MESSAGE = "dispytch-error-message"
-HEADER_ERROR_ATTEMPTS = "dispytch-error-attempts"
-HEADER_ORIGINAL_ROUTE = "dispytch-original-route"
-HEADER_DEAD_LETTERED_AT = "dispytch-dead-lettered-at"
-
-_D = TypeVar("_D")
-
-
-class EncodedHeaders(Mapping[str, str]):
-    """Message headers as a broker hands them over: ``(name, bytes)`` pairs, decoded as
-    UTF-8 (invalid bytes replaced, ``None`` read as ``""``) only when read.
-
-    Most messages are read for one or two headers (the content type, maybe the event
-    type): a lookup scans the pairs and decodes only the value asked for, instead of
-    decoding every header of every message into a dict up front. Where a name repeats
-    (Kafka allows it), the last value wins. Anything that walks the mapping (``dict()``,
-    iteration, ``len``) decodes it all once.
-    """
-
-    __slots__ = ("_decoded", "_pairs")
-
-    def __init__(self, pairs: Sequence[tuple[str, bytes | None]]) -> None:
-        self._pairs = pairs
-        self._decoded: dict[str, str] | None = None
-
-    def _all(self) -> dict[str, str]:
-        decoded = self._decoded
-        if decoded is None:
-            decoded = self._decoded = {
-                k: v.decode("utf-8", "replace") if v is not None else "" for k, v in self._pairs
-            }
-        return decoded
-
-    @overload
-    def get(self, key: str, /) -> str | None: ...
-    @overload
-    def get(self, key: str, /, default: str | _D) -> str | _D: ...
-    def get(self, key: str, /, default: object = None) -> object:
-        decoded = self._decoded
-        if decoded is not None:
-            return decoded.get(key, default)
-        seen = False
-        found: bytes | None = None
-        for k, v in self._pairs:  # forward and to the end: the last of a repeated name wins
-            if k == key:
-                seen, found = True, v
-        if not seen:
-            return default
-        return found.decode("utf-8", "replace") if found is not None else ""
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return any(k == key for k, _ in self._pairs)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __repr__(self) -> str:
-        return f"EncodedHeaders({self._all()!r})"
-
-
-class Message:
-    """One delivery received from a broker.
-
-    Attributes:
-        payload: The raw bytes, exactly as published.
-        headers: Message headers as text (transports decode broker headers to ``str``).
-        route: The concrete address the message arrived on: a Kafka topic, a RabbitMQ
-            routing key, a Redis channel or stream. Subscriptions are matched against it.
-        key: The partitioning key, when the transport has one.
-        attempt: Delivery attempt, 1 for the first delivery (from the broker's redelivery
-            flag or delivery counter where it keeps one).
-        metadata: Transport details users may read (partition, offset, delivery tag, ...).
-        lane: Messages with the same non-``None`` lane are handled one after another, in
-            order (Kafka uses the partition). ``None`` lets the dispatcher run the message
-            concurrently with any other.
-        token: Whatever the transport needs to acknowledge this delivery. Opaque to core.
-    """
-
-    __slots__ = ("attempt", "headers", "key", "lane", "metadata", "payload", "route", "token")
-
-    def __init__(
-        self,
-        payload: bytes,
-        *,
-        route: str,
-        headers: Mapping[str, str] | None = None,
-        key: bytes | None = None,
-        attempt: int = 1,
-        metadata: Mapping[str, Any] | None = None,
-        lane: Hashable | None = None,
-        token: Any = None,
-    ) -> None:
-        self.payload = payload
-        self.route = route
-        self.headers: Mapping[str, str] = headers if headers is not None else {}
-        self.key = key
-        self.attempt = attempt
-        self.metadata: Mapping[str, Any] = metadata if metadata is not None else {}
-        self.lane = lane
-        self.token = token
-
-    def __repr__(self) -> str:
-        return (
-            f"Message(route={self.route!r}, {len(self.payload)} bytes, "
-            f"attempt={self.attempt}, metadata={dict(self.metadata)!r})"
-        )
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "HEADER_CONTENT_TYPE",
+    "HEADER_DEAD_LETTERED_AT",
+    "HEADER_ERROR_ATTEMPTS",
+    "HEADER_ERROR_MESSAGE",
+    "HEADER_ERROR_TYPE",
+    "HEADER_EVENT_ID",
+    "HEADER_EVENT_TYPE",
+    "HEADER_ORIGINAL_ROUTE",
+    "HEADER_TIMESTAMP",
+    "Acknowledger",
+    "Capabilities",
+    "Consumer",
+    "EncodedHeaders",
+    "LanePausing",
+    "LeaseExtension",
+    "Message",
+    "OutgoingMessage",
+    "Producer",
+    "capabilities_of",
+]
 
 
 class OutgoingMessage:
@@ -358,7 +274,9 @@ class Acknowledger:
     """Given to handlers under the manual acknowledgement policy.
 
     Declare a handler parameter annotated ``Acknowledger`` and call :meth:`ack` or
-    :meth:`nack` yourself; Dispytch will not settle the message for you.
+    :meth:`nack` yourself; Dispytch will not settle the message for you. It may outlive
+    the handler (a task the handler started can settle it later): until then the message
+    is held, and counts against the dispatcher's ``max_unsettled``.
     """
 
     __slots__ = ("_consumer", "_message", "_on_settled", "settled")
@@ -384,6 +302,12 @@ class Acknowledger:
             # a second ack/nack of one delivery).
             self._on_settled(self._message)
         return True
+
+    def claim(self) -> bool:
+        """Take the settling over from this acknowledger: its later :meth:`ack` and
+        :meth:`nack` do nothing. ``True`` when nothing had settled the message yet (the
+        dispatcher claims what is left on stop, and hands it back itself)."""
+        return self._settle()
 
     async def ack(self) -> None:
         """Acknowledge the message (it will not be delivered again)."""

@@ -9,7 +9,6 @@ from dispytch.middleware.base import (
     MiddlewareLike,
     Outcome,
     compose,
-    resolve_middleware,
 )
 from dispytch.middleware.dead_letter import DeadLetter
 from dispytch.middleware.filter import Filter
@@ -32,5 +31,4 @@ __all__ = [
     "Retry",
     "Timeout",
     "compose",
-    "resolve_middleware",
 ]
