@@ -8,9 +8,17 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from dispytch.dispatcher import EventDispatcher
-from dispytch.errors import ConsumerClosedError
+from dispytch.emitter import EventEmitter
+from dispytch.errors import ConsumerClosedError, EmitError
 from dispytch.event import Event
-from dispytch.kafka import KafkaConsumer, KafkaEventSubscription, KafkaMessage, _compat
+from dispytch.kafka import (
+    KafkaConsumer,
+    KafkaEventRoute,
+    KafkaEventSubscription,
+    KafkaMessage,
+    KafkaProducer,
+    _compat,
+)
 from dispytch.transport import LanePausing
 
 from .harness import FAST_GROUP
@@ -210,3 +218,28 @@ async def test_stop_is_bounded_while_the_broker_is_down() -> None:
     async with asyncio.timeout(5 + 1):
         await dispatcher.stop(timeout=5)
     assert not dispatcher.running
+
+
+async def test_owned_producer_stop_is_bounded_while_the_broker_is_down() -> None:
+    """An emit waiting on a broker that went away does not hang ``emitter.stop()`` past
+    the producer's ``close_timeout``; the emit itself ends in an error, not a success."""
+    port = free_port()
+    proc = start_tansu(port)
+    bootstrap = f"{HOST}:{port}"
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    try:
+        await create_topic(bootstrap, topic, 1)
+        emitter = EventEmitter(
+            KafkaProducer.from_url(f"kafka://{bootstrap}", close_timeout=1, request_timeout_ms=8000)
+        )
+        await emitter.start()
+        await emitter.emit(Item(n=1), route=KafkaEventRoute(topic=topic))
+    finally:
+        proc.kill()
+        proc.wait(5)
+    pending = asyncio.create_task(emitter.emit(Item(n=2), route=KafkaEventRoute(topic=topic)))
+    await asyncio.sleep(0.2)
+    async with asyncio.timeout(1 + 1):
+        await emitter.stop()
+    with pytest.raises(EmitError):
+        await asyncio.wait_for(pending, T)

@@ -52,7 +52,13 @@ class KafkaConfigError(ConfigError):
     """A Kafka producer or consumer was configured in a way Dispytch cannot honour."""
 
 
-Side = Literal["consumer", "producer", "client", "consumer-client", "producer-client"]
+Side = Literal["consumer", "producer", "both", "client", "consumer-client", "producer-client"]
+
+#: Default ``close_timeout`` of a consumer: the dispatcher's ``stop(timeout)`` plus this
+#: bounds a stop while the broker is down.
+CONSUMER_CLOSE_TIMEOUT = 1.0
+#: Default ``close_timeout`` of an owned producer (flushing what is pending).
+PRODUCER_CLOSE_TIMEOUT = 5.0
 
 
 def _opt(default: Any, side: Side, description: str, **kw: Any) -> Any:
@@ -62,7 +68,8 @@ def _opt(default: Any, side: Side, description: str, **kw: Any) -> Any:
 class KafkaOptions(TransportOptions):
     """Every option of the Kafka transport, from a URL query or keyword arguments.
 
-    Sides: ``consumer`` and ``producer`` options configure Dispytch's own classes;
+    Sides: ``consumer`` and ``producer`` options configure Dispytch's own classes
+    (``both``: either);
     ``client`` options are handed to the ``AIOKafkaConsumer``/``AIOKafkaProducer`` that
     ``from_url`` builds (``consumer-client`` and ``producer-client`` to one of them only).
     An option left unset keeps aiokafka's default. A client you build yourself keeps its
@@ -103,11 +110,13 @@ class KafkaOptions(TransportOptions):
         f"most {DEFAULT_MAX_RECORDS} (what a poll takes is what waits in memory).",
         ge=1,
     )
-    close_timeout: float = _opt(
-        1.0,
-        "consumer",
-        "Longest wait, in seconds, for the final commit and for disconnecting an owned "
-        "client on close (a broker that is down must not hang a stop).",
+    close_timeout: float | None = _opt(
+        None,
+        "both",
+        "Longest wait, in seconds, of close/stop: a consumer's final commit and "
+        f"disconnect (default {CONSUMER_CLOSE_TIMEOUT}), an owned producer's flush and "
+        f"disconnect (default {PRODUCER_CLOSE_TIMEOUT}); a broker that is down must not "
+        "hang a stop (what is left finishes or fails in the background).",
         gt=0,
     )
     # -- Dispytch's producer -----------------------------------------------------------
@@ -202,7 +211,7 @@ class KafkaOptions(TransportOptions):
     @classmethod
     def names_for(cls, side: Literal["consumer", "producer"]) -> frozenset[str]:
         """The options a consumer (or a producer) takes: its own and its client's."""
-        wanted = {side, "client", f"{side}-client"}
+        wanted = {side, "both", "client", f"{side}-client"}
         return frozenset(n for n in cls.model_fields if cls.side_of(n) in wanted)
 
     def client_kwargs(self, side: Literal["consumer", "producer"]) -> dict[str, Any]:

@@ -42,9 +42,11 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from dispytch.backoff import Backoff
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.kafka import _compat
+from dispytch.kafka._stopping import stop_within
 from dispytch.kafka.commits import CommitScheduler
 from dispytch.kafka.config import (
     CAPABILITIES,
+    CONSUMER_CLOSE_TIMEOUT,
     DEFAULT_MAX_RECORDS,
     KafkaConfigError,
     KafkaOptions,
@@ -147,7 +149,9 @@ class KafkaConsumer:
         self.ordered = opts.ordered
         self.revoke_timeout = opts.revoke_timeout
         self.poll_timeout = opts.poll_timeout
-        self.close_timeout = opts.close_timeout
+        self.close_timeout = (
+            CONSUMER_CLOSE_TIMEOUT if opts.close_timeout is None else opts.close_timeout
+        )
         self.max_records: int = opts.max_records or DEFAULT_MAX_RECORDS
         self._explicit_max_records = opts.max_records
         self.group_id: str | None = (
@@ -331,7 +335,7 @@ class KafkaConsumer:
         are still unsettled are not committed and will be delivered again. A client that
         is not Dispytch's is sought back, per partition, to what is committable, so that
         a new consumer over it continues where this one really stopped. The final commit
-        and disconnecting each take at most ``close_timeout`` (a broker that is down
+        and disconnecting together take at most ``close_timeout`` (a broker that is down
         must not hang a stop: what was not committed is delivered again).
         """
         if self._closed:
@@ -340,8 +344,10 @@ class KafkaConsumer:
         self._closed = True
         raw = self.raw
         states = list(self._states.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
         try:
-            async with asyncio.timeout(self.close_timeout):
+            async with asyncio.timeout_at(deadline):
                 await self._commits.close()
                 if raw is not None and not _compat.client_closed(raw):
                     await self._commits.commit(states)
@@ -359,7 +365,7 @@ class KafkaConsumer:
         self._paused.clear()
         if self.owns_client and raw is not None:
             self.raw = None
-            await self._stop_client(raw)
+            await self._stop_client(raw, max(0.1, deadline - loop.time()))
 
     def _reposition(self, raw: AIOKafkaConsumer, states: list[PartitionOffsets]) -> None:
         assigned = raw.assignment()
@@ -372,18 +378,8 @@ class KafkaConsumer:
         if paused:
             raw.resume(*paused)
 
-    async def _stop_client(self, raw: AIOKafkaConsumer) -> None:
-        stopping = asyncio.ensure_future(raw.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=self.close_timeout)
-        if not done:
-            log.warning(
-                "Kafka consumer: the client did not disconnect within %.1f s (broker "
-                "unreachable?); leaving it to finish in the background",
-                self.close_timeout,
-            )
-            stopping.add_done_callback(_log_failure)
-        elif not stopping.cancelled() and stopping.exception() is not None:
-            log.warning("Kafka consumer: stopping the client failed: %r", stopping.exception())
+    async def _stop_client(self, raw: AIOKafkaConsumer, timeout: float) -> None:
+        await stop_within(raw, timeout, "Kafka consumer")
 
     # -- lane pausing ------------------------------------------------------------------
     @staticmethod
@@ -615,11 +611,6 @@ class KafkaConsumer:
     def __repr__(self) -> str:
         owner = "owned" if self.owns_client else "wrapped"
         return f"<KafkaConsumer {owner} group={self.group_id!r} ordered={self.ordered}>"
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("Kafka consumer: stopping the client failed: %r", task.exception())
 
 
 def consumer_from_url(url: str, **options: Any) -> KafkaConsumer:

@@ -24,8 +24,10 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.kafka import _compat
+from dispytch.kafka._stopping import stop_within
 from dispytch.kafka.config import (
     DEFAULT_BATCH_BYTES,
+    PRODUCER_CLOSE_TIMEOUT,
     KafkaConfigError,
     KafkaOptions,
     ensure_ssl_context,
@@ -114,6 +116,8 @@ class KafkaProducer:
             ``request_timeout_ms`` alone). ``send_batch`` packs record batches of the
             client's ``max_batch_size`` (``from_url`` sets it from ``batch_bytes``,
             default 256 KiB; for a client you build, pass ``max_batch_size`` to it).
+            ``close_timeout``: longest wait of :meth:`stop` for an owned client's flush
+            and disconnect (default 5 s; past it, it goes on in the background).
     """
 
     def __init__(
@@ -156,6 +160,9 @@ class KafkaProducer:
         self.owns_client = owns
         self.delivery_timeout = opts.delivery_timeout
         self.batch_bytes = opts.batch_bytes
+        self.close_timeout = (
+            PRODUCER_CLOSE_TIMEOUT if opts.close_timeout is None else opts.close_timeout
+        )
         self._stopped = False
 
     @classmethod
@@ -217,7 +224,8 @@ class KafkaProducer:
                 raise
 
     async def stop(self) -> None:
-        """Flush what is pending; stop the client only if this producer owns it."""
+        """Flush what is pending; stop the client only if this producer owns it (within
+        ``close_timeout``: a broker that is down must not hang a stop)."""
         self._stopped = True
         raw = self.raw
         if raw is None or _compat.client_closed(raw):
@@ -225,7 +233,7 @@ class KafkaProducer:
         if self.owns_client:
             if self._factory is not None:
                 self.raw = None
-            await raw.stop()
+            await stop_within(raw, self.close_timeout, "Kafka producer")
         elif _compat.producer_started(raw):
             await raw.flush()
 
