@@ -243,3 +243,27 @@ async def test_owned_producer_stop_is_bounded_while_the_broker_is_down() -> None
         await emitter.stop()
     with pytest.raises(EmitError):
         await asyncio.wait_for(pending, T)
+
+
+async def test_dispatcher_ends_visibly_when_the_users_client_is_stopped(
+    kafka_bootstrap: str, new_topic: str
+) -> None:
+    raw = AIOKafkaConsumer(
+        new_topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        enable_auto_commit=False,
+        **FAST_GROUP,
+    )
+    await raw.start()
+    dispatcher = EventDispatcher(KafkaConsumer(raw, poll_timeout=0.2))
+
+    @dispatcher.handler(KafkaEventSubscription(topic=new_topic))
+    async def on_item(event: Event[Item]) -> None: ...
+
+    await dispatcher.start()
+    await asyncio.sleep(0.3)
+    await raw.stop()
+    with pytest.raises(ConsumerClosedError):
+        await asyncio.wait_for(dispatcher.wait(), T)
+    assert not dispatcher.running
