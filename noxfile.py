@@ -30,6 +30,7 @@ nox.options.sessions = [
     "kafka",
     "kafka_lowest",
     "rabbitmq",
+    "rabbitmq_lowest",
     "redis",
     "plugins",
     "sample_plugin",
@@ -135,6 +136,12 @@ def kafka_lowest(session: nox.Session) -> None:
 def rabbitmq(session: nox.Session) -> None:
     """dispytch-rabbitmq with core only, against the local RabbitMQ."""
     _plugin_session(session, "rabbitmq")
+
+
+@nox.session
+def rabbitmq_lowest(session: nox.Session) -> None:
+    """dispytch-rabbitmq on the lowest aio-pika, aiormq and pamqp it declares."""
+    _plugin_session(session, "rabbitmq", "aio-pika==10.0.0", "aiormq==7.1.0", "pamqp==4.0.0")
 
 
 @nox.session

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -210,3 +211,56 @@ async def test_requeue_does_not_sleep_holding_a_slot(
     assert consumer.delays[0] == expected
     assert consumer.settled[0] == ("requeue", b'{"n":1}')
     assert d.stats["requeued"] >= 1
+
+
+SYSTEM_EXIT_APP = """
+import asyncio, atexit, sys
+from dispytch import Event, EventBase, EventDispatcher, EventEmitter
+from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryProducer
+
+broker = MemoryBroker("exit")
+
+
+class Job(EventBase):
+    __topic__ = "jobs"
+    n: int
+
+
+dispatcher = EventDispatcher(MemoryConsumer(broker), stop_timeout=1)
+
+
+@dispatcher.handler(topic="jobs")
+async def work(event: Event[Job]) -> None:
+    sys.exit(3)
+
+
+@atexit.register
+def report() -> None:
+    print("rejected", len(broker.rejected), "unacked", broker.pending("default"), flush=True)
+
+
+async def main() -> None:
+    async with EventEmitter(MemoryProducer(broker)) as emitter:
+        await emitter.emit(Job(n=1))
+    await dispatcher.start()
+    await asyncio.sleep(30)  # the handler's SystemExit ends this much sooner
+
+
+asyncio.run(main())
+"""
+
+
+async def test_system_exit_from_a_handler_settles_first_then_exits(tmp_path: Any) -> None:
+    script = tmp_path / "exit_app.py"
+    script.write_text(SYSTEM_EXIT_APP)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 3, err.decode()
+    # Settled by the failure policy (rejected) before SystemExit went on up.
+    assert "rejected 1 unacked 0" in out.decode()
+    assert "SystemExit" in err.decode()  # logged at ERROR

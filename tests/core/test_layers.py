@@ -150,7 +150,7 @@ def test_the_walk_sees_the_modules_and_their_edges() -> None:
     for name in ("dispytch.dispatcher", "dispytch.context", "dispytch.message", "dispytch.cli"):
         assert name in MODULES
     assert "dispytch.context" in GRAPH["dispytch.di"]
-    assert "dispytch.plugins.manager" in GRAPH["dispytch.plugins"]
+    assert "dispytch.plugins.tables" in GRAPH["dispytch.plugins"]
     assert "dispytch.dispatch.scheduler" in GRAPH["dispytch.dispatcher"]
     cyclic = {
         "a": {"b"},

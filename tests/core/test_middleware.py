@@ -323,7 +323,7 @@ async def test_dead_letter_publish_failure_keeps_the_original(
     d = kit.dispatcher()
     attempts: list[int] = []
 
-    @d.handler(topic="jobs", middlewares=[DeadLetter(producer, route=DLQ)])
+    @d.handler(topic="jobs", middlewares=[DeadLetter(producer, route=DLQ, publish_attempts=1)])
     async def work(event: Event[Job]) -> None:
         attempts.append(event.attempt)
         raise ValueError("bad job")

@@ -253,9 +253,10 @@ async def test_dispatcher_drains_on_stop_and_resumes_paused_lanes(pausing: bool)
         while len(rec.lane_order("slow")) < 3:
             await asyncio.sleep(0.005)
         if pausing:
-            assert "slow" in source.paused
+            assert "slow" in source.pause_calls
         await d.stop()
     assert source.paused == set()  # nothing is left paused after a stop
+    assert len(source.resume_calls) == len(source.pause_calls)
     handed_out = SLOW_BACKLOG + FAST - sum(len(b) for b in source.lanes.values())
     acked = [t for how, t in source.settled if how == "ack"]
     requeued = [t for how, t in source.settled if how == "requeue"]
@@ -265,3 +266,29 @@ async def test_dispatcher_drains_on_stop_and_resumes_paused_lanes(pausing: bool)
     assert len(rec.done) == d.stats["handled"]
     assert sum(source.out.values()) == 0
     assert not d.running
+
+
+class ReadAheadConsumer(LaneConsumer):
+    """Records the read-ahead the dispatcher asks for, and when."""
+
+    def __init__(self, source: LaneSource) -> None:
+        super().__init__(source)
+        self.events: list[str] = []
+
+    def configure(self, *, max_in_flight: int) -> None:
+        self.events.append(f"configure {max_in_flight}")
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+
+async def test_dispatcher_sizes_the_consumers_read_ahead_before_start() -> None:
+    consumer = ReadAheadConsumer(LaneSource({"a": 0}))
+    d = EventDispatcher(consumer, max_in_flight=12, stop_timeout=1)
+
+    @d.handler(topic="a")
+    async def work(event: Event[Job]) -> None: ...
+
+    async with d:
+        pass
+    assert consumer.events == ["configure 12", "start"]

@@ -17,6 +17,7 @@ from dispytch import __version__
 from dispytch.cli import main
 from dispytch.plugins import MiddlewareSpec, SerializerSpec, TransportSpec, hookimpl
 from dispytch.serialization import JsonSerializer
+from dispytch.transport import DEFAULT_CAPABILITIES
 
 DISPYTCH = str(Path(sys.executable).with_name("dispytch"))
 TIMEOUT = 30.0
@@ -114,6 +115,8 @@ def test_plugins_json_is_scriptable(capsys, register):
                 "name": "listed",
                 "schemes": ["listed", "listed+tls"],
                 "description": "a listed transport",
+                "capabilities": DEFAULT_CAPABILITIES.to_dict(),
+                "options": [],
             }
         ],
         "serializers": [
@@ -144,8 +147,9 @@ def test_plugins_shows_conflicts(capsys, register):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert (
-        "Conflicts:\n  URL scheme 'memory://' is claimed by two plugins: 'builtin' "
-        "(transport 'memory') and 'clash' (transport 'clash')"
+        "Conflicts:\n  URL scheme 'memory://' is claimed by two plugins: 'builtin' from "
+        "dispytch-core (transport 'memory') and 'clash' (transport 'clash'). Uninstall one "
+        "of them, or load only one with DISPYTCH_PLUGINS.\n"
     ) in out
 
 

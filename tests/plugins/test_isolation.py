@@ -34,7 +34,7 @@ def test_importing_dispytch_imports_no_broker_library_and_loads_no_plugin():
 import dispytch
 from dispytch import EventDispatcher, EventEmitter, EventBase, Event
 from dispytch.plugins import manager
-result = {"loaded": manager._state is not None}
+result = {"loaded": manager.loaded()}
 """)
     assert result == {"heavy": [], "loaded": False}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from dispytch.plugins import MiddlewareSpec, PluginInfo, SerializerSpec, TransportSpec
 from dispytch.serialization import JsonSerializer
+from dispytch.transport import DEFAULT_CAPABILITIES
 
 
 def _make(url, **options):
@@ -101,7 +102,15 @@ def test_plugin_info_to_dict():
         "version": "1",
         "entry_point": "m",
         "hooks": ["dispytch_transports"],
-        "transports": [{"name": "x", "schemes": ["x"], "description": "dx"}],
+        "transports": [
+            {
+                "name": "x",
+                "schemes": ["x"],
+                "description": "dx",
+                "capabilities": DEFAULT_CAPABILITIES.to_dict(),
+                "options": [],
+            }
+        ],
         "serializers": [{"name": "s", "content_type": "a/b", "description": ""}],
         "middlewares": [{"name": "m", "description": "dm"}],
     }

@@ -12,12 +12,14 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractRobustConnection
 from dispytch import EmitError, Event, EventBase, EventEmitter, NotStartedError, TopicRoute
 from dispytch.dispatcher import EventDispatcher
+from dispytch.errors import ConsumerClosedError
 from dispytch.rabbitmq import (
     RabbitMQConsumer,
     RabbitMQEventRoute,
     RabbitMQEventSubscription,
     RabbitMQExchange,
     RabbitMQProducer,
+    _compat,
 )
 from dispytch.routes import TopicSubscription
 from dispytch.transport import Message, OutgoingMessage
@@ -449,23 +451,52 @@ async def test_stop_ends_a_blocked_listen(names: Names) -> None:
 
 
 # --------------------------------------------------------------- errors
-async def test_not_started_and_stopped_producer_raise(
-    channel: aio_pika.abc.AbstractChannel,
+async def test_user_producer_needs_no_start_and_refuses_when_closed_or_stopped(
+    amqp: AbstractRobustConnection, names: Names
 ) -> None:
-    producer = RabbitMQProducer([channel.default_exchange])
-    route = RabbitMQEventRoute(routing_key="nowhere")
-    with pytest.raises(NotStartedError, match="not started.*emitter.start"):
+    """Over the user's open channel the producer is usable at once (the seed's way); a
+    stopped producer, a closed channel and an unstarted URL producer raise."""
+    ch = await amqp.channel()
+    q = await ch.declare_queue(names.queue("nostart"), durable=True)
+    producer = RabbitMQProducer([ch.default_exchange])
+    route = RabbitMQEventRoute(routing_key=q.name)
+    await producer.send(outgoing(route))  # no start()
+    assert await ready_count_on(ch, q.name) == 1
+    await producer.stop()
+    with pytest.raises(NotStartedError, match="(?s)was stopped.*producer.start"):
         await producer.send(outgoing(route))
     await producer.start()
-    await producer.stop()
-    with pytest.raises(NotStartedError, match="not started"):
+    await producer.send(outgoing(route))
+    await ch.close()
+    with pytest.raises(NotStartedError, match="(?s)channel .* is closed.*new RabbitMQProducer"):
         await producer.send(outgoing(route))
+    fresh = RabbitMQProducer([ch.default_exchange])
+    with pytest.raises(NotStartedError, match="is closed"):
+        await EventEmitter(fresh).emit(UserEvent(user_id="a", value=1), route=route)
     url_producer = RabbitMQProducer.from_url(AMQP_URL)
-    with pytest.raises(NotStartedError, match="not started"):
+    with pytest.raises(NotStartedError, match="(?s)not started.*emitter.start"):
         await url_producer.send_batch([outgoing(route)])
     emitter = EventEmitter(url_producer)
     with pytest.raises(NotStartedError, match="not started"):
         await emitter.emit(UserEvent(user_id="a", value=1), route=route)
+
+
+async def test_producer_over_a_user_connection_opens_and_closes_its_own_channel(
+    names: Names,
+) -> None:
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        q = await ch.declare_queue(names.queue("overconn"), durable=True)
+        producer = RabbitMQProducer(conn)
+        await producer.send(outgoing(RabbitMQEventRoute(routing_key=q.name)))  # no start()
+        await producer.stop()
+        assert not conn.is_closed  # not its connection
+        assert await ready_count_on(ch, q.name) == 1
+    finally:
+        await conn.close()
+    with pytest.raises(NotStartedError, match="connection .* is closed"):
+        await RabbitMQProducer(conn).send(outgoing(RabbitMQEventRoute(routing_key="x")))
 
 
 async def test_listen_before_start_raises() -> None:
@@ -487,7 +518,7 @@ async def test_unknown_exchange_is_a_clear_error(
             await producer.send(outgoing(TopicRoute(topic="t")))
     async with RabbitMQProducer.from_url(AMQP_URL) as producer:
         missing = names.exchange("missing")
-        with pytest.raises(EmitError, match=f"exchange '{missing}' does not exist.*declare="):
+        with pytest.raises(EmitError, match=f"(?s)exchange '{missing}' does not exist.*declare="):
             await producer.send(outgoing(RabbitMQEventRoute(exchange=missing, routing_key="k")))
         # The producer still works afterwards.
         ok_q = await channel.declare_queue(names.queue("after"), durable=True)
@@ -520,7 +551,7 @@ async def test_unroutable_on_a_user_channel_without_on_return_raises(
 async def test_unconfirmed_channel_is_refused(amqp: AbstractRobustConnection, names: Names) -> None:
     ch = await amqp.channel(publisher_confirms=False)
     producer = RabbitMQProducer([ch.default_exchange])
-    with pytest.raises(ValueError, match="publisher confirms off.*publisher_confirms=True"):
+    with pytest.raises(ValueError, match="(?s)publisher confirms off.*publisher_confirms=True"):
         await producer.start()
     await ch.close()
 
@@ -542,23 +573,23 @@ async def test_consumer_errors_are_clear(
 ) -> None:
     q = await channel.declare_queue(names.queue("mine"), durable=True)
     consumer = RabbitMQConsumer(q)
-    with pytest.raises(ValueError, match="consumes the queue 'other'.*Pass that queue"):
+    with pytest.raises(ValueError, match="(?s)consumes the queue 'other'.*Pass that queue"):
         consumer.subscribe([RabbitMQEventSubscription(queue="other")])
-    with pytest.raises(TypeError, match="cannot consume.*RabbitMQEventSubscription"):
+    with pytest.raises(TypeError, match="(?s)cannot consume.*RabbitMQEventSubscription"):
         consumer.subscribe([object()])  # type: ignore[list-item]
     no_queue = RabbitMQConsumer.from_url(AMQP_URL)
-    with pytest.raises(ValueError, match="names no queue.*queue='my-service'"):
+    with pytest.raises(ValueError, match="(?s)names no queue.*queue='my-service'"):
         no_queue.subscribe([TopicSubscription(topic="t")])
     missing = names.exchange("nope")
     bad = RabbitMQConsumer.from_url(AMQP_URL, queue=names.queue("bad"))
     bad.subscribe([RabbitMQEventSubscription(exchange=missing)])
-    with pytest.raises(ValueError, match=f"exchange '{missing}' does not exist.*declare="):
+    with pytest.raises(ValueError, match=f"(?s)exchange '{missing}' does not exist.*declare="):
         await bad.start()
     clash_q = names.queue("clash")
     await channel.declare_queue(clash_q, durable=True, arguments={"x-max-length": 5})
     clash = RabbitMQConsumer.from_url(AMQP_URL, queue=clash_q)
     clash.subscribe([RabbitMQEventSubscription()])
-    with pytest.raises(ValueError, match="exists with other settings.*queue_arguments"):
+    with pytest.raises(ValueError, match="(?s)exists with other settings.*queue_arguments"):
         await clash.start()
 
 
@@ -608,8 +639,12 @@ async def test_a_plain_channel_closing_fails_listen_loudly(names: Names) -> None
     listening = asyncio.ensure_future(anext(consumer.listen()))
     await asyncio.sleep(0)
     await conn.close()
-    with pytest.raises(ConnectionError, match="does not reconnect.*connect_robust"):
+    with pytest.raises(
+        ConsumerClosedError, match="(?s)closed and nothing reopens it.*connect_robust"
+    ):
         await asyncio.wait_for(listening, 10)
+    with pytest.raises(ConsumerClosedError):  # and again: the dispatcher must not wait on it
+        await anext(consumer.listen())
     await consumer.close()
 
 
@@ -634,7 +669,7 @@ async def test_stop_lets_sends_in_progress_be_confirmed(
     await producer.stop()
     await asyncio.wait_for(batch, 10)  # all confirmed, none failed
     assert await ready_count(amqp, q_name) == 50
-    with pytest.raises(NotStartedError, match="not started"):
+    with pytest.raises(NotStartedError, match="was stopped"):
         await producer.send(outgoing(RabbitMQEventRoute(routing_key=q_name)))
 
 
@@ -658,14 +693,27 @@ async def test_from_url_everywhere(names: Names) -> None:
     assert isinstance(emitter.producer, RabbitMQProducer)
 
 
-async def test_unbounded_user_channel_is_warned_about(
+async def test_a_user_channel_without_qos_gets_the_prefetch(
+    channel: aio_pika.abc.AbstractChannel, names: Names
+) -> None:
+    """No unbounded buffer: a channel without QoS gets prefetch = max_in_flight."""
+    q = await channel.declare_queue(names.queue("noqos"), durable=True)
+    consumer = RabbitMQConsumer(q)
+    consumer.configure(max_in_flight=8)
+    async with consumer:
+        assert _compat.prefetch_of(channel) == 8
+
+
+async def test_a_user_channel_prefetch_is_kept_and_a_mismatch_logged(
     channel: aio_pika.abc.AbstractChannel, names: Names, caplog: pytest.LogCaptureFixture
 ) -> None:
-    q = await channel.declare_queue(names.queue("noqos"), durable=True)
-    async with RabbitMQConsumer(q):
-        pass
-    assert "no prefetch limit" in caplog.text
-    assert "prefetch_count=100" in caplog.text
+    await channel.set_qos(prefetch_count=100)
+    q = await channel.declare_queue(names.queue("qos"), durable=True)
+    consumer = RabbitMQConsumer(q)
+    consumer.configure(max_in_flight=8)
+    async with consumer:
+        assert _compat.prefetch_of(channel) == 100
+    assert "prefetch_count=100 and the dispatcher max_in_flight=8" in caplog.text
 
 
 async def test_a_deleted_queue_fails_listen_loudly(
@@ -679,5 +727,7 @@ async def test_a_deleted_queue_fails_listen_loudly(
         ch = await amqp.channel()
         await ch.queue_delete(q_name, if_unused=False, if_empty=False)
         await ch.close()
-        with pytest.raises(ConnectionError, match=f"cancelled the consumer of queue '{q_name}'"):
+        with pytest.raises(
+            ConsumerClosedError, match=f"cancelled the consumer of queue '{q_name}'"
+        ):
             await asyncio.wait_for(listening, 10)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 from dispytch import EventBase, EventRoute, TopicRoute
+from dispytch.errors import ConfigError
 from dispytch.plugins import transport_for_url
 from dispytch.rabbitmq import (
     DEFAULT_TOPIC_EXCHANGE,
@@ -17,7 +18,9 @@ from dispytch.rabbitmq import (
     RabbitMQExchange,
     RabbitMQProducer,
 )
-from dispytch.rabbitmq._common import redact, split_url, text_headers
+from dispytch.rabbitmq._codec import text_headers
+from dispytch.rabbitmq._common import redact
+from dispytch.rabbitmq.options import RabbitMQOptions, split_url
 from dispytch.rabbitmq.plugin import consumer_from_url, producer_from_url
 from dispytch.transport import Message
 
@@ -84,14 +87,12 @@ def test_exchange_declaration_validates() -> None:
 
 
 def test_producer_construction_errors() -> None:
-    with pytest.raises(ValueError, match="either aio-pika exchanges.*not neither"):
-        RabbitMQProducer()
-    with pytest.raises(ValueError, match="not both"):
-        RabbitMQProducer([], url="amqp://localhost")
-    with pytest.raises(ValueError, match=r"RabbitMQProducer\(\[\]\) has no exchange"):
+    with pytest.raises(TypeError, match=r"RabbitMQProducer\(\[\]\) has no exchange"):
         RabbitMQProducer([])
-    with pytest.raises(ValueError, match="declare= is for producers built from a URL"):
-        RabbitMQProducer([object()], declare=[RabbitMQExchange(name="x", type="topic")])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="cannot publish through"):
+        RabbitMQProducer([object()])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="timeout=0"):
+        RabbitMQProducer.from_url("amqp://localhost/", timeout=0)
 
 
 def test_producer_rejects_foreign_routes() -> None:
@@ -103,42 +104,81 @@ def test_producer_rejects_foreign_routes() -> None:
 
     producer = RabbitMQProducer.from_url("amqp://localhost/")
     assert producer._address(TopicRoute(topic="a.b")) == (DEFAULT_TOPIC_EXCHANGE, "a.b", None)
-    with pytest.raises(EmitError, match="cannot publish to .*StreamRoute.*RabbitMQEventRoute"):
+    with pytest.raises(EmitError, match="(?s)cannot publish to .*StreamRoute.*RabbitMQEventRoute"):
         producer._address(StreamRoute(stream="s"))
 
 
 def test_consumer_construction_errors() -> None:
-    with pytest.raises(ValueError, match="either aio-pika queues.*not neither"):
+    with pytest.raises(TypeError, match="(?s)needs aio-pika queues.*Pass one of them"):
         RabbitMQConsumer()
-    with pytest.raises(ValueError, match="prefetch_count=0.*positive"):
+    with pytest.raises(ConfigError, match="prefetch_count=0"):
         RabbitMQConsumer.from_url("amqp://localhost/", queue="q", prefetch_count=0)
-    with pytest.raises(ValueError, match="queue=, declare= and queue_arguments= are for"):
-        RabbitMQConsumer(object(), queue="q")  # type: ignore[arg-type]
-    assert RabbitMQConsumer.from_url("amqp://localhost/", queue="q").prefetch_count == 100
+    with pytest.raises(TypeError, match="cannot consume from"):
+        RabbitMQConsumer(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="queue and group|name two queues"):
+        RabbitMQConsumer.from_url("amqp://localhost/?queue=a", group="b").queue_name
+
+
+def test_prefetch_follows_max_in_flight_unless_explicit(caplog: pytest.LogCaptureFixture) -> None:
+    follows = RabbitMQConsumer.from_url("amqp://localhost/", queue="q")
+    assert follows.prefetch_count == 64  # the dispatcher's default max_in_flight
+    follows.configure(max_in_flight=8)
+    assert follows.prefetch_count == 8
+    assert "differs" not in caplog.text
+    explicit = RabbitMQConsumer.from_url("amqp://localhost/?prefetch_count=100", queue="q")
+    explicit.configure(max_in_flight=8)
+    explicit.configure(max_in_flight=8)
+    assert explicit.prefetch_count == 100
+    assert caplog.text.count("prefetch_count=100 differs from the dispatcher's") == 1
 
 
 def test_url_options_are_split_from_aio_pika_options() -> None:
     clean, own = split_url("amqp://u:p@h:5672/vh?queue=billing&heartbeat=30", ("queue",))
     assert own == {"queue": "billing"}
     assert clean == "amqp://u:p@h:5672/vh?heartbeat=30"
-    with pytest.raises(ValueError, match="not a RabbitMQ URL.*amqp://user:password@host"):
+    with pytest.raises(ConfigError, match="not a RabbitMQ URL.*\n.*amqp://user:password@host"):
         split_url("redis://localhost", ())
+    with pytest.raises(
+        ConfigError,
+        match="Unknown RabbitMQ URL option 'prefech_count'.*Did you mean 'prefetch_count'",
+    ):
+        split_url("amqp://h/?prefech_count=3", ("prefetch_count",))
     assert redact("amqp://guest:secret@h/") == "amqp://guest:***@h/"
     assert redact("amqp://h/") == "amqp://h/"
 
 
 def test_plugin_factories_read_url_options() -> None:
-    consumer = consumer_from_url("amqp://localhost/?queue=billing&prefetch_count=7&ordered=true")
+    consumer = consumer_from_url("amqp://localhost/?queue=billing&prefetch_count=7&ordered=yes")
     assert consumer.queue_name == "billing"
     assert consumer.prefetch_count == 7
     assert consumer.ordered is True
+    assert consumer.capabilities.ordered_lanes
     grouped = consumer_from_url("amqps://localhost/", group="shipping")
     assert grouped.queue_name == "shipping"
-    producer = producer_from_url("amqp://localhost/?timeout=2.5&persistent=false")
+    producer = producer_from_url("amqp://localhost/?timeout=2.5&persistent=off&queue=ignored")
     assert producer.timeout == 2.5
     assert producer.persistent is False
-    with pytest.raises(ValueError, match="mandatory='maybe': use true or false"):
+    with pytest.raises(ConfigError, match="mandatory='maybe'"):
         producer_from_url("amqp://localhost/?mandatory=maybe")
+    with pytest.raises(ConfigError, match="prefetch_count is not an option of this side"):
+        producer_from_url("amqp://localhost/", prefetch_count=3)
+
+
+def test_options_model_is_published_with_capabilities() -> None:
+    spec = transport_for_url("amqp://localhost/")
+    assert spec.options_model is RabbitMQOptions
+    names = {o["name"] for o in RabbitMQOptions.describe()}
+    assert {"queue", "prefetch_count", "ordered", "timeout", "mandatory"} <= names
+    caps = spec.capabilities
+    assert caps.delivery == "at-least-once"
+    assert caps.requeue and caps.pause_lanes and caps.ordered_lanes
+    assert caps.missing("delayed_requeue", "lease_extension", "request_reply") == [
+        "delayed_requeue",
+        "lease_extension",
+        "request_reply",
+    ]
+    unordered = RabbitMQConsumer.from_url("amqp://localhost/", queue="q")
+    assert not unordered.capabilities.ordered_lanes
 
 
 def test_plugin_serves_amqp_and_amqps() -> None:

@@ -28,6 +28,7 @@ from dispytch.errors import (
 from dispytch.event import Event, EventBase
 from dispytch.middleware import (
     AsyncLock,
+    CallNext,
     DeadLetter,
     Filter,
     HandlerContext,
@@ -45,6 +46,7 @@ __all__ = [
     "AckPolicy",
     "Acknowledger",
     "AsyncLock",
+    "CallNext",
     "Consumer",
     "DeadLetter",
     "Dependency",

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 from dispytch._version import __version__
 from dispytch.dispatcher import EventDispatcher
-from dispytch.plugins import load_failures, plugin_infos, transport_problems
+from dispytch.plugins import load_failures, plugin_conflicts, plugin_infos
 
 log = logging.getLogger("dispytch.cli")
 
@@ -64,7 +64,7 @@ def _plugins_report() -> dict[str, Any]:
             }
             for f in load_failures()
         ],
-        "conflicts": transport_problems(),
+        "conflicts": plugin_conflicts(),
         "selection": os.environ.get("DISPYTCH_PLUGINS") or None,
     }
 

@@ -40,7 +40,13 @@ from dispytch.plugins import notify, serializer_for, serializers, transport_for_
 from dispytch.router import Router, resolve_middleware
 from dispytch.routes import EventSubscription
 from dispytch.serialization import DecoderCache
-from dispytch.transport import Acknowledger, Consumer, LanePausing, capabilities_of
+from dispytch.transport import (
+    Acknowledger,
+    Consumer,
+    LanePausing,
+    ReadAhead,
+    capabilities_of,
+)
 
 __all__ = ["AckPolicy", "EventDispatcher", "HandlerEntry"]
 
@@ -263,6 +269,9 @@ class EventDispatcher:
         if not self._routes.entries:
             log.warning("Dispatcher %r starts with no handlers registered.", self.name)
         self.consumer.subscribe(self.subscriptions)
+        if isinstance(self.consumer, ReadAhead):
+            # What the consumer buffers follows max_in_flight (prefetch, COUNT, max_records).
+            self.consumer.configure(max_in_flight=self.max_in_flight)
         await self.consumer.start()
         self._running = True
         self._stopping = False
@@ -395,6 +404,7 @@ class EventDispatcher:
         manual = self.ack_policy is MANUAL
         inline = self.max_in_flight == 1
         backoff = Backoff(initial=0.1, factor=2.0, cap=10.0)
+        retrying = False  # the last listen() failed: reset the backoff once one works
         while not self._stopping:
             messages = self.consumer.listen()
             try:
@@ -404,12 +414,15 @@ class EventDispatcher:
                     if manual:
                         # Messages held unsettled count too: below max_unsettled, so that
                         # at most max_unsettled - 1 + max_in_flight are ever held.
-                        while (sched.free <= 0 or settler.unsettled_full) and not sched.closed:
-                            await sched.park()
+                        if sched.free <= 0 or settler.unsettled_full:
+                            while (sched.free <= 0 or settler.unsettled_full) and not sched.closed:
+                                await sched.park()
+                            if self._stopping:
+                                break
                     elif sched.free <= 0:
                         await sched.slot()
-                    if self._stopping:
-                        break
+                        if self._stopping:
+                            break
                     sched.free -= 1
                     try:
                         msg = await anext(messages)
@@ -427,8 +440,9 @@ class EventDispatcher:
                         wait = submit(msg)
                         if wait is not None:
                             await wait  # this lane holds its share: see scheduler.py
-                    if backoff.attempts:
+                    if retrying:
                         backoff.reset()
+                        retrying = False
             except StopAsyncIteration:
                 if not self._stopping:
                     log.info("Consumer of %r ended; the dispatcher stops.", self.name)
@@ -444,6 +458,7 @@ class EventDispatcher:
                 if self._stopping:
                     break
                 delay = backoff.next()
+                retrying = True
                 log.exception(
                     "Consumer of %r failed while fetching; retrying in %.1fs", self.name, delay
                 )
@@ -541,6 +556,15 @@ class EventDispatcher:
                     dead = True
                 elif outcome is _FILTERED:
                     filtered += 1
+        if policy is AFTER and ran and not (requeue or dead or filtered) and failed is None:
+            # Handled: settler.conclude's common case without its two coroutines.
+            self.stats["handled"] += 1
+            settler.inflight.discard(msg)
+            try:
+                await consumer.ack(msg)
+            except Exception:
+                settle_failed(msg)
+            return
         await settler.conclude(msg, shared, ran, requeue, failed, dead=dead, filtered=filtered)
 
     async def _handler_aborted(

@@ -130,3 +130,16 @@ class DeadLetterError(RequeueMessage):
     The original message is therefore not acknowledged: it stays with the broker and is
     delivered again, so nothing is lost.
     """
+
+
+class DeadLetterFailedError(DispytchError):
+    """A failed message could not be dead-lettered, and trying again cannot help.
+
+    Raised by :class:`~dispytch.middleware.DeadLetter` when the dead-letter publish failed
+    for a permanent reason (or the target stayed down through the last delivery it
+    allows) and the truncated dead letter failed too. It is not a
+    :class:`RequeueMessage`: the dispatcher treats it as a failure for good, logs it at
+    ERROR (the message says the route, the size, the handler's error, the dead-letter
+    error and where the payload went) and rejects the message through the transport
+    (``nack(requeue=False)``), so it cannot block its lane by coming back for ever.
+    """

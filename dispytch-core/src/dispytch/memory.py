@@ -40,6 +40,37 @@ log = logging.getLogger("dispytch.memory")
 ROUTE_CACHE_LIMIT = 4096
 
 
+class _Inbox:
+    """A group's messages waiting for a consumer: a deque, and the members waiting on it.
+
+    What ``asyncio.Queue`` does here without its per-call bookkeeping: a publish is an
+    append (and a wake-up only when a member waits), a read a ``popleft``.
+    """
+
+    __slots__ = ("items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: deque[Message] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    def put_nowait(self, msg: Message) -> None:
+        self.items.append(msg)
+        if self.waiters:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake one waiting member (skipping any that stopped waiting)."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class _Group:
     __slots__ = ("broker", "metadata", "name", "patterns", "queue", "unacked")
 
@@ -47,7 +78,7 @@ class _Group:
         self.broker = broker
         self.name = name
         self.patterns: set[RoutePattern] = set()
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.queue = _Inbox()
         self.unacked: dict[int, tuple[Message, MemoryConsumer]] = {}
         self.metadata: Mapping[str, Any] = MappingProxyType({"group": name})
 
@@ -265,15 +296,16 @@ class MemoryConsumer:
     async def listen(self) -> AsyncIterator[Message]:
         if not self._running:
             raise NotStartedError("The memory consumer is not started; call start() first.")
-        queue = self._group.queue
+        inbox = self._group.queue
+        items = inbox.items
         unacked = self._group.unacked
         ids = self.broker._ids
         ordered = self._ordered
         while self._running:
-            try:
-                msg = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                got = await self._wait(queue)
+            if items:
+                msg = items.popleft()
+            else:
+                got = await self._wait(inbox)
                 if got is None:
                     break
                 msg = got
@@ -284,22 +316,23 @@ class MemoryConsumer:
             unacked[token] = (msg, self)
             yield msg
 
-    async def _wait(self, queue: asyncio.Queue[Message]) -> Message | None:
+    async def _wait(self, inbox: _Inbox) -> Message | None:
         """Wait for a message or for stop(), whichever comes first."""
         loop = asyncio.get_running_loop()
-        self._stopped = loop.create_future()
-        getter = loop.create_task(queue.get())
-        try:
-            await asyncio.wait((getter, self._stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            msg = getter.result()
-            if not self._running:
-                queue.put_nowait(msg)  # not ours to take any more: keep it for the group
-                return None
-            return msg
+        stopped = self._stopped = loop.create_future()
+        items = inbox.items
+        while self._running:
+            waiter: asyncio.Future[None] = loop.create_future()
+            inbox.waiters.append(waiter)
+            try:
+                await asyncio.wait((waiter, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()  # wake() skips it
+            if self._running and items:
+                return items.popleft()
+        if items:
+            inbox.wake()  # a wake-up this member will not use: pass it on to another
         return None
 
     async def ack(self, message: Message) -> None:

@@ -8,7 +8,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dispytch.errors import PayloadError, RequeueMessage, RouteParamError
+from dispytch.backoff import Backoff
+from dispytch.errors import PayloadError, PluginError, RequeueMessage, RouteParamError
 from dispytch.middleware.base import CallNext, HandlerContext
 
 log = logging.getLogger("dispytch.retry")
@@ -32,9 +33,14 @@ class Retry:
         max_delay: The cap on one backoff.
         jitter: Fraction of each backoff that is random (0: none, 1: "full jitter").
         retry_on: Only these exceptions are retried (default: any ``Exception``).
-        give_up_on: These are never retried, even if ``retry_on`` matches. Payloads that do
-            not validate and bad route parameters are never retried: another attempt cannot
-            fix them.
+        give_up_on: These are never retried, even if ``retry_on`` matches. Some never are,
+            whatever you pass, because another attempt cannot succeed: a payload that does
+            not decode or validate or names an unknown content type
+            (:class:`~dispytch.errors.PayloadError` and its subclasses), a route parameter
+            that does not convert (:class:`~dispytch.errors.RouteParamError`), a plugin
+            lookup that fails (:class:`~dispytch.errors.PluginError`, e.g. no serializer for
+            the content type), and a request for redelivery
+            (:class:`~dispytch.errors.RequeueMessage`).
         sleep: The sleep function (tests inject a fake clock).
     """
 
@@ -54,6 +60,12 @@ class Retry:
             raise ValueError("Retry(attempts=...) must be at least 1.")
         if not 0 <= jitter <= 1:
             raise ValueError("Retry(jitter=...) must be between 0 and 1.")
+        if factor < 1:
+            raise ValueError("Retry(factor=...) must be at least 1 (delays never shrink).")
+        if delay < 0 or max_delay < 0:
+            raise ValueError("Retry(delay=..., max_delay=...) must not be negative.")
+        #: The delays without jitter (the one backoff policy of Dispytch).
+        self._delays = Backoff(initial=delay, factor=factor, cap=max_delay)
         self.attempts = attempts
         self.delay = delay
         self.factor = factor
@@ -64,6 +76,7 @@ class Retry:
         self.give_up_on: tuple[type[BaseException], ...] = (
             PayloadError,
             RouteParamError,
+            PluginError,
             RequeueMessage,
             *extra,
         )
@@ -71,7 +84,7 @@ class Retry:
 
     def backoff(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.delay * self.factor ** (attempt - 1))
+        base = self._delays.delay(attempt)
         if self.jitter:
             base -= random.uniform(0, base * self.jitter)  # jitter, not crypto
         return base

@@ -6,34 +6,38 @@ Third parties implement the hooks in :mod:`dispytch.plugins.hookspecs` with
     [project.entry-points.dispytch]
     sample = "dispytch_sample.plugin"
 
-Nothing outside :mod:`dispytch.plugins.manager` calls ``pm.hook.*`` directly: the rest of
-Dispytch goes through the functions exported here.
+Nothing outside :mod:`dispytch.plugins.loading` calls ``pm.hook.*``: the rest of Dispytch
+goes through the functions exported here (``dispytch.plugins.manager`` re-exports them
+for older imports).
 """
 
 from __future__ import annotations
 
 from dispytch.plugins.hookspecs import hookimpl, hookspec
-from dispytch.plugins.manager import (
+from dispytch.plugins.lifecycle import notify
+from dispytch.plugins.loading import (
     ENTRY_POINT_GROUP,
     LoadFailure,
     get_plugin_manager,
     load_failures,
-    middleware_factory,
-    middlewares,
-    notify,
-    plugin_infos,
     reset_plugins,
-    serializer_for,
-    serializers,
-    transport_for_url,
-    transport_problems,
-    transports,
 )
 from dispytch.plugins.records import (
     MiddlewareSpec,
     PluginInfo,
     SerializerSpec,
     TransportSpec,
+)
+from dispytch.plugins.tables import (
+    middleware_factory,
+    middlewares,
+    plugin_conflicts,
+    plugin_infos,
+    serializer_for,
+    serializers,
+    transport_for_url,
+    transport_problems,
+    transports,
 )
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "middleware_factory",
     "middlewares",
     "notify",
+    "plugin_conflicts",
     "plugin_infos",
     "reset_plugins",
     "serializer_for",

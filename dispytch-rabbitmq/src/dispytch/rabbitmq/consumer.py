@@ -4,187 +4,305 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import DeliveredMessage
-from dispytch.errors import NotStartedError
+from dispytch.errors import ConsumerClosedError, NotStartedError
+from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
     CONNECTION_ERRORS,
-    connect,
+    connect_with,
     declare_exchanges,
     exchange_exists,
     log,
-    redact,
-    text_headers,
 )
-from dispytch.rabbitmq.producer import APP_ID, HEADER_KEY
+from dispytch.rabbitmq.options import CONSUMER_OPTIONS, PRODUCER_OPTIONS, parse
 from dispytch.rabbitmq.routes import (
     DEFAULT_TOPIC_EXCHANGE,
     RabbitMQEventSubscription,
     RabbitMQExchange,
 )
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE, Message
+from dispytch.transport import Capabilities, Message
+
+_compat.install_tolerant_decoding()
+
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *CONNECTION_ERRORS,
+)
 
 _STOP = object()
-_CANCEL_TIMEOUT = 5.0
+#: Seconds ``stop``/``close`` spend at most on the broker (cancelling consumers, closing
+#: the channel and the connection): an unreachable broker must not hold a stop up.
+_STOP_BUDGET = 2.0
+#: Seconds ``close`` spends at most closing the channel and connection (together): the
+#: broker requeues what a channel held however it was closed.
+_CLOSE_BUDGET = 0.5
+#: The prefetch before a dispatcher says its ``max_in_flight`` (its default).
+DEFAULT_PREFETCH = 64
 _CANCEL_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     aiormq.exceptions.AMQPError,
     *CONNECTION_ERRORS,
 )
 
+ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
+
+
+def capabilities(*, ordered: bool) -> Capabilities:
+    """What a RabbitMQ consumer offers (``ordered=True``: lanes, one per queue)."""
+    return Capabilities(
+        delivery="at-least-once",
+        ordered_lanes=ordered,
+        requeue=True,
+        delayed_requeue=False,
+        pause_lanes=True,
+        lease_extension=False,
+        request_reply=False,
+    )
+
+
+class _Consuming:
+    """One ``basic.consume`` of one queue."""
+
+    __slots__ = ("channel", "queue", "tag")
+
+    def __init__(self, queue: AbstractQueue, channel: aiormq.abc.AbstractChannel, tag: str):
+        self.queue = queue
+        self.channel = channel
+        self.tag = tag
+
 
 class RabbitMQConsumer:
     """Consumes RabbitMQ queues and acknowledges each delivery once Dispytch is done.
 
-    Two ways to build one:
+    One constructor, over what you have:
 
-    * Over aio-pika queues you declared and bound (as Dispytch users write it today)::
+    * aio-pika queues you declared and bound (the seed documents' way)::
 
-          channel = await connection.channel()
-          await channel.set_qos(prefetch_count=100)
           queue = await channel.declare_queue("user.events", durable=True)
           await queue.bind(exchange, routing_key="user.*")
-          consumer = RabbitMQConsumer(queue)
+          dispatcher = EventDispatcher(RabbitMQConsumer(queue))
 
-      It consumes those queues, binds nothing, and never closes your channel. Use
-      ``aio_pika.connect_robust`` so that consuming resumes after a reconnection.
-    * From a URL, owning a robust connection::
-
-          consumer = RabbitMQConsumer.from_url("amqp://guest:guest@localhost:5672/",
-                                               queue="billing", prefetch_count=100)
-
-      At start it declares each subscription's queue (durable) and binds it to the
-      subscription's exchange with its routing key (``{name}`` segments become ``*``);
-      a :class:`~dispytch.routes.TopicSubscription` binds ``queue`` to
+      It consumes those queues and binds nothing. Use ``aio_pika.connect_robust`` so that
+      consuming resumes after a reconnection; over a plain connection a lost channel ends
+      the consumer (:class:`~dispytch.errors.ConsumerClosedError`).
+    * an aio-pika connection, or a connection factory (``lambda:
+      aio_pika.connect_robust(url)``, what :meth:`from_url` builds): the consumer opens
+      its own channel and, at start, declares each subscription's queue (durable) and
+      binds it to the subscription's exchange with its routing key (``{name}`` segments
+      become ``*``); a :class:`~dispytch.routes.TopicSubscription` binds ``queue`` to
       ``topic_exchange`` (``amq.topic``). Exchanges are declared only when listed in
       ``declare``; any other must exist already.
 
-    Back-pressure: ``prefetch_count`` is the only buffer. The broker sends at most that
-    many unacknowledged deliveries; ``listen()`` hands each over as it comes.
+    Back-pressure: the broker sends at most ``prefetch_count`` unacknowledged deliveries
+    per queue consumed (``basic.qos``), and nothing else buffers. Unless set explicitly,
+    ``prefetch_count`` follows the dispatcher's ``max_in_flight`` (the dispatcher calls
+    :meth:`configure`); over your channels it is set there, except on a robust channel
+    that already has a prefetch of yours (then a mismatch is logged once).
 
     Settling: ``ack`` acknowledges; ``nack(requeue=True)`` hands the delivery back
     (``basic.nack``, redelivered with the redelivered flag, so ``Message.attempt`` is 2
     or, on quorum queues, ``x-delivery-count + 1``); ``nack(requeue=False)`` rejects it
     (``basic.reject`` without requeue): the queue's dead-letter exchange receives it when
-    one is configured (``x-dead-letter-exchange``), otherwise the broker drops it. A
-    delivery whose channel was lost is not settled at all: the broker has already put it
-    back and delivers it again.
+    one is configured (``x-dead-letter-exchange``), otherwise the broker drops it.
+
+    A consumer that cannot go on (its channel closed for good, the broker cancelled it
+    because its queue was deleted) raises :class:`~dispytch.errors.ConsumerClosedError`
+    from ``listen()``: the dispatcher stops instead of waiting forever.
 
     ``Message.route`` is the routing key; ``Message.metadata`` holds ``exchange``,
     ``queue``, ``routing_key``, ``delivery_tag``, ``redelivered``, ``message_id`` and
-    ``consumer_tag``.
+    ``consumer_tag``. With ``ordered=True`` the lane is the queue name, and
+    :meth:`pause`/:meth:`resume` of a lane cancel and resume that queue's
+    ``basic.consume``, so the broker stops sending it.
 
     Args:
-        *queues: aio-pika queues to consume.
-        url: Instead of queues: ``amqp://user:pass@host:port/vhost`` or ``amqps://``.
-        queue: With ``url``: the queue for subscriptions that name none (the consumer
-            group: consumers on one queue share its messages).
-        prefetch_count: Unacknowledged deliveries in flight per queue consumed (RabbitMQ
-            applies ``basic.qos`` per consumer). URL default 100; over your queues it is
-            set on their channels only when given.
-        declare: With ``url``: exchanges to declare at start.
-        queue_arguments: With ``url``: arguments for the queues it declares
+        *sources: aio-pika queues to consume, or one connection or connection factory.
+        owns: Whether ``close()`` closes the connection (default: only one opened through
+            a factory). Queues' channels are never closed: they are yours.
+        queue: With a connection/factory: the queue of subscriptions that name none (the
+            consumer group: consumers on one queue share its messages).
+        group: Another name for ``queue``.
+        prefetch_count: Unacknowledged deliveries in flight per queue consumed. Default:
+            the dispatcher's ``max_in_flight`` (64 before it says).
+        declare: With a connection/factory: exchanges to declare at start.
+        queue_arguments: With a connection/factory: arguments of the queues it declares
             (``{"x-dead-letter-exchange": "dlx", "x-queue-type": "quorum"}``).
         topic_exchange: The exchange :class:`~dispytch.routes.TopicSubscription` binds to.
-        ordered: Hand messages of one queue to the dispatcher one after another
-            (``Message.lane`` = the queue name). Default: handled concurrently.
-        connect_timeout: With ``url``: seconds to wait for the first connection.
+        ordered: Hand messages of one queue over one after another (``Message.lane`` =
+            the queue name). Default: handled concurrently.
+        connect_timeout: Seconds a factory may take to connect.
 
     Raises:
-        ValueError: When neither or both of queues and ``url`` are given.
+        TypeError: Sources of another kind, or queues mixed with a connection.
+        ConfigError: An invalid option, or declaring options over queues.
     """
 
     def __init__(
         self,
-        *queues: AbstractQueue,
-        url: str | None = None,
+        *sources: AbstractQueue | AbstractConnection | ConnectionFactory,
+        owns: bool | None = None,
         queue: str | None = None,
+        group: str | None = None,
         prefetch_count: int | None = None,
         declare: Sequence[RabbitMQExchange] = (),
-        queue_arguments: Mapping[str, Any] | None = None,
+        queue_arguments: dict[str, Any] | None = None,
         topic_exchange: str = DEFAULT_TOPIC_EXCHANGE,
         ordered: bool = False,
         connect_timeout: float = 10.0,
     ) -> None:
-        if bool(queues) == (url is not None):
-            raise ValueError(
-                "RabbitMQConsumer needs either aio-pika queues (RabbitMQConsumer(queue, ...)) "
-                "or a URL (RabbitMQConsumer.from_url('amqp://guest:guest@localhost:5672/', "
-                "queue='my-service')), not " + ("both." if queues else "neither.")
+        _, opts = parse(
+            None,
+            CONSUMER_OPTIONS,
+            (),
+            {
+                "queue": queue,
+                "group": group,
+                "prefetch_count": prefetch_count,
+                "topic_exchange": topic_exchange,
+                "ordered": ordered,
+                "connect_timeout": connect_timeout,
+            },
+        )
+        self._user_queues: list[AbstractQueue] = []
+        self._connection: AbstractConnection | None = None
+        self._factory: ConnectionFactory | None = None
+        for source in sources:
+            if isinstance(source, AbstractQueue):
+                self._user_queues.append(source)
+            elif isinstance(source, AbstractConnection) and len(sources) == 1:
+                self._connection = source
+            elif callable(source) and len(sources) == 1:
+                self._factory = source
+            else:
+                raise TypeError(
+                    f"RabbitMQConsumer cannot consume from {source!r}.\nPass aio-pika "
+                    "queues, or one connection or connection factory: "
+                    "RabbitMQConsumer.from_url('amqp://guest:guest@localhost:5672/', "
+                    "queue='my-service')."
+                )
+        if not sources:
+            raise TypeError(
+                "RabbitMQConsumer needs aio-pika queues (RabbitMQConsumer(queue, ...)) or a "
+                "connection (RabbitMQConsumer.from_url(url, queue='my-service')).\n"
+                "Pass one of them."
             )
-        if url is None and (queue is not None or declare or queue_arguments):
-            raise ValueError(
-                "queue=, declare= and queue_arguments= are for consumers built from a URL; "
-                "over aio-pika queues, declare and bind them on your channel yourself."
+        self.queue_name = opts.queue_name()
+        if self._user_queues and (self.queue_name is not None or declare or queue_arguments):
+            from dispytch.errors import ConfigError
+
+            raise ConfigError(
+                "queue=, declare= and queue_arguments= are for consumers that declare their "
+                "queues (over a connection or a URL).\nOver aio-pika queues, declare and "
+                "bind them on your channel yourself."
             )
-        if prefetch_count is not None and prefetch_count < 1:
-            raise ValueError(
-                f"prefetch_count={prefetch_count} would let the broker send without limit; "
-                "use a positive number (e.g. 100)."
-            )
-        self._user_queues = list(queues)
-        self._url = url
-        self.queue_name = queue
-        self.prefetch_count = prefetch_count if prefetch_count is not None or queues else 100
+        self.owns = self._factory is not None if owns is None else owns
+        self._explicit_prefetch = opts.prefetch_count
+        self._max_in_flight = DEFAULT_PREFETCH
+        self._mismatch_logged = False
         self._declare = tuple(declare)
         self.queue_arguments = dict(queue_arguments) if queue_arguments else None
-        self.topic_exchange = topic_exchange
-        self.ordered = ordered
-        self.connect_timeout = connect_timeout
+        self.topic_exchange = opts.topic_exchange
+        self.ordered = opts.ordered
+        self.connect_timeout = opts.connect_timeout
+        self.capabilities = capabilities(ordered=self.ordered)
         self._subscriptions: list[EventSubscription] = []
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractChannel | None = None  # the channel this consumer opened
         self._queues: list[AbstractQueue] = []
-        self._consumer_tags: list[tuple[AbstractQueue, aiormq.abc.AbstractChannel, str]] = []
-        self._watched: list[Any] = []
-        self._plain: list[Any] = []
+        self._consuming: dict[str, _Consuming] = {}
+        self._watched: list[AbstractChannel] = []
+        self._paused: set[str] = set()
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._handoff: asyncio.Queue[Any] = asyncio.Queue()
+        self._dead: ConsumerClosedError | None = None
         self._running = False
         self._stopping = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQConsumer:
-        """A consumer owning a robust connection to ``url`` (see the class for options)."""
-        return cls(url=url, **options)
+        """A consumer owning a robust connection to ``url``.
+
+        Query parameters ``queue`` (or ``group``), ``prefetch_count``, ``topic_exchange``,
+        ``ordered`` and ``connect_timeout`` and keyword ``options`` (which win) configure
+        it; aio-pika's own parameters stay in the URL; producer options are ignored.
+
+        Raises:
+            ConfigError: An unknown or invalid option.
+        """
+        extra = {k: options.pop(k) for k in ("declare", "queue_arguments", "owns") if k in options}
+        clean, opts = parse(url, CONSUMER_OPTIONS, PRODUCER_OPTIONS, options)
+        assert clean is not None
+        values = opts.model_dump(include=set(CONSUMER_OPTIONS))
+        extra.setdefault("owns", True)
+        return cls(connect_with(clean, within=opts.connect_timeout), **extra, **values)
 
     @property
     def queues(self) -> list[AbstractQueue]:
         """The aio-pika queues being consumed (after ``start``)."""
         return list(self._queues)
 
+    @property
+    def prefetch_count(self) -> int:
+        """What the broker sends ahead per queue: the explicit setting, else the
+        dispatcher's ``max_in_flight``."""
+        if self._explicit_prefetch is not None:
+            return self._explicit_prefetch
+        return self._max_in_flight
+
     # ----------------------------------------------------------------- setup
+    def configure(self, *, max_in_flight: int) -> None:
+        """Follow the dispatcher's ``max_in_flight`` (called before ``start``).
+
+        An explicit ``prefetch_count`` that differs is kept, and logged once.
+        """
+        self._max_in_flight = max_in_flight
+        explicit = self._explicit_prefetch
+        if explicit is not None and explicit != max_in_flight and not self._mismatch_logged:
+            self._mismatch_logged = True
+            log.warning(
+                "RabbitMQConsumer prefetch_count=%d differs from the dispatcher's "
+                "max_in_flight=%d: %s. Leave prefetch_count unset to follow max_in_flight.",
+                explicit,
+                max_in_flight,
+                "deliveries wait taken but unhandled"
+                if explicit > max_in_flight
+                else "handler slots stay idle",
+            )
+
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
         """Learn the subscriptions; checked now, declared and bound at ``start``.
 
         Raises:
             TypeError: For a subscription type this transport does not understand.
             ValueError: When a subscription names a queue this consumer does not consume
-                (over aio-pika queues), or none can be chosen (URL without ``queue``).
+                (over aio-pika queues), or none can be chosen (no ``queue``).
         """
+        declaring = not self._user_queues
         for sub in subscriptions:
             if not isinstance(sub, (RabbitMQEventSubscription, TopicSubscription)):
                 raise TypeError(
-                    f"RabbitMQConsumer cannot consume {sub!r}. Use "
+                    f"RabbitMQConsumer cannot consume {sub!r}.\nUse "
                     "RabbitMQEventSubscription(exchange=..., queue=..., routing_key=...) or "
                     "TopicSubscription(topic=...)."
                 )
             named = sub.queue if isinstance(sub, RabbitMQEventSubscription) else None
-            if self._url is None:
+            if not declaring:
                 have = [q.name for q in self._user_queues]
                 if named is not None and named not in have:
                     raise ValueError(
                         f"{sub!r} consumes the queue {named!r}, but this RabbitMQConsumer "
-                        f"consumes {have}. Pass that queue: RabbitMQConsumer(..., queue)."
+                        f"consumes {have}.\nPass that queue: RabbitMQConsumer(..., queue)."
                     )
             elif named is None and self.queue_name is None:
                 raise ValueError(
-                    f"{sub!r} names no queue and the consumer has none. Name one: "
+                    f"{sub!r} names no queue and the consumer has none.\nName one: "
                     "RabbitMQConsumer.from_url(url, queue='my-service') (the consumer "
                     "group), or RabbitMQEventSubscription(queue=...)."
                 )
@@ -192,66 +310,97 @@ class RabbitMQConsumer:
                 isinstance(sub, RabbitMQEventSubscription)
                 and sub.binding_arguments is not None
                 and sub.exchange is None
-                and self._url is not None
+                and declaring
             ):
-                raise ValueError(f"{sub!r} has binding_arguments but no exchange to bind to.")
+                raise ValueError(
+                    f"{sub!r} has binding_arguments but no exchange to bind to.\n"
+                    "Name the exchange: RabbitMQEventSubscription(exchange=..., ...)."
+                )
         self._subscriptions.extend(subscriptions)
 
     async def start(self) -> None:
-        """Connect (URL), declare and bind, and start consuming.
+        """Connect (factory), declare and bind (connection, factory), set the prefetch
+        and start consuming.
 
         Raises:
             ConnectionError: The broker cannot be reached.
+            NotStartedError: A queue's channel, or the connection given, is closed.
             ValueError: An exchange a subscription names does not exist, or a queue
                 exists with other arguments.
         """
         if self._running:
             return
         self._stopping = False
+        self._dead = None
         self._handoff = asyncio.Queue()
         try:
-            if self._url is None:
+            if self._user_queues:
                 await self._start_over_queues()
             else:
-                await self._start_from_url()
+                await self._start_declaring()
             for q in self._queues:
-                await self._consume(q)
+                if q.name not in self._paused:
+                    await self._consume(q)
             for ch in {id(q.channel): q.channel for q in self._queues}.values():
-                callbacks = getattr(ch, "reopen_callbacks", None)
-                if callbacks is not None:
-                    callbacks.add(self._on_reopen)
-                    self._watched.append(ch)
-                else:  # a plain channel: nothing will resume it, so say so
-                    ch.close_callbacks.add(self._on_lost)
-                    self._plain.append(ch)
+                ch.close_callbacks.add(self._on_close)
+                if _compat.is_robust(ch):
+                    ch.reopen_callbacks.add(self._on_reopen)  # type: ignore[attr-defined]
+                self._watched.append(ch)
         except BaseException:
-            await self._cancel_consumers()
+            await self._cancel_consumers(_STOP_BUDGET)
+            self._unwatch()
             await self._close_owned()
             raise
         self._running = True
 
+    def _closed_error(self, what: str) -> ConsumerClosedError:
+        return ConsumerClosedError(
+            f"The aio-pika {what} of this RabbitMQConsumer is closed and nothing reopens it, "
+            "so nothing more arrives.\nOpen the connection with aio_pika.connect_robust() "
+            "(it reconnects), or build the consumer with RabbitMQConsumer.from_url(...)."
+        )
+
     async def _start_over_queues(self) -> None:
         seen: set[int] = set()
+        prefetch = self.prefetch_count
         for q in self._user_queues:
-            if id(q.channel) in seen:
+            channel = q.channel
+            if id(channel) in seen:
                 continue
-            seen.add(id(q.channel))
-            if self.prefetch_count is not None:
-                await q.channel.set_qos(prefetch_count=self.prefetch_count)
-            elif getattr(q.channel, "_prefetch_count", None) == 0:  # robust channels know
-                log.warning(
-                    "The channel of queue %r has no prefetch limit: RabbitMQ will push the "
-                    "whole queue into memory. Pass RabbitMQConsumer(..., prefetch_count=100) "
-                    "or call channel.set_qos(prefetch_count=...).",
-                    q.name,
+            seen.add(id(channel))
+            if _compat.closed_for_good(channel):
+                raise NotStartedError(
+                    f"The aio-pika channel of queue {q.name!r} is closed.\n"
+                    "Open a new channel, declare the queue on it and pass that queue."
                 )
+            theirs = _compat.prefetch_of(channel)
+            if self._explicit_prefetch is None and theirs:
+                if theirs != self._max_in_flight and not self._mismatch_logged:
+                    self._mismatch_logged = True
+                    log.warning(
+                        "The channel of queue %r has prefetch_count=%d and the dispatcher "
+                        "max_in_flight=%d; keeping the channel's. Pass RabbitMQConsumer(..., "
+                        "prefetch_count=...) to choose.",
+                        q.name,
+                        theirs,
+                        self._max_in_flight,
+                    )
+                continue
+            # A plain channel does not say its QoS: set it, so that nothing is unbounded.
+            await channel.set_qos(prefetch_count=prefetch)
         self._queues = list(self._user_queues)
 
-    async def _start_from_url(self) -> None:
-        assert self._url is not None
-        self._connection = conn = await connect(self._url, within=self.connect_timeout)
+    async def _start_declaring(self) -> None:
+        if self._connection is None:
+            assert self._factory is not None
+            self._connection = await asyncio.wait_for(self._factory(), self.connect_timeout)
+        conn = self._connection
+        if conn.is_closed:
+            raise NotStartedError(
+                "The aio-pika connection given to RabbitMQConsumer is closed.\n"
+                "Connect again and pass the new connection."
+            )
         self._channel = channel = await conn.channel(publisher_confirms=False)
-        assert self.prefetch_count is not None
         await channel.set_qos(prefetch_count=self.prefetch_count)
         await declare_exchanges(channel, self._declare)
         declared = {ex.name for ex in self._declare}
@@ -267,7 +416,7 @@ class RabbitMQConsumer:
                     )
                 except aiormq.exceptions.ChannelPreconditionFailed as exc:
                     raise ValueError(
-                        f"The queue {name!r} exists with other settings ({exc.args[0]}). "
+                        f"The queue {name!r} exists with other settings ({exc.args[0]}).\n"
                         "Pass queue_arguments matching the existing queue, or delete it."
                     ) from exc
                 queues[name] = q
@@ -277,10 +426,9 @@ class RabbitMQConsumer:
             if exchange not in declared and exchange not in checked:
                 if not await exchange_exists(conn, exchange):
                     raise ValueError(
-                        f"The exchange {exchange!r} does not exist on "
-                        f"{redact(self._url or '')}. Declare it first, or let the consumer "
-                        f"declare it: declare=[RabbitMQExchange(name={exchange!r}, "
-                        "type=...)]."
+                        f"The exchange {exchange!r} does not exist.\nDeclare it first, or "
+                        f"let the consumer declare it: declare=[RabbitMQExchange(name="
+                        f"{exchange!r}, type=...)]."
                     )
                 checked.add(exchange)
             await q.bind(exchange, routing_key=key, arguments=dict(args) if args else None)
@@ -306,26 +454,37 @@ class RabbitMQConsumer:
         aiormq hands deliveries straight to :meth:`_callback`'s function: no aio-pika
         message object per delivery, and no buffer but the handoff (bounded by prefetch).
         """
-        raw = await q.channel.get_underlay_channel()
+        raw = await _compat.underlay(q.channel)
         raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
         ok = await raw.basic_consume(q.name, self._callback(q.name), no_ack=False)
         assert ok.consumer_tag is not None
-        self._consumer_tags.append((q, raw, ok.consumer_tag))
+        self._consuming[q.name] = _Consuming(q, raw, ok.consumer_tag)
+
+    def _die(self, error: ConsumerClosedError) -> None:
+        if self._dead is None and not self._stopping and self._running:
+            self._dead = error
+            self._handoff.put_nowait(error)
 
     def _on_cancelled(self, frame: Any) -> None:
         """The broker cancelled one of our consumers (its queue was deleted, ...)."""
-        for entry in self._consumer_tags:
-            if entry[2] == frame.consumer_tag:
-                self._consumer_tags.remove(entry)
-                if not self._stopping:
-                    self._handoff.put_nowait(
-                        ConnectionError(
-                            f"RabbitMQ cancelled the consumer of queue {entry[0].name!r} (was "
-                            "the queue deleted?). Nothing more arrives from it; re-create the "
-                            "queue and restart the consumer."
-                        )
+        for name, entry in list(self._consuming.items()):
+            if entry.tag == frame.consumer_tag:
+                del self._consuming[name]
+                self._die(
+                    ConsumerClosedError(
+                        f"RabbitMQ cancelled the consumer of queue {name!r} (was the queue "
+                        "deleted?), so nothing more arrives from it.\nRe-create the queue "
+                        "and start the consumer again."
                     )
+                )
                 return
+
+    def _on_close(self, channel: Any, exc: BaseException | None = None) -> None:
+        """A channel closed: the end, unless it is robust and will reopen."""
+        if self._stopping or not self._running:
+            return
+        if _compat.closed_for_good(channel):
+            self._die(self._closed_error("channel"))
 
     async def _on_reopen(self, channel: Any) -> None:
         """A robust channel came back after a lost connection: consume its queues again.
@@ -335,27 +494,17 @@ class RabbitMQConsumer:
         """
         if self._stopping or not self._running:
             return
-        self._consumer_tags = [t for t in self._consumer_tags if t[0].channel is not channel]
+        for name, entry in list(self._consuming.items()):
+            if entry.queue.channel is channel:
+                del self._consuming[name]
         for q in self._queues:
-            if q.channel is channel:
+            if q.channel is channel and q.name not in self._paused:
                 try:
                     await self._consume(q)
                 except Exception:
                     log.exception("Could not resume consuming %r after a reconnection", q.name)
                 else:
                     log.info("Consuming %r again after a reconnection", q.name)
-
-    def _on_lost(self, channel: Any, exc: BaseException | None = None) -> None:
-        """A channel that does not reconnect closed: make ``listen()`` fail loudly."""
-        if self._stopping or not self._running:
-            return
-        self._handoff.put_nowait(
-            ConnectionError(
-                f"The RabbitMQ channel of this consumer closed ({exc}) and does not "
-                "reconnect, so nothing more will arrive. Open the connection with "
-                "aio_pika.connect_robust() (or build the consumer from a URL)."
-            )
-        )
 
     def _callback(self, queue_name: str) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         handoff = self._handoff
@@ -368,20 +517,68 @@ class RabbitMQConsumer:
 
         return on_message
 
+    # ----------------------------------------------------------------- lanes
+    def pause(self, lane: Hashable) -> None:
+        """Stop the broker sending the queue named ``lane`` (``basic.cancel``) until
+        :meth:`resume`. Deliveries already taken are still yielded (idempotent)."""
+        if isinstance(lane, str) and lane not in self._paused:
+            self._paused.add(lane)
+            self._apply_lane(lane)
+
+    def resume(self, lane: Hashable) -> None:
+        """Consume the queue named ``lane`` again (idempotent)."""
+        if isinstance(lane, str) and lane in self._paused:
+            self._paused.discard(lane)
+            self._apply_lane(lane)
+
+    def _apply_lane(self, name: str) -> None:
+        if not self._running or self._stopping:
+            return
+        task = self._lane_tasks.get(name)
+        if task is None or task.done():
+            self._lane_tasks[name] = asyncio.get_running_loop().create_task(self._settle_lane(name))
+
+    async def _settle_lane(self, name: str) -> None:
+        """Bring the queue's consumer to the wanted state (paused or consuming), however
+        often pause and resume alternated meanwhile."""
+        queue = next((q for q in self._queues if q.name == name), None)
+        if queue is None:
+            return
+        for _ in range(100):  # each round changes the state; bounded all the same
+            if not self._running or self._stopping:
+                return
+            entry = self._consuming.get(name)
+            try:
+                if name in self._paused and entry is not None:
+                    del self._consuming[name]
+                    await entry.channel.basic_cancel(entry.tag)
+                elif name not in self._paused and entry is None:
+                    await self._consume(queue)
+                else:
+                    return
+            except _CANCEL_ERRORS as exc:
+                log.warning("Could not %s queue %r: %s", "pause" if entry else "resume", name, exc)
+                return
+
     # ----------------------------------------------------------------- consuming
     async def listen(self) -> AsyncIterator[Message]:
         """Yield deliveries as they arrive, until ``stop``.
 
         Raises:
             NotStartedError: When called before ``start``.
+            ConsumerClosedError: The consumer cannot go on (its channel closed for good,
+                or the broker cancelled it): the dispatcher stops.
         """
+        if self._dead is not None:
+            raise self._dead
         if not self._running:
             raise NotStartedError(
-                "The RabbitMQ consumer is not started; call `await consumer.start()` first "
+                "The RabbitMQ consumer is not started.\nCall `await consumer.start()` first "
                 "(the dispatcher does it for you)."
             )
         handoff = self._handoff
         ordered = self.ordered
+        message = _codec.message
         while not self._stopping:
             item = handoff.get_nowait() if handoff.qsize() else await handoff.get()
             if item is _STOP:
@@ -394,7 +591,13 @@ class RabbitMQConsumer:
             if item.channel.is_closed:
                 # Its channel is gone: the broker has put it back and delivers it again.
                 continue
-            yield _message(item, ordered)
+            yield message(
+                item.delivered,
+                item.queue,
+                token=item,
+                ordered=ordered,
+                delivery_tag=item.delivery_tag,
+            )
         await self._requeue_pending()
 
     async def ack(self, message: Message) -> None:
@@ -418,23 +621,39 @@ class RabbitMQConsumer:
 
     # ----------------------------------------------------------------- shutdown
     async def stop(self) -> None:
-        """Stop consuming; ``listen`` ends at once, undelivered messages go back."""
+        """Stop consuming; ``listen`` ends at once, undelivered messages go back.
+
+        Bounded: with the broker unreachable it gives up after about two seconds (the
+        broker requeues whatever the lost channel held).
+        """
         if self._stopping:
             return
         self._stopping = True
         self._handoff.put_nowait(_STOP)
-        await self._cancel_consumers()
-        await self._requeue_pending()
+        for task in self._lane_tasks.values():
+            task.cancel()
+        self._lane_tasks = {}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _STOP_BUDGET
+        await self._cancel_consumers(_STOP_BUDGET)
+        try:
+            await asyncio.wait_for(self._requeue_pending(), max(end - loop.time(), 0.1))
+        except TimeoutError:
+            log.warning("RabbitMQ did not take back the undelivered messages in time")
 
-    async def _cancel_consumers(self) -> None:
-        tags, self._consumer_tags = self._consumer_tags, []
-        for q, raw, tag in tags:
-            if raw.is_closed:
+    async def _cancel_consumers(self, budget: float) -> None:
+        entries, self._consuming = list(self._consuming.values()), {}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + budget
+        for entry in entries:
+            if entry.channel.is_closed:
                 continue  # the broker dropped the consumer with the channel
             try:
-                await asyncio.wait_for(raw.basic_cancel(tag), _CANCEL_TIMEOUT)
+                await asyncio.wait_for(
+                    entry.channel.basic_cancel(entry.tag), max(end - loop.time(), 0.01)
+                )
             except _CANCEL_ERRORS as exc:
-                log.debug("Cancelling consumer %s on %r failed: %s", tag, q.name, exc)
+                log.debug("Cancelling consumer %s on %r failed: %s", entry.tag, entry.queue, exc)
 
     async def _requeue_pending(self) -> None:
         handoff = self._handoff
@@ -446,27 +665,41 @@ class RabbitMQConsumer:
             handoff.put_nowait(_STOP)  # a later listen() must end too
 
     async def close(self) -> None:
-        """Stop, then close the connection if this consumer owns it.
+        """Stop, then close the channel this consumer opened and, when it owns it, the
+        connection (bounded, as :meth:`stop`).
 
         Deliveries still unsettled then go back to their queues (the broker requeues what
-        a closed channel held). Queues passed in are left open: their channel is yours.
+        a closed channel held). Queues passed in keep their channel: it is yours.
         """
         await self.stop()
         self._running = False
-        for ch in self._watched:
-            ch.reopen_callbacks.discard(self._on_reopen)
-        self._watched = []
-        for ch in self._plain:
-            ch.close_callbacks.discard(self._on_lost)
-        self._plain = []
+        self._unwatch()
         await self._close_owned()
 
+    def _unwatch(self) -> None:
+        for ch in self._watched:
+            ch.close_callbacks.discard(self._on_close)
+            if _compat.is_robust(ch):
+                ch.reopen_callbacks.discard(self._on_reopen)  # type: ignore[attr-defined]
+        self._watched = []
+
     async def _close_owned(self) -> None:
-        if self._connection is not None:
-            conn, self._connection = self._connection, None
-            self._channel = None
-            with contextlib.suppress(*CONNECTION_ERRORS):
+        channel, self._channel = self._channel, None
+        conn = self._connection
+        if self._factory is not None:
+            self._connection = None
+
+        async def closing() -> None:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                    await channel.close()
+            if self.owns and conn is not None:
                 await conn.close()
+
+        try:
+            await asyncio.wait_for(closing(), _CLOSE_BUDGET)
+        except _CLOSE_ERRORS as exc:
+            log.debug("Closing the consumer's channel/connection failed: %r", exc)
 
     async def __aenter__(self) -> RabbitMQConsumer:
         await self.start()
@@ -510,46 +743,3 @@ async def _settle(token: _Token, *, requeue: bool) -> None:
             token.queue,
             exc,
         )
-
-
-def _message(token: _Token, ordered: bool) -> Message:
-    delivered = token.delivered
-    delivery: Any = delivered.delivery
-    props = delivered.header.properties
-    raw = props.headers
-    headers = text_headers(raw)
-    key = None
-    if raw and HEADER_KEY in raw:
-        k = raw[HEADER_KEY]
-        key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
-        del headers[HEADER_KEY]
-    if props.app_id == APP_ID:  # see RabbitMQProducer: these travel as properties
-        headers[HEADER_CONTENT_TYPE] = props.content_type  # type: ignore[assignment]
-        headers[HEADER_EVENT_ID] = props.message_id  # type: ignore[assignment]
-        headers[HEADER_EVENT_TYPE] = props.message_type  # type: ignore[assignment]
-    elif HEADER_CONTENT_TYPE not in headers and props.content_type:
-        headers[HEADER_CONTENT_TYPE] = props.content_type
-    count = raw.get("x-delivery-count") if raw else None
-    redelivered = bool(delivery.redelivered)
-    # Quorum queues count earlier deliveries; classic queues only flag a redelivery.
-    attempt = int(count) + 1 if isinstance(count, (int, str)) else 2 if redelivered else 1
-    routing_key = delivery.routing_key or ""
-    queue = token.queue
-    return Message(
-        delivered.body,
-        route=routing_key,
-        headers=headers,
-        key=key,
-        attempt=attempt,
-        metadata={
-            "exchange": delivery.exchange,
-            "queue": queue,
-            "routing_key": routing_key,
-            "delivery_tag": token.delivery_tag,
-            "redelivered": redelivered,
-            "message_id": props.message_id,
-            "consumer_tag": delivery.consumer_tag,
-        },
-        lane=queue if ordered else None,
-        token=token,
-    )

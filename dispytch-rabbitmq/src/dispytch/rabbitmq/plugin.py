@@ -9,64 +9,39 @@ from typing import TYPE_CHECKING, Any
 
 from dispytch.plugins.hookspecs import hookimpl
 from dispytch.plugins.records import TransportSpec
+from dispytch.rabbitmq.options import RabbitMQOptions
+from dispytch.transport import Capabilities
 
 if TYPE_CHECKING:
     from dispytch.rabbitmq.consumer import RabbitMQConsumer
     from dispytch.rabbitmq.producer import RabbitMQProducer
 
-#: URL query parameters Dispytch reads itself (the rest go to aio-pika).
-PRODUCER_URL_OPTIONS = ("topic_exchange", "timeout", "persistent", "mandatory")
-CONSUMER_URL_OPTIONS = ("queue", "prefetch_count", "topic_exchange", "ordered")
-
-_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-def _convert(name: str, value: str) -> Any:
-    if name in ("timeout",):
-        return float(value)
-    if name == "prefetch_count":
-        return int(value)
-    if name in ("persistent", "mandatory", "ordered"):
-        try:
-            return _BOOLS[value.lower()]
-        except KeyError:
-            raise ValueError(f"URL option {name}={value!r}: use true or false.") from None
-    return value
+#: What RabbitMQ consumers offer (``ordered_lanes`` with ``ordered=True``).
+CAPABILITIES = Capabilities(
+    delivery="at-least-once",
+    ordered_lanes=True,
+    requeue=True,
+    delayed_requeue=False,
+    pause_lanes=True,
+    lease_extension=False,
+    request_reply=False,
+)
 
 
 def producer_from_url(url: str, **options: Any) -> RabbitMQProducer:
-    """Build a :class:`~dispytch.rabbitmq.RabbitMQProducer` for ``amqp[s]://...``.
-
-    Query parameters ``topic_exchange``, ``timeout``, ``persistent`` and ``mandatory`` set
-    the options of the same name (keyword ``options`` win); others go to aio-pika.
-    """
-    from dispytch.rabbitmq._common import split_url
+    """Build a :class:`~dispytch.rabbitmq.RabbitMQProducer` for ``amqp[s]://...``
+    (:meth:`RabbitMQProducer.from_url <dispytch.rabbitmq.RabbitMQProducer.from_url>`)."""
     from dispytch.rabbitmq.producer import RabbitMQProducer
 
-    clean, own = split_url(url, PRODUCER_URL_OPTIONS)
-    for k, v in own.items():
-        options.setdefault(k, _convert(k, v))
-    return RabbitMQProducer(url=clean, **options)
+    return RabbitMQProducer.from_url(url, **options)
 
 
 def consumer_from_url(url: str, **options: Any) -> RabbitMQConsumer:
-    """Build a :class:`~dispytch.rabbitmq.RabbitMQConsumer` for ``amqp[s]://...``.
-
-    Query parameters ``queue``, ``prefetch_count``, ``topic_exchange`` and ``ordered`` set
-    the options of the same name (keyword ``options`` win); others go to aio-pika. A
-    ``group`` option (what other transports call the consumer group) names the queue.
-    """
-    from dispytch.rabbitmq._common import split_url
+    """Build a :class:`~dispytch.rabbitmq.RabbitMQConsumer` for ``amqp[s]://...``
+    (:meth:`RabbitMQConsumer.from_url <dispytch.rabbitmq.RabbitMQConsumer.from_url>`)."""
     from dispytch.rabbitmq.consumer import RabbitMQConsumer
 
-    clean, own = split_url(url, (*CONSUMER_URL_OPTIONS, "group"))
-    if "group" in own:
-        own.setdefault("queue", own.pop("group"))
-    if "group" in options:
-        options.setdefault("queue", options.pop("group"))
-    for k, v in own.items():
-        options.setdefault(k, _convert(k, v))
-    return RabbitMQConsumer(url=clean, **options)
+    return RabbitMQConsumer.from_url(url, **options)
 
 
 @hookimpl
@@ -86,5 +61,7 @@ def dispytch_transports() -> list[TransportSpec]:
             ),
             route_types=(RabbitMQEventRoute,),
             subscription_types=(RabbitMQEventSubscription,),
+            capabilities=CAPABILITIES,
+            options_model=RabbitMQOptions,
         )
     ]

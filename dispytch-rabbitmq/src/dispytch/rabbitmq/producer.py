@@ -3,38 +3,40 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import aiormq
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
+from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
     CONNECTION_ERRORS,
-    connect,
+    connect_with,
     declare_exchanges,
     exchange_exists,
     log,
-    redact,
 )
+from dispytch.rabbitmq.options import CONSUMER_OPTIONS, PRODUCER_OPTIONS, parse
 from dispytch.rabbitmq.routes import DEFAULT_TOPIC_EXCHANGE, RabbitMQEventRoute, RabbitMQExchange
 from dispytch.routes import EventRoute, TopicRoute
-from dispytch.transport import (
-    HEADER_CONTENT_TYPE,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    OutgoingMessage,
-)
+from dispytch.transport import OutgoingMessage
 from pamqp.commands import Basic
 
-#: Header carrying ``OutgoingMessage.key`` (RabbitMQ has no partitioning key of its own).
-HEADER_KEY = "dispytch-key"
-#: ``app_id`` of messages whose Dispytch headers travel as AMQP properties.
-APP_ID = "dispytch"
+_compat.install_tolerant_decoding()
 
-_PERSISTENT = 2
-_TRANSIENT = 1
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *CONNECTION_ERRORS,
+)
+
+#: What the producer may be built over: aio-pika exchanges, a channel, a connection, or a
+#: coroutine function that opens a connection.
+ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
+ProducerTarget = (
+    Iterable[AbstractExchange] | AbstractChannel | AbstractConnection | ConnectionFactory
+)
 
 
 class RabbitMQProducer:
@@ -45,52 +47,51 @@ class RabbitMQProducer:
     default and published ``mandatory``, so a message no queue receives is an error
     instead of vanishing.
 
-    Two ways to build one:
+    One constructor, over what you have:
 
-    * Over aio-pika exchanges you declared (as Dispytch users write it today)::
+    * aio-pika exchanges you declared (the seed documents' way)::
 
           channel = await connection.channel()          # confirms are on by default
           exchange = await channel.declare_exchange("user.events", ExchangeType.DIRECT)
-          producer = RabbitMQProducer([exchange])
+          emitter = EventEmitter(RabbitMQProducer([exchange]))
+          await emitter.emit(...)                       # no start() needed
 
       It publishes only to those exchanges (pass ``channel.default_exchange`` too to
-      publish to queues by name) and never closes your connection.
-    * From a URL, owning a robust connection that reconnects by itself::
+      publish to queues by name).
+    * an aio-pika channel: any exchange on it (one not known yet is checked passively,
+      on a throwaway channel, before the first publish to it);
+    * an aio-pika connection: the producer opens its own confirmed channel on it;
+    * a connection factory (``lambda: aio_pika.connect_robust(url)``), called at
+      ``start()``; :meth:`from_url` builds one.
 
-          producer = RabbitMQProducer.from_url("amqp://guest:guest@localhost:5672/",
-                                               exchanges=[RabbitMQExchange(name="user.events",
-                                                                           type="topic")])
-
-      It declares exactly the exchanges listed and checks any other exchange a route
-      names passively (it must exist already): nothing is created behind your back.
-
-    Routes: :class:`RabbitMQEventRoute` (exchange + routing key) or the transport-neutral
-    :class:`~dispytch.routes.TopicRoute`, which publishes its topic as the routing key to
-    ``topic_exchange`` (``amq.topic`` by default, a durable topic exchange every broker
-    has).
+    Over your objects the producer is usable at once, as long as they are: a closed
+    channel or connection raises :class:`~dispytch.errors.NotStartedError` saying so.
+    ``stop()`` stops it (sends then raise until ``start()``) and closes what it owns.
 
     Args:
-        exchanges: aio-pika exchanges to publish to (their channels must have publisher
-            confirms on, aio-pika's default).
-        url: Instead of ``exchanges``: ``amqp://user:pass@host:port/vhost`` or ``amqps://``.
-        declare: With ``url``: exchanges to declare at start (:class:`RabbitMQExchange`).
+        target: Exchanges, a channel, a connection, or a connection factory.
+        owns: Whether ``stop()`` closes the connection (default: only one the producer
+            opened through a factory). The only place ownership is read.
+        declare: Exchanges to declare at start (:class:`RabbitMQExchange`; a channel,
+            connection or factory target).
         topic_exchange: Where :class:`~dispytch.routes.TopicRoute` events go.
         timeout: Seconds a ``send`` may take in all, waiting for a lost connection to come
             back included, before :class:`~dispytch.errors.EmitTimeoutError`.
         persistent: Delivery mode 2 (written to disk in durable queues). Default ``True``.
         mandatory: Have the broker return messages no queue is bound for (then
             :class:`~dispytch.errors.EmitError`). Default ``True``.
-        connect_timeout: With ``url``: seconds to wait for the first connection.
+        connect_timeout: Seconds a factory may take to connect.
 
     Raises:
-        ValueError: When neither or both of ``exchanges`` and ``url`` are given.
+        TypeError: For a target of another kind.
+        ConfigError: For an invalid option.
     """
 
     def __init__(
         self,
-        exchanges: Iterable[AbstractExchange] | None = None,
+        target: ProducerTarget,
         *,
-        url: str | None = None,
+        owns: bool | None = None,
         declare: Sequence[RabbitMQExchange] = (),
         topic_exchange: str = DEFAULT_TOPIC_EXCHANGE,
         timeout: float = 30.0,
@@ -98,94 +99,140 @@ class RabbitMQProducer:
         mandatory: bool = True,
         connect_timeout: float = 10.0,
     ) -> None:
-        if (exchanges is None) == (url is None):
-            raise ValueError(
-                "RabbitMQProducer needs either aio-pika exchanges "
-                "(RabbitMQProducer([exchange, ...])) or a URL "
-                "(RabbitMQProducer.from_url('amqp://guest:guest@localhost:5672/')), not "
-                + ("both." if url is not None else "neither.")
-            )
-        if declare and url is None:
-            raise ValueError(
-                "declare= is for producers built from a URL; with aio-pika exchanges, "
-                "declare them on your channel yourself."
-            )
-        self._user_exchanges = list(exchanges) if exchanges is not None else []
-        if exchanges is not None and not self._user_exchanges:
-            raise ValueError(
-                "RabbitMQProducer([]) has no exchange to publish to; pass the aio-pika "
-                "exchanges your events are routed to."
-            )
-        self._url = url
+        _, opts = parse(
+            None,
+            PRODUCER_OPTIONS,
+            (),
+            {
+                "topic_exchange": topic_exchange,
+                "timeout": timeout,
+                "persistent": persistent,
+                "mandatory": mandatory,
+                "connect_timeout": connect_timeout,
+            },
+        )
+        self.topic_exchange = opts.topic_exchange
+        self.timeout = opts.timeout
+        self.persistent = opts.persistent
+        self.mandatory = opts.mandatory
+        self.connect_timeout = opts.connect_timeout
         self._declare = tuple(declare)
-        self.topic_exchange = topic_exchange
-        self.timeout = timeout
-        self.persistent = persistent
-        self.mandatory = mandatory
-        self.connect_timeout = connect_timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._factory: ConnectionFactory | None = None
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None  # any exchange goes through it
+        self._own_channel = False
         # exchange name -> the aio-pika channel to publish it on
         self._targets: dict[str, AbstractChannel] = {}
+        self._fixed = False  # only the exchanges given
+        if isinstance(target, AbstractChannel):
+            self._channel = target
+        elif isinstance(target, AbstractConnection):
+            self._connection = target
+        elif callable(target):
+            self._factory = target
+        else:
+            exchanges = list(target)
+            if not exchanges:
+                raise TypeError(
+                    "RabbitMQProducer([]) has no exchange to publish to.\n"
+                    "Pass the aio-pika exchanges your events are routed to."
+                )
+            for ex in exchanges:
+                if not isinstance(ex, AbstractExchange):
+                    raise TypeError(
+                        f"RabbitMQProducer cannot publish through {ex!r}.\n"
+                        "Pass aio-pika exchanges, a channel, a connection, or a factory: "
+                        "RabbitMQProducer.from_url('amqp://guest:guest@localhost:5672/')."
+                    )
+                self._targets[ex.name] = ex.channel  # type: ignore[attr-defined]
+            self._fixed = True
+        if self._declare and self._fixed:
+            raise TypeError(
+                "declare= needs a channel, a connection or a URL; with aio-pika exchanges, "
+                "declare them on your channel yourself."
+            )
+        self.owns = self._factory is not None if owns is None else owns
+        self._confirmed: set[int] = set()  # ids of channels checked for confirms
         self._lookups: dict[str, asyncio.Future[AbstractChannel]] = {}
-        self._running = False
+        self._started = False
+        self._stopped = False
+        self._start_lock = asyncio.Lock()
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQProducer:
-        """A producer owning a robust connection to ``url`` (see the class for options)."""
-        return cls(url=url, **options)
+        """A producer owning a robust connection to ``url``.
+
+        Query parameters ``topic_exchange``, ``timeout``, ``persistent``, ``mandatory``
+        and ``connect_timeout`` (see :class:`~dispytch.rabbitmq.options.RabbitMQOptions`)
+        and keyword ``options`` (which win) configure it; aio-pika's own parameters
+        (``heartbeat``, ``reconnect_interval``, TLS files...) stay in the URL. Consumer
+        options in the query are ignored (one URL may serve both sides).
+
+        Raises:
+            ConfigError: An unknown or invalid option.
+        """
+        declare = options.pop("declare", ())
+        owns = options.pop("owns", True)
+        clean, opts = parse(url, PRODUCER_OPTIONS, CONSUMER_OPTIONS, options)
+        assert clean is not None
+        values = opts.model_dump(include=set(PRODUCER_OPTIONS))
+        return cls(
+            connect_with(clean, within=opts.connect_timeout), owns=owns, declare=declare, **values
+        )
 
     @property
-    def connection(self) -> AbstractRobustConnection | None:
-        """The connection this producer owns (``None`` over user exchanges or unstarted)."""
+    def connection(self) -> AbstractConnection | None:
+        """The connection this producer publishes over, when it was given or opened one."""
         return self._connection
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Connect (URL) or check the exchanges' channels (aio-pika exchanges).
+        """Connect (factory), open the producer's channel (connection, factory), declare
+        ``declare``; over exchanges or a channel, check they are open.
 
         Raises:
-            ValueError: When a passed exchange's channel has publisher confirms off (a
-                confirmed publish could not be told from a lost one).
-            ConnectionError: When the broker cannot be reached.
+            NotStartedError: A channel or connection given is closed for good.
+            ConnectionError: The broker cannot be reached (factory).
+            ValueError: An exchange of ``declare`` exists with other settings.
         """
-        if self._running:
-            return
-        if self._url is None:
-            targets: dict[str, AbstractChannel] = {}
-            for ex in self._user_exchanges:
-                channel: AbstractChannel = ex.channel  # type: ignore[attr-defined]
-                if not getattr(channel, "publisher_confirms", True):
-                    raise ValueError(
-                        f"The channel of exchange {ex.name!r} has publisher confirms off, so "
-                        "a published event could be lost unnoticed. Open it with "
-                        "connection.channel(publisher_confirms=True) (the aio-pika default)."
+        async with self._start_lock:
+            self._stopped = False
+            if self._started:
+                return
+            if self._factory is not None and self._connection is None:
+                self._connection = await asyncio.wait_for(self._factory(), self.connect_timeout)
+            if self._connection is not None and self._channel is None:
+                if self._connection.is_closed:
+                    raise self._closed_error("connection")
+                try:
+                    self._channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
                     )
-                targets[ex.name] = channel
-            self._targets = targets
-        else:
-            self._connection = await connect(self._url, within=self.connect_timeout)
-            try:
-                self._channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                await declare_exchanges(self._channel, self._declare)
-            except BaseException:
-                await self._connection.close()
-                self._connection = None
-                raise
-            self._targets = {"": self._channel}
-            for declared in self._declare:
-                self._targets[declared.name] = self._channel
-        self._running = True
+                    self._own_channel = True
+                except BaseException:
+                    await self._release()
+                    raise
+            for channel in self._channels():
+                self._check_usable(channel)
+            if self._channel is not None:
+                try:
+                    await declare_exchanges(self._channel, self._declare)
+                except BaseException:
+                    await self._release()
+                    raise
+                self._targets.setdefault("", self._channel)
+                for declared in self._declare:
+                    self._targets[declared.name] = self._channel
+            self._started = True
 
     async def stop(self) -> None:
         """Stop accepting sends, let sends in progress get their confirms (at most
-        ``timeout``), then close the connection when this producer owns it.
+        ``timeout``), then close the channel the producer opened and, when it owns it,
+        the connection.
         """
-        self._running = False
+        self._stopped = True
         if self._in_flight:
             self._drained = asyncio.Event()
             try:
@@ -200,10 +247,28 @@ class RabbitMQProducer:
             finally:
                 self._drained = None
         self._lookups.clear()
-        if self._connection is not None:
-            conn, self._connection = self._connection, None
-            self._channel = None
-            await conn.close()
+        await self._release()
+
+    async def _release(self) -> None:
+        self._started = False
+        if self._own_channel and self._channel is not None:
+            channel, self._channel = self._channel, None
+            self._own_channel = False
+            self._targets = {k: v for k, v in self._targets.items() if v is not channel}
+            self._confirmed.discard(id(channel))
+            if not channel.is_closed:
+                try:
+                    await asyncio.wait_for(channel.close(), 5)
+                except _CLOSE_ERRORS:
+                    log.debug("Closing the producer's channel failed", exc_info=True)
+        if self.owns and self._connection is not None:
+            conn = self._connection
+            if self._factory is not None:
+                self._connection = None
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except _CLOSE_ERRORS:
+                log.debug("Closing the producer's connection failed", exc_info=True)
 
     async def __aenter__(self) -> RabbitMQProducer:
         await self.start()
@@ -212,14 +277,59 @@ class RabbitMQProducer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    # ----------------------------------------------------------------- usability
+    def _channels(self) -> list[AbstractChannel]:
+        seen: dict[int, AbstractChannel] = {id(c): c for c in self._targets.values()}
+        if self._channel is not None:
+            seen[id(self._channel)] = self._channel
+        return list(seen.values())
+
+    def _closed_error(self, what: str) -> NotStartedError:
+        return NotStartedError(
+            f"The aio-pika {what} this RabbitMQProducer publishes through is closed.\n"
+            f"Open a new one and build a new RabbitMQProducer over it (or use "
+            "RabbitMQProducer.from_url(...), which reconnects by itself)."
+        )
+
+    def _check_usable(self, channel: AbstractChannel) -> None:
+        if _compat.closed_for_good(channel):
+            raise self._closed_error("channel")
+        if id(channel) in self._confirmed:
+            return
+        if not getattr(channel, "publisher_confirms", True):
+            raise ValueError(
+                "The aio-pika channel given to RabbitMQProducer has publisher confirms off, "
+                "so a published event could be lost unnoticed.\nOpen it with "
+                "connection.channel(publisher_confirms=True) (the aio-pika default)."
+            )
+        self._confirmed.add(id(channel))
+
+    async def _ready(self) -> None:
+        """Make sure the producer may send; user objects need no ``start()``."""
+        if self._stopped:
+            raise NotStartedError(
+                "The RabbitMQ producer was stopped.\n"
+                "Call `await producer.start()` (or `await emitter.start()`) to use it again."
+            )
+        if self._started:
+            return
+        if self._factory is not None:
+            raise NotStartedError(
+                "The RabbitMQ producer is not started.\nCall `await emitter.start()` (or "
+                "`await producer.start()`) or use `async with emitter:` before emitting."
+            )
+        if self._connection is not None and self._connection.is_closed:
+            raise self._closed_error("connection")
+        await self.start()
+
     # ----------------------------------------------------------------- publishing
     def _address(self, route: EventRoute) -> tuple[str, str, RabbitMQEventRoute | None]:
         if isinstance(route, RabbitMQEventRoute):
             return route.exchange, route.routing_key, route
         if isinstance(route, TopicRoute):
             return self.topic_exchange, route.topic, None
-        raise EmitError(
-            f"RabbitMQProducer cannot publish to {route!r}. Use "
+        raise EmitRejectedError(
+            f"RabbitMQProducer cannot publish to {route!r}.\nUse "
             "RabbitMQEventRoute(exchange=..., routing_key=...) or TopicRoute(topic=...)."
         )
 
@@ -227,16 +337,16 @@ class RabbitMQProducer:
         target = self._targets.get(exchange)
         if target is not None:
             return target
-        if self._url is None:
+        if self._fixed:
             known = ", ".join(repr(n) for n in self._targets) or "none"
             hint = (
                 " Pass channel.default_exchange to publish to queues by name."
                 if exchange == ""
                 else ""
             )
-            raise EmitError(
+            raise EmitRejectedError(
                 f"This RabbitMQProducer does not know the exchange {exchange!r} "
-                f"(it publishes to: {known}). Declare it and pass it: "
+                f"(it publishes to: {known}).\nDeclare it and pass it: "
                 f"RabbitMQProducer([..., exchange]).{hint}"
             )
         # Check once per name, however many sends race for it.
@@ -253,58 +363,23 @@ class RabbitMQProducer:
                 self._lookups.pop(exchange, None)
 
     async def _lookup(self, exchange: str) -> AbstractChannel:
-        assert self._connection is not None and self._channel is not None
+        channel = self._channel
+        assert channel is not None
         try:
-            exists = await exchange_exists(self._connection, exchange)
+            exists = await exchange_exists(_compat.connection_of(channel), exchange)
         except CONNECTION_ERRORS as exc:
             raise EmitError(
                 f"Could not check that the exchange {exchange!r} exists: the connection to "
-                f"RabbitMQ was lost ({exc}). Nothing was published; emit again."
+                f"RabbitMQ was lost ({exc}).\nNothing was published; emit again."
             ) from exc
         if not exists:
-            raise EmitError(
-                f"The exchange {exchange!r} does not exist on {redact(self._url or '')}. "
-                "Declare it (RabbitMQProducer.from_url(url, declare=[RabbitMQExchange("
+            raise EmitRejectedError(
+                f"The exchange {exchange!r} does not exist.\nDeclare it "
+                "(RabbitMQProducer.from_url(url, declare=[RabbitMQExchange("
                 f"name={exchange!r}, type=...)]) or with your own tooling) before publishing."
             )
-        self._targets[exchange] = self._channel
-        return self._channel
-
-    def _properties(
-        self, message: OutgoingMessage, route: RabbitMQEventRoute | None
-    ) -> Basic.Properties:
-        headers: dict[str, Any] = dict(message.headers)
-        content_type = headers.get(HEADER_CONTENT_TYPE)
-        event_id = headers.get(HEADER_EVENT_ID)
-        event_type = headers.get(HEADER_EVENT_TYPE)
-        app_id = None
-        if content_type is not None and event_id is not None and event_type is not None:
-            # Dispytch's own headers travel as the standard AMQP properties they are
-            # (content_type, message_id, type): other AMQP clients read them there, and
-            # the header table, which the client encodes and decodes in Python, shrinks.
-            # app_id marks the message so the consumer restores exactly these headers.
-            del headers[HEADER_CONTENT_TYPE], headers[HEADER_EVENT_ID], headers[HEADER_EVENT_TYPE]
-            app_id = APP_ID
-        if message.key is not None:
-            headers[HEADER_KEY] = bytearray(message.key)  # AMQP byte array: any bytes travel
-        persistent = self.persistent
-        priority = expiration = None
-        if route is not None:
-            if route.persistent is not None:
-                persistent = route.persistent
-            priority = route.priority
-            if route.expiration_ms is not None:
-                expiration = str(route.expiration_ms)
-        return Basic.Properties(
-            content_type=content_type,
-            headers=headers,
-            delivery_mode=_PERSISTENT if persistent else _TRANSIENT,
-            message_id=event_id,
-            message_type=event_type,
-            app_id=app_id,
-            priority=priority,
-            expiration=expiration,
-        )
+        self._targets[exchange] = channel
+        return channel
 
     async def send(self, message: OutgoingMessage) -> None:
         """Publish one message and wait for the broker's confirm.
@@ -314,18 +389,17 @@ class RabbitMQProducer:
         at-least-once), all within ``timeout``.
 
         Raises:
-            NotStartedError: The producer is not started, or was stopped.
+            NotStartedError: Built from a URL and not started, stopped, or the channel or
+                connection given is closed.
             EmitTimeoutError: No confirm within ``timeout``.
-            EmitError: The broker refused the message (nack), no queue was bound for it
-                (mandatory), or the exchange does not exist or is unknown.
+            EmitRejectedError: The broker refused the message (nack), or the exchange
+                does not exist or is unknown.
+            EmitError: No queue was bound for it (mandatory).
         """
-        if not self._running:
-            raise NotStartedError(
-                "The RabbitMQ producer is not started. Call `await emitter.start()` (or "
-                "`await producer.start()`) or use `async with emitter:` before emitting."
-            )
+        if not self._started or self._stopped:
+            await self._ready()
         exchange, routing_key, route = self._address(message.route)
-        properties = self._properties(message, route)
+        properties = _codec.properties(message, route, persistent=self.persistent)
         deadline = asyncio.get_running_loop().time() + self.timeout
         self._in_flight += 1
         try:
@@ -339,8 +413,8 @@ class RabbitMQProducer:
         except TimeoutError:
             raise EmitTimeoutError(
                 f"RabbitMQ did not confirm the message to {exchange or '(default)'!r} / "
-                f"{routing_key!r} within {self.timeout:g}s (is the broker reachable?). It may "
-                "or may not have been stored: emit it again if it must arrive."
+                f"{routing_key!r} within {self.timeout:g}s (is the broker reachable?).\nIt "
+                "may or may not have been stored: emit it again if it must arrive."
             ) from None
         finally:
             self._in_flight -= 1
@@ -358,16 +432,18 @@ class RabbitMQProducer:
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._running:
+            if not self._started:
                 raise NotStartedError(
                     "The RabbitMQ producer was stopped while this event waited to be "
-                    "published; it was not confirmed."
+                    "published; it was not confirmed.\nEmit it again after start()."
                 )
             try:
                 if channel.is_closed:
+                    if _compat.closed_for_good(channel):
+                        raise self._closed_error("channel")
                     async with asyncio.timeout_at(deadline):
                         await self._wait_ready(channel)
-                raw = await channel.get_underlay_channel()
+                raw = await _compat.underlay(channel)
                 result = await raw.basic_publish(
                     body,
                     exchange=exchange,
@@ -379,23 +455,25 @@ class RabbitMQProducer:
             except aiormq.exceptions.PublishError as exc:
                 raise self._unroutable(exchange, routing_key) from exc
             except aiormq.exceptions.DeliveryError as exc:
-                raise EmitError(
+                raise EmitRejectedError(
                     f"RabbitMQ refused the message to {exchange or '(default)'!r} / "
                     f"{routing_key!r} (basic.nack: {exc.frame!r}); a queue may be over its "
-                    "length limit with overflow=reject-publish. It was not stored."
+                    "length limit with overflow=reject-publish.\nIt was not stored."
                 ) from exc
             except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                if self._url is not None:
+                if not self._fixed:
                     self._targets.pop(exchange, None)
-                raise EmitError(
-                    f"RabbitMQ has no exchange {exchange!r} ({exc}). Declare it before publishing."
+                raise EmitRejectedError(
+                    f"RabbitMQ has no exchange {exchange!r} ({exc}).\nDeclare it before publishing."
                 ) from exc
             except aiormq.exceptions.AMQPChannelError as exc:
                 raise EmitError(
                     f"RabbitMQ closed the channel publishing to {exchange or '(default)'!r} / "
-                    f"{routing_key!r}: {exc}"
+                    f"{routing_key!r}: {exc}.\nEmit again once the cause is fixed."
                 ) from exc
             except CONNECTION_ERRORS as exc:
+                if _compat.closed_for_good(channel):
+                    raise self._closed_error("channel") from exc
                 # The connection went away before the confirm: wait for the robust
                 # connection to come back and publish again (bounded by the deadline).
                 log.warning(
@@ -410,9 +488,9 @@ class RabbitMQProducer:
                     await self._wait_ready(channel)
                 continue
             if result is None:
-                raise EmitError(
-                    f"The channel publishing to {exchange!r} has publisher confirms off; "
-                    "open it with publisher_confirms=True."
+                raise EmitRejectedError(
+                    f"The channel publishing to {exchange!r} has publisher confirms off.\n"
+                    "Open it with publisher_confirms=True."
                 )
             if not isinstance(result, Basic.Ack):
                 # A returned message on a channel opened with on_return_raises=False.
@@ -420,19 +498,15 @@ class RabbitMQProducer:
             return
 
     async def _wait_ready(self, channel: AbstractChannel) -> None:
-        ready = getattr(channel, "ready", None)
-        if ready is None:
-            raise EmitError(
-                "The RabbitMQ connection was lost and this channel does not reconnect. "
-                "Use aio_pika.connect_robust() for the connection your exchanges live on."
-            )
+        if not _compat.is_robust(channel):
+            raise self._closed_error("channel")
         await asyncio.sleep(0.05)
-        await ready()
+        await channel.ready()  # type: ignore[attr-defined]
 
     def _unroutable(self, exchange: str, routing_key: str) -> EmitError:
         return EmitError(
             f"RabbitMQ could not route the message to {exchange or '(default)'!r} / "
-            f"{routing_key!r}: no queue is bound for it, so it would have been dropped. "
+            f"{routing_key!r}: no queue is bound for it, so it would have been dropped.\n"
             "Declare and bind the consumer's queue before emitting (or publish with "
             "mandatory=False to allow dropping)."
         )

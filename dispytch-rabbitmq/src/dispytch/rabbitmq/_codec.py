@@ -1,0 +1,133 @@
+"""The RabbitMQ wire format of Dispytch messages, both ways (one module for producer and
+consumer, so the two cannot drift apart).
+
+Dispytch's own headers travel as the standard AMQP properties they are (``content_type``,
+``message_id``, ``type``): other AMQP clients read them there, and the header table, which
+the client encodes and decodes in Python, shrinks. ``app_id = "dispytch"`` marks such a
+message so the consumer restores exactly these headers. A message key travels in the
+``dispytch-key`` header as an AMQP byte array (any bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiormq.abc import DeliveredMessage
+from dispytch.rabbitmq.routes import RabbitMQEventRoute
+from dispytch.transport import (
+    HEADER_CONTENT_TYPE,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    Message,
+    OutgoingMessage,
+)
+from pamqp.commands import Basic
+
+#: Header carrying ``OutgoingMessage.key`` (RabbitMQ has no partitioning key of its own).
+HEADER_KEY = "dispytch-key"
+#: ``app_id`` of messages whose Dispytch headers travel as AMQP properties.
+APP_ID = "dispytch"
+
+PERSISTENT = 2
+TRANSIENT = 1
+
+
+def properties(
+    message: OutgoingMessage, route: RabbitMQEventRoute | None, *, persistent: bool
+) -> Basic.Properties:
+    """The AMQP properties (and header table) of an outgoing message."""
+    headers: dict[str, Any] = dict(message.headers)
+    content_type = headers.get(HEADER_CONTENT_TYPE)
+    event_id = headers.get(HEADER_EVENT_ID)
+    event_type = headers.get(HEADER_EVENT_TYPE)
+    app_id = None
+    if content_type is not None and event_id is not None and event_type is not None:
+        del headers[HEADER_CONTENT_TYPE], headers[HEADER_EVENT_ID], headers[HEADER_EVENT_TYPE]
+        app_id = APP_ID
+    if message.key is not None:
+        headers[HEADER_KEY] = bytearray(message.key)  # AMQP byte array: any bytes travel
+    priority = expiration = None
+    if route is not None:
+        if route.persistent is not None:
+            persistent = route.persistent
+        priority = route.priority
+        if route.expiration_ms is not None:
+            expiration = str(route.expiration_ms)
+    return Basic.Properties(
+        content_type=content_type,
+        headers=headers,
+        delivery_mode=PERSISTENT if persistent else TRANSIENT,
+        message_id=event_id,
+        message_type=event_type,
+        app_id=app_id,
+        priority=priority,
+        expiration=expiration,
+    )
+
+
+def text_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
+    """AMQP header tables hold numbers, bytes, lists and tables; Dispytch wants text.
+
+    Bytes that are not valid UTF-8 are decoded with replacement characters: a header
+    never makes a message unreadable.
+    """
+    if not raw:
+        return {}
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        if isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, (bytes, bytearray)):
+            out[k] = bytes(v).decode("utf-8", "replace")
+        else:
+            out[k] = str(v)
+    return out
+
+
+def message(
+    delivered: DeliveredMessage, queue: str, *, token: Any, ordered: bool, delivery_tag: int
+) -> Message:
+    """The :class:`~dispytch.transport.Message` of one delivery."""
+    delivery: Any = delivered.delivery
+    props = delivered.header.properties
+    raw = props.headers
+    headers = text_headers(raw)
+    key = None
+    if raw and HEADER_KEY in raw:
+        k = raw[HEADER_KEY]
+        key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
+        del headers[HEADER_KEY]
+    if props.app_id == APP_ID:  # see properties(): these travel as AMQP properties
+        for name, value in (
+            (HEADER_CONTENT_TYPE, props.content_type),
+            (HEADER_EVENT_ID, props.message_id),
+            (HEADER_EVENT_TYPE, props.message_type),
+        ):
+            if value is not None:
+                headers[name] = value
+    elif HEADER_CONTENT_TYPE not in headers and props.content_type:
+        headers[HEADER_CONTENT_TYPE] = props.content_type
+    count = raw.get("x-delivery-count") if raw else None
+    redelivered = bool(delivery.redelivered)
+    # Quorum queues count earlier deliveries; classic queues only flag a redelivery.
+    attempt = int(count) + 1 if isinstance(count, int) else 2 if redelivered else 1
+    routing_key = delivery.routing_key or ""
+    return Message(
+        delivered.body,
+        route=routing_key,
+        headers=headers,
+        key=key,
+        attempt=attempt,
+        metadata={
+            "exchange": delivery.exchange,
+            "queue": queue,
+            "routing_key": routing_key,
+            "delivery_tag": delivery_tag,
+            "redelivered": redelivered,
+            "message_id": props.message_id,
+            "consumer_tag": delivery.consumer_tag,
+        },
+        lane=queue if ordered else None,
+        token=token,
+    )

@@ -1,0 +1,303 @@
+"""Dead consumers end the dispatcher, prefetch follows max_in_flight, stop is bounded
+with the broker unreachable (a loopback TCP proxy stands between client and broker), and
+pausing a lane stops the broker sending that queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aio_pika
+import dispytch.dispatcher as dispatcher_module
+import pytest
+from dispytch import Event, EventBase, EventEmitter
+from dispytch.dispatcher import EventDispatcher
+from dispytch.errors import ConsumerClosedError
+from dispytch.rabbitmq import (
+    RabbitMQConsumer,
+    RabbitMQEventRoute,
+    RabbitMQEventSubscription,
+    RabbitMQProducer,
+)
+from dispytch.transport import LanePausing, OutgoingMessage, ReadAhead
+
+from .conftest import AMQP_URL, Names, ready_count, wait_until
+
+pytestmark = pytest.mark.broker
+
+_CORE = inspect.getsource(dispatcher_module)
+#: Whether the core dispatcher on this branch already implements its side of the
+#: contracts (the core helper's work): these cases are expected to fail before it lands.
+CORE_STOPS_ON_CLOSED = "ConsumerClosedError" in _CORE
+CORE_CONFIGURES = ".configure(" in _CORE
+
+
+class Item(EventBase):
+    __event_type__ = "item"
+    i: int
+
+
+def test_the_consumer_implements_the_core_protocols() -> None:
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue="q")
+    assert isinstance(consumer, LanePausing)
+    assert isinstance(consumer, ReadAhead)
+
+
+async def publish(queue: str, n: int) -> None:
+    async with RabbitMQProducer.from_url(AMQP_URL) as producer:
+        route = RabbitMQEventRoute(routing_key=queue)
+        await producer.send_batch(
+            [OutgoingMessage(route, f'{{"i": {i}}}'.encode(), {}) for i in range(n)]
+        )
+
+
+# --------------------------------------------------------------- dead consumers
+@pytest.mark.xfail(
+    not CORE_STOPS_ON_CLOSED,
+    reason="the core dispatcher does not stop on ConsumerClosedError yet",
+    strict=True,
+)
+@pytest.mark.parametrize("how", ["channel closed", "queue deleted"])
+async def test_a_dead_consumer_stops_the_dispatcher(names: Names, how: str) -> None:
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        queue = await ch.declare_queue(names.queue("dead"), durable=True)
+        dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+        @dispatcher.handler(RabbitMQEventSubscription(queue=queue.name))
+        async def on_item(event: Event[Item]) -> None: ...
+
+        await dispatcher.start()
+        assert dispatcher.running
+        if how == "channel closed":
+            await ch.close()
+        else:
+            other = await conn.channel()
+            await other.queue_delete(queue.name, if_unused=False, if_empty=False)
+            await other.close()
+        with pytest.raises(ConsumerClosedError):
+            await asyncio.wait_for(dispatcher.wait(), 15)
+        assert not dispatcher.running
+        await dispatcher.stop()
+    finally:
+        await conn.close()
+
+
+async def test_a_robust_channel_closed_by_its_user_ends_listen(names: Names) -> None:
+    """A robust channel reopens after an outage, but not after its user closed it."""
+    conn = await aio_pika.connect_robust(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        queue = await ch.declare_queue(names.queue("robustclose"), durable=True)
+        consumer = RabbitMQConsumer(queue)
+        await consumer.start()
+        listening = asyncio.ensure_future(anext(consumer.listen()))
+        await asyncio.sleep(0)
+        await ch.close()
+        with pytest.raises(ConsumerClosedError, match="nothing reopens it"):
+            await asyncio.wait_for(listening, 10)
+        await consumer.close()
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------- back-pressure
+async def test_taken_but_unhandled_stays_bounded_by_the_prefetch(names: Names) -> None:
+    """max_in_flight=8, 1 s handlers, 200 queued: the broker never has more than the
+    prefetch (8) delivered and unacknowledged, so nothing piles up in the process."""
+    q_name = names.queue("bound")
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()  # a plain channel, no QoS: the consumer sets it
+        queue = await ch.declare_queue(q_name, durable=True)
+        await publish(q_name, 200)
+        consumer = RabbitMQConsumer(queue)
+        dispatcher = EventDispatcher(consumer, max_in_flight=8)
+        if not CORE_CONFIGURES:
+            consumer.configure(max_in_flight=8)  # what the dispatcher does once it lands
+        done: list[int] = []
+
+        @dispatcher.handler(RabbitMQEventSubscription(queue=q_name))
+        async def slow(event: Event[Item]) -> None:
+            await asyncio.sleep(1)
+            done.append(event.body.i)
+
+        worst = 0
+        async with dispatcher:
+            assert consumer.prefetch_count == 8
+            for _ in range(6):  # bounded: about 3 s of sampling
+                await asyncio.sleep(0.5)
+                taken = 200 - await ready_count(conn, q_name) - len(done)
+                worst = max(worst, taken)
+        assert done, "nothing was handled"
+        assert worst <= 8, f"{worst} messages taken and not handled (prefetch 8)"
+    finally:
+        await conn.close()
+
+
+@pytest.mark.xfail(
+    not CORE_CONFIGURES, reason="the core dispatcher does not call configure() yet", strict=True
+)
+async def test_the_dispatcher_sizes_the_prefetch(names: Names) -> None:
+    q_name = names.queue("sized")
+    consumer = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name)
+    dispatcher = EventDispatcher(consumer, max_in_flight=8)
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=q_name))
+    async def on_item(event: Event[Item]) -> None: ...
+
+    async with dispatcher:
+        assert consumer.prefetch_count == 8
+
+
+# --------------------------------------------------------------- bounded stop
+class Proxy:
+    """A loopback TCP proxy to the broker that can freeze (stop forwarding, sockets left
+    open: an unreachable network) or die (every socket closed, nothing listening)."""
+
+    def __init__(self) -> None:
+        target = urlsplit(AMQP_URL)
+        self.host, self.port = target.hostname or "127.0.0.1", target.port or 5672
+        self.frozen = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        parts = urlsplit(AMQP_URL)
+        netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
+        return parts._replace(netloc=netloc).geturl().rstrip("/") + "/?reconnect_interval=0.5"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self._writers += [writer, up_writer]
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                data = await src.read(65536)
+                if not data:
+                    break
+                if self.frozen.is_set():
+                    await asyncio.Event().wait()  # swallow everything from now on
+                dst.write(data)
+                await dst.drain()
+
+    async def kill(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in self._writers:
+            w.transport.abort()
+        self._writers = []
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    async with Proxy() as p:
+        yield p
+
+
+@pytest.mark.parametrize("outage", ["frozen", "killed"])
+async def test_stop_is_bounded_with_the_broker_unreachable(
+    names: Names, proxy: Proxy, outage: str
+) -> None:
+    q_name = names.queue("unreachable")
+    await publish_direct(q_name, 5)
+    consumer = RabbitMQConsumer.from_url(proxy.url, queue=q_name)
+    dispatcher = EventDispatcher(consumer, max_in_flight=4)
+    started = asyncio.Event()
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=q_name))
+    async def stuck(event: Event[Item]) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await dispatcher.start()
+    await asyncio.wait_for(started.wait(), 10)
+    if outage == "frozen":
+        proxy.frozen.set()
+    else:
+        await proxy.kill()
+    # The stop deadline is a deadline: timeout + 1 s at most, broker or no broker.
+    await asyncio.wait_for(dispatcher.stop(timeout=5), 6)
+    assert not dispatcher.running
+    await proxy.kill()
+    conn = await aio_pika.connect(AMQP_URL)
+    try:  # nothing lost: the broker requeues what the lost connection held
+        ready = 0
+        for _ in range(100):  # at most 10 s
+            ready = await ready_count(conn, q_name)
+            if ready == 5:
+                break
+            await asyncio.sleep(0.1)
+        assert ready == 5
+    finally:
+        await conn.close()
+
+
+async def publish_direct(queue: str, n: int) -> None:
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        await ch.declare_queue(queue, durable=True)
+    finally:
+        await conn.close()
+    await publish(queue, n)
+
+
+# --------------------------------------------------------------- pausing a lane
+async def test_pausing_a_lane_stops_the_broker_sending_that_queue(names: Names) -> None:
+    a, b = names.queue("lane-a"), names.queue("lane-b")
+    await publish_direct(a, 0)
+    await publish_direct(b, 0)
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel()
+        qa, qb = await ch.get_queue(a), await ch.get_queue(b)
+        consumer = RabbitMQConsumer(qa, qb, prefetch_count=10, ordered=True)
+        async with consumer, EventEmitter(RabbitMQProducer([ch.default_exchange])) as emitter:
+            consumer.pause(a)
+            consumer.pause(a)  # idempotent
+            await wait_until(lambda: a not in consumer._consuming)
+            for i in range(3):
+                await emitter.emit(Item(i=i), route=RabbitMQEventRoute(routing_key=a))
+                await emitter.emit(Item(i=i), route=RabbitMQEventRoute(routing_key=b))
+            got = []
+            async for msg in consumer.listen():
+                got.append(msg)
+                await consumer.ack(msg)
+                if len(got) == 3:
+                    break
+            assert {m.lane for m in got} == {b}
+            assert await ready_count(conn, a) == 3  # held by the broker, not by us
+            consumer.resume(a)
+            async for msg in consumer.listen():
+                got.append(msg)
+                await consumer.ack(msg)
+                if len(got) == 6:
+                    break
+            assert [m.lane for m in got[3:]] == [a, a, a]
+    finally:
+        await conn.close()
