@@ -3,17 +3,19 @@
 Two modes, as users build clients: ``"url"`` (``KafkaProducer.from_url``: Dispytch owns
 the client) and ``"client"`` (the seed documents' way: ``KafkaProducer(AIOKafkaProducer)``
 over a producer the test started itself, ``KafkaConsumer(AIOKafkaConsumer)`` over a
-consumer the test subscribed and started itself). In client mode the harness keeps the
-raw clients and stops them in :meth:`cleanup`; Dispytch must not.
+consumer the test built). In client mode the harness keeps the raw clients
+and stops them in :meth:`cleanup`; Dispytch must not.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from dispytch.kafka import KafkaConsumer, KafkaEventRoute, KafkaEventSubscription, KafkaProducer
 from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
@@ -21,7 +23,21 @@ from dispytch.testing import TransportHarness
 from dispytch.testing.harness import Mode
 from dispytch.transport import Consumer, Producer
 
+try:  # the conformance suite's lanes (newer dispytch.testing)
+    from dispytch.testing.harness import Lane
+except ImportError:  # pragma: no cover - older core: lanes() is unused there
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Lane:  # type: ignore[no-redef]
+        name: str
+        route: EventRoute
+        key: str | None = None
+
+
 from .helpers import create_topic
+
+_PARTITIONER = DefaultPartitioner()
 
 #: Tansu makes a joining member wait about half the session timeout (at least 1 s) before
 #: the group settles; a short session keeps the tests quick.
@@ -40,6 +56,8 @@ class KafkaHarness(TransportHarness):
     supports_keys = True
     supports_patterns = True
     redelivery_timeout = 20.0
+    #: At least once: a restart or a rebalance may hand a record out again.
+    may_duplicate = True
 
     def __init__(self, bootstrap: str, *, partitions: int = 1, mode: Mode = "url") -> None:
         self.bootstrap = bootstrap
@@ -48,13 +66,12 @@ class KafkaHarness(TransportHarness):
         self.mode = mode
         self.name = f"kafka-{mode}"
         self._created: set[str] = set()
-        self._topics: dict[str, str] = {}  # group -> the topic prepared for it
         self._raw: list[Any] = []  # every client the harness built (client mode)
         self._ready: list[AIOKafkaProducer] = []
-        # Client mode, per group: a started consumer waiting for consumer(), and the
-        # consumers handed out with the KafkaConsumers wrapping them.
-        self._waiting: dict[str, tuple[AIOKafkaConsumer, frozenset[str]]] = {}
+        # Client mode, per group: the consumers handed out, with the KafkaConsumers
+        # wrapping them; and the stops of those retired (awaited in prepare/cleanup).
         self._handed: dict[str, list[tuple[AIOKafkaConsumer, list[KafkaConsumer]]]] = {}
+        self._stopping: list[asyncio.Future[None]] = []
 
     async def setup(self) -> None:
         """Start the producers :meth:`producer` hands out (client mode)."""
@@ -77,38 +94,26 @@ class KafkaHarness(TransportHarness):
             except TopicAlreadyExistsError:
                 pass
             self._created.add(name)
-        self._topics[group] = name
         await self._refill()
-        if self.mode == "client":
-            await self._retire(group)
-            await self._start_consumer(group, name)
+        self._retire(group)
+        await self._retired()
 
-    async def _retire(self, group: str) -> None:
+    def _retire(self, group: str) -> None:
         """Stop the group's consumers whose dispatchers are done with them, as their user
         would before starting another: a started consumer stays a member of its group
         and would keep partitions from the next one."""
         keep = []
         for raw, wrappers in self._handed.get(group, []):
             if all(w._closed for w in wrappers):
-                await raw.stop()
+                self._stopping.append(asyncio.ensure_future(raw.stop()))
             else:
                 keep.append((raw, wrappers))
         self._handed[group] = keep
 
-    async def _start_consumer(self, group: str, topic: str) -> None:
-        """The user's consumer for ``group``, subscribed to ``topic`` and started."""
-        waiting = self._waiting.pop(group, None)
-        topics = frozenset({topic})
-        if waiting is not None:
-            raw, had = waiting
-            if topics <= had:
-                self._waiting[group] = waiting
-                return
-            await raw.stop()  # never handed out: one with all the topics replaces it
-            topics |= had
-        raw = self._raw_consumer(group, sorted(topics))
-        await raw.start()
-        self._waiting[group] = (raw, topics)
+    async def _retired(self) -> None:
+        stopping, self._stopping = self._stopping, []
+        for task in stopping:
+            await task
 
     def _raw_consumer(self, group: str, topics: list[str]) -> AIOKafkaConsumer:
         raw = AIOKafkaConsumer(
@@ -157,16 +162,46 @@ class KafkaHarness(TransportHarness):
         await raw.stop()
         return KafkaProducer(raw)
 
+    async def unstarted_producer(self) -> Producer | None:
+        if self.mode == "url":
+            return KafkaProducer.from_url(self.url)
+        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)  # the user forgot start()
+        self._raw.append(raw)
+        return KafkaProducer(raw)
+
+    async def unconfirmed_producer(self) -> Producer | None:
+        # A delivery timeout shorter than any round trip: no broker confirms in time.
+        if self.mode == "url":
+            producer = KafkaProducer.from_url(self.url, delivery_timeout=1e-9)
+            await producer.start()
+            return producer
+        return KafkaProducer(await self._started_producer(), delivery_timeout=1e-9)
+
+    async def lanes(self, name: str, count: int) -> list[Lane]:
+        """One topic of ``count`` partitions, and for each a key that Kafka's default
+        partitioner puts on it: lanes are partitions, as in production."""
+        if name not in self._created:
+            await create_topic(self.bootstrap, name, count)
+            self._created.add(name)
+        keys: dict[int, str] = {}
+        n = 0
+        while len(keys) < count and n < 10_000:
+            key = f"k{n}"
+            keys.setdefault(_PARTITIONER(key.encode(), list(range(count)), []), key)
+            n += 1
+        return [Lane(name, self.route(name), keys[p]) for p in range(count)]
+
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "url":
             return KafkaConsumer.from_url(
                 self.url, group_id=group, commit_interval=0.05, **FAST_GROUP
             )
-        # The user's own consumer, started by prepare(); without a prepare(), an
-        # unstarted one that Dispytch subscribes and starts for them (it stays theirs).
-        waiting = self._waiting.pop(group, None)
-        raw = waiting[0] if waiting is not None else self._raw_consumer(group, [])
-        return self._wrap(group, raw)
+        # The user's own consumer. It is not started here (this method is synchronous):
+        # KafkaConsumer subscribes it to the handlers' topics and starts it, and it stays
+        # the user's (cleanup stops it). Consumers the user subscribed and started
+        # themselves: tests/kafka/test_lifecycle.py, test_consumer.py, test_seeds.py.
+        self._retire(group)
+        return self._wrap(group, self._raw_consumer(group, []))
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "url":
@@ -192,9 +227,9 @@ class KafkaHarness(TransportHarness):
         return None
 
     async def cleanup(self) -> None:
+        await self._retired()
         for raw in self._raw:
             await raw.stop()
         self._raw.clear()
         self._ready.clear()
-        self._waiting.clear()
         self._handed.clear()

@@ -512,3 +512,22 @@ async def test_dispatcher_restart_resumes_from_the_commit(
                     await asyncio.sleep(0.02)
         await emit_items(kafka_bootstrap, new_topic, range(expected, expected + 3))
     assert got == list(range(6))
+
+
+async def test_users_topic_consumer_with_pattern_handlers_is_a_clear_error(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """aiokafka cannot switch an unstarted consumer from topics to a pattern: say so."""
+    raw = AIOKafkaConsumer(
+        f"{topic}.other",
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        enable_auto_commit=False,
+    )
+    try:
+        c = KafkaConsumer(raw)
+        c.subscribe([KafkaEventSubscription(topic=f"{topic}.{{part}}")])
+        with pytest.raises(KafkaConfigError, match="cannot switch an unstarted consumer"):
+            await c.start()
+    finally:
+        await raw.stop()

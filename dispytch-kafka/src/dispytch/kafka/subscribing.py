@@ -102,8 +102,6 @@ def subscribe_unstarted(
         extra = [pattern] if pattern else []
         extra += [f"(?:^{re.escape(t)}$)" for t in sorted(topics)]
         pattern = "|".join([f"(?:{user_pattern.pattern})", *extra])
-    elif pattern is not None and user_topics:
-        pattern = "|".join([pattern, *(f"(?:^{re.escape(t)}$)" for t in sorted(user_topics))])
     if pattern is None and not (topics or user_topics):
         raise KafkaConfigError(
             "The Kafka consumer is subscribed to nothing and no handler names a topic. "
@@ -113,6 +111,13 @@ def subscribe_unstarted(
     if isinstance(chained, RebalanceListener):
         chained = chained.chained
     listener.chained = chained
+    if pattern is not None and user_topics:
+        raise KafkaConfigError(
+            f"The AIOKafkaConsumer is subscribed to topics {sorted(user_topics)}, but handlers "
+            "consume a topic pattern, and aiokafka cannot switch an unstarted consumer from "
+            "topics to a pattern.\nCreate it without topics (Dispytch subscribes it to "
+            "what the handlers consume), or subscribe it to a pattern yourself."
+        )
     if pattern is not None:
         raw.subscribe(pattern=pattern, listener=listener)
     else:
