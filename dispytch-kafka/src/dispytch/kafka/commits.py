@@ -46,20 +46,23 @@ class CommitScheduler:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._dirty = False
+        #: A commit is due and scheduled (acks need not call :meth:`due` again).
+        self.dirty = False
         self._closed = True
 
     def open(self) -> None:
         """Start scheduling (on consumer start)."""
         self._closed = False
-        self._dirty = False
+        self.dirty = False
         self._last = asyncio.get_running_loop().time()
 
     def due(self) -> None:
-        """A commit point moved: commit within ``interval`` (one timer, not one per ack)."""
-        if self._dirty:
+        """A commit point moved: commit within ``interval`` (one timer, not one per ack).
+
+        Callers on the hot path may skip the call while :attr:`dirty` is set."""
+        if self.dirty:
             return
-        self._dirty = True
+        self.dirty = True
         self._schedule()
 
     def _schedule(self) -> None:
@@ -74,9 +77,9 @@ class CommitScheduler:
 
     def _start(self) -> None:
         self._timer = None
-        if not self._dirty or self._closed:
+        if not self.dirty or self._closed:
             return
-        self._dirty = False
+        self.dirty = False
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         task = loop.create_task(self.commit(list(self._states())))
@@ -86,8 +89,8 @@ class CommitScheduler:
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.warning("Kafka commit failed: %r", task.exception())
-            self._dirty = True
-        if self._dirty:
+            self.dirty = True
+        if self.dirty:
             self._schedule()
 
     async def close(self) -> None:
@@ -125,7 +128,7 @@ class CommitScheduler:
             log.warning("Kafka commit of %s skipped: %s", offsets, exc)
             return
         except KafkaError as exc:
-            self._dirty = True
+            self.dirty = True
             log.warning("Kafka commit of %s failed, will retry: %r", offsets, exc)
             return
         for st in states:

@@ -541,7 +541,9 @@ class KafkaConsumer:
         """The record was handled (or filtered, or dead-lettered): it may be committed."""
         delivery: Delivery = message.token
         if delivery.partition.finish(delivery):
-            self._commits.due()
+            commits = self._commits
+            if not commits.dirty:
+                commits.due()
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         """Hand the record back (``requeue=True``) or give up on it (``requeue=False``).
