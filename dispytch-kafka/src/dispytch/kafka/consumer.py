@@ -7,9 +7,9 @@ How it works:
 * ``Message.lane`` is the record's ``TopicPartition``: the dispatcher handles one
   partition in order while partitions run concurrently. ``ordered=False`` sets no lane,
   so records of one partition may also be handled concurrently; commits stay correct.
-* ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler) pause the partition
-  in aiokafka; records of it already fetched and not yet yielded are dropped and the
-  partition is sought back to the first of them, so they come again after ``resume``.
+* ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler): polls leave a
+  paused partition out (``getmany(*partitions)``); records of it already taken and not
+  yet yielded are parked and yielded first after ``resume`` (never tracked before that).
 * ``ack`` / ``nack`` mark a record finished; a partition's commit point advances only
   past records that all finished (:mod:`dispytch.kafka.commits` sends the commits).
 * ``nack(requeue=True)`` seeks the partition back to that record: it and everything after
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any, cast
 
@@ -165,6 +166,9 @@ class KafkaConsumer:
         self._subscriptions: list[EventSubscription] = []
         self._states: dict[TopicPartition, PartitionOffsets] = {}
         self._paused: set[TopicPartition] = set()
+        # Records taken from aiokafka for a partition paused before they were yielded.
+        self._parked: dict[TopicPartition, list[Any]] = {}
+        self._wake = asyncio.Event()  # a resume() while a poll waits
         self._hooked = False  # our rebalance listener is on the client
         self._running = False
         self._started = False
@@ -363,6 +367,7 @@ class KafkaConsumer:
             st.close()
         self._states.clear()
         self._paused.clear()
+        self._parked.clear()
         if self.owns_client and raw is not None:
             self.raw = None
             await self._stop_client(raw, max(0.1, deadline - loop.time()))
@@ -374,9 +379,6 @@ class KafkaConsumer:
             if target is not None and st.key in assigned:
                 with contextlib.suppress(IllegalStateError, AssertionError):
                     raw.seek(st.key, target)
-        paused = self._paused & assigned
-        if paused:
-            raw.resume(*paused)
 
     async def _stop_client(self, raw: AIOKafkaConsumer, timeout: float) -> None:
         await stop_within(raw, timeout, "Kafka consumer")
@@ -392,42 +394,62 @@ class KafkaConsumer:
     def pause(self, lane: Hashable) -> None:
         """Stop yielding records of partition ``lane`` until :meth:`resume` (idempotent).
 
-        Records of it already fetched are not yielded; they are fetched again after
-        :meth:`resume`.
+        Polls leave the partition out (``getmany(*other_partitions)``, public), so aiokafka
+        keeps at most the one fetch it had buffered for it. Records of it this consumer
+        had already taken are parked, not yielded, and come first after :meth:`resume`.
         """
-        tp = self._tp(lane)
-        self._paused.add(tp)
-        raw = self.raw
-        if raw is not None and self._started and tp in raw.assignment():
-            raw.pause(tp)
+        self._paused.add(self._tp(lane))
 
     def resume(self, lane: Hashable) -> None:
         """Yield records of partition ``lane`` again (idempotent)."""
         tp = self._tp(lane)
-        if tp not in self._paused:
-            return
-        self._paused.discard(tp)
-        raw = self.raw
-        if raw is not None and self._started and tp in raw.assignment():
-            raw.resume(tp)
+        if tp in self._paused:
+            self._paused.discard(tp)
+            self._wake.set()
 
     def paused(self) -> frozenset[TopicPartition]:
         """The partitions paused through :meth:`pause`."""
         return frozenset(self._paused)
 
     # -- consuming -------------------------------------------------------------------
+    def _take_parked(self) -> dict[TopicPartition, list[Any]]:
+        """Parked records of partitions no longer paused (yielded before new polls)."""
+        parked = self._parked
+        ready = {tp: parked.pop(tp) for tp in [tp for tp in parked if tp not in self._paused]}
+        return ready
+
     async def _fetch(self, raw: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        parts: tuple[TopicPartition, ...] = ()
+        wake = self._wake
+        wake.clear()
+        if self._paused:
+            assigned = raw.assignment()
+            if self._paused & assigned:
+                parts = tuple(assigned - self._paused)
+                if not parts:  # every partition paused: wait for a resume
+                    stop = self._stop_future
+                    assert stop is not None
+                    waiter = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait(
+                        (waiter, stop), timeout=self.poll_timeout, return_when=FIRST_COMPLETED
+                    )
+                    waiter.cancel()
+                    return {}
         data: dict[TopicPartition, list[Any]] = await raw.getmany(
-            timeout_ms=0, max_records=self.max_records
+            *parts, timeout_ms=0, max_records=self.max_records
         )
         if data:
             return data
         stop = self._stop_future
         assert stop is not None
         getter = asyncio.ensure_future(
-            raw.getmany(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records)
+            raw.getmany(
+                *parts, timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
+            )
         )
-        await asyncio.wait((getter, stop), return_when=asyncio.FIRST_COMPLETED)
+        waiter = asyncio.ensure_future(wake.wait())
+        await asyncio.wait((getter, stop, waiter), return_when=FIRST_COMPLETED)
+        waiter.cancel()
         if not getter.done():
             getter.cancel()
             with contextlib.suppress(asyncio.CancelledError, KafkaError):
@@ -447,15 +469,11 @@ class KafkaConsumer:
 
     def _sync_assignment(self, raw: AIOKafkaConsumer) -> None:
         """Without our rebalance listener (a client started by its user): forget the
-        partitions it no longer holds, and pause again what a rebalance resumed."""
+        partitions it no longer holds."""
         assigned = raw.assignment()
-        if not self._hooked:
-            for tp in [tp for tp in self._states if tp not in assigned]:
-                self._states.pop(tp).close()
-        if self._paused:
-            missing = (self._paused & assigned) - raw.paused()
-            if missing:
-                raw.pause(*missing)
+        for tp in [tp for tp in self._states if tp not in assigned]:
+            self._states.pop(tp).close()
+            self._parked.pop(tp, None)
 
     def _seek_back(self, raw: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         """Records from ``offset`` on were fetched but not yielded: fetch them again."""
@@ -484,9 +502,12 @@ class KafkaConsumer:
         paused = self._paused
         backoff = Backoff(initial=0.1, factor=2.0, cap=5.0, jitter=0.2)
         while self._running:
+            batches = self._take_parked() if self._parked else None
             try:
-                self._sync_assignment(raw)
-                batches = await self._fetch(raw)
+                if not self._hooked:
+                    self._sync_assignment(raw)
+                if not batches:
+                    batches = await self._fetch(raw)
             except ConsumerStoppedError:
                 if not self._running:
                     return
@@ -523,8 +544,11 @@ class KafkaConsumer:
                 for i, rec in enumerate(records):
                     if st.epoch != epoch:
                         break  # rewound by a nack: the seek already moved the position
-                    if (paused and tp in paused) or st.revoking or st.closed or not self._running:
-                        # paused, revoked or stopping: fetch the rest again later
+                    if paused and tp in paused:
+                        self._parked[tp] = records[i:]  # yielded after resume()
+                        break
+                    if st.revoking or st.closed or not self._running:
+                        # revoked or stopping: fetch the rest again later
                         if not (st.revoking or st.closed):
                             self._seek_back(raw, tp, records[i].offset)
                         break
@@ -561,6 +585,7 @@ class KafkaConsumer:
             return
         raw = self.raw
         if st.rewind(delivery) and raw is not None and not self._closed:
+            self._parked.pop(st.key, None)  # fetched again from the rewound offset
             self._seek_back(raw, st.key, delivery.offset)
 
     # -- rebalancing -----------------------------------------------------------------
@@ -587,6 +612,7 @@ class KafkaConsumer:
         await self._commits.commit(states)
         for st in states:
             st.close()
+            self._parked.pop(st.key, None)
             if self._states.get(st.key) is st:
                 del self._states[st.key]
 
@@ -595,10 +621,6 @@ class KafkaConsumer:
             st = self._states.get(tp)
             if st is not None and (st.closed or st.revoking):
                 del self._states[tp]
-        raw = self.raw
-        again = self._paused & assigned
-        if raw is not None and again:
-            raw.pause(*again)
 
     # -- introspection ---------------------------------------------------------------
     def committed_offsets(self) -> dict[TopicPartition, int | None]:
