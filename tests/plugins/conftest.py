@@ -34,6 +34,14 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
+def builtins_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load core's own plugin only (``DISPYTCH_PLUGINS=none``), whatever else is
+    installed: for tests that count hook calls or expect only the built-in records."""
+    monkeypatch.setenv("DISPYTCH_PLUGINS", "none")
+    reset_plugins()
+
+
+@pytest.fixture
 def register() -> Iterator[Callable[..., Any]]:
     """Register plugin objects on the manager; all are unregistered after the test."""
     registered: list[object] = []

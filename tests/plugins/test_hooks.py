@@ -250,3 +250,38 @@ async def test_hook_dispytch_emitter_started(register):
 async def test_hook_dispytch_emitter_stopped(register):
     recorder, emitter = await _emitter_cycle(register)
     assert recorder.events == [("emitter_started", emitter), ("emitter_stopped", emitter)]
+
+
+def test_hook_dispytch_journal_stores(register, tmp_path):
+    from dispytch.durable import Durable, SQLiteJournalStore, journal_store_for_url
+    from dispytch.errors import ConfigError, PluginError
+    from dispytch.plugins import JournalStoreSpec, journal_store_schemes
+
+    made = []
+
+    def factory(url):
+        made.append(url)
+        return SQLiteJournalStore(tmp_path / "plugged.sqlite3")
+
+    class Plugin:
+        @hookimpl
+        def dispytch_journal_stores(self):
+            return [JournalStoreSpec(name="plugged", schemes=["plugged"], factory=factory)]
+
+    with pytest.raises(ConfigError, match="No journal store serves 'plugged'"):
+        journal_store_for_url("plugged://x")
+    register(Plugin(), name="plugged-plugin")
+    assert "plugged" in journal_store_schemes()
+    durable = Durable("memory://hooks-journal", store="PLUGGED://db/1")
+    assert isinstance(durable.store, SQLiteJournalStore) and made == ["PLUGGED://db/1"]
+
+    class Rival:
+        @hookimpl
+        def dispytch_journal_stores(self):
+            return [JournalStoreSpec(name="rival", schemes=["plugged"], factory=factory)]
+
+    register(Rival(), name="rival-plugin")
+    with pytest.raises(PluginError, match="plugged"):
+        journal_store_for_url("plugged://x")
+    with pytest.raises(ValueError, match="lower case"):
+        JournalStoreSpec(name="bad", schemes=["Bad://"], factory=factory)

@@ -355,7 +355,8 @@ async def test_quorum_queue_attempt_from_delivery_count(
 async def test_reject_goes_to_the_queue_dead_letter_exchange(
     channel: aio_pika.abc.AbstractChannel, names: Names
 ) -> None:
-    """nack(requeue=False) = basic.reject: the broker's DLX gets it (with x-death)."""
+    """nack(requeue=False) of a failed delivery: the queue's DLX gets it, with the error
+    (published by the consumer, confirmed, then the original acknowledged)."""
     dlx_name = names.exchange("dlx")
     dlx = await channel.declare_exchange(dlx_name, ExchangeType.FANOUT, durable=True)
     dlq = await channel.declare_queue(names.queue("dlq"), durable=True)
@@ -380,8 +381,10 @@ async def test_reject_goes_to_the_queue_dead_letter_exchange(
     assert dispatcher.stats["rejected"] == 1
     assert msg.metadata["queue"] == dlq.name
     assert msg.route == work.name
-    assert "x-death" in msg.headers
+    assert msg.headers["dispytch-error-type"] == "builtins.ValueError"
+    assert msg.headers["dispytch-error-message"] == "bad user"
     assert msg.headers["x-first-death-reason"] == "rejected"
+    assert msg.headers["x-first-death-queue"] == work.name
     assert b'"user_id":"x"' in msg.payload
 
 

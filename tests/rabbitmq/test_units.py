@@ -172,10 +172,10 @@ def test_options_model_is_published_with_capabilities() -> None:
     caps = spec.capabilities
     assert caps.delivery == "at-least-once"
     assert caps.requeue and caps.pause_lanes and caps.ordered_lanes
+    assert caps.request_reply  # direct reply-to (tests/rabbitmq/test_request_reply.py)
     assert caps.missing("delayed_requeue", "lease_extension", "request_reply") == [
         "delayed_requeue",
         "lease_extension",
-        "request_reply",
     ]
     unordered = RabbitMQConsumer.from_url("amqp://localhost/", queue="q")
     assert not unordered.capabilities.ordered_lanes
@@ -214,3 +214,16 @@ def test_headers_become_text() -> None:
         "c": "3",
         "d": "[1, 2]",
     }
+
+
+def test_request_expiration_is_the_deadline_plus_the_grace() -> None:
+    import time
+
+    from dispytch.rabbitmq.producer import EXPIRED_GRACE, _expiration
+
+    value = _expiration(f"{time.time() + 5:.6f}")
+    assert value is not None
+    assert abs(int(value) - (5 + EXPIRED_GRACE) * 1000) < 1000
+    assert _expiration(f"{time.time() - 3600:.6f}") == "1"  # long past: dropped at once
+    assert _expiration(None) is None
+    assert _expiration("not a number") is None

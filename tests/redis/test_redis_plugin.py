@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from dispytch.errors import ConfigError
 from dispytch.plugins import transport_for_url, transports
 from dispytch.redis import (
     RedisConsumer,
@@ -17,6 +18,7 @@ from dispytch.redis import (
     RedisStreamRoute,
     RedisStreamSubscription,
 )
+from redis.asyncio import Redis
 
 
 def test_schemes_select_pubsub_or_streams() -> None:
@@ -59,8 +61,31 @@ async def test_factories_build_what_the_scheme_says() -> None:
 
 def test_bad_url_options_are_reported() -> None:
     spec = transport_for_url("redis+streams://127.0.0.1:6379/0")
-    with pytest.raises(ValueError, match=r"Bad value 'x' for \?batch_size="):
+    with pytest.raises(ConfigError, match=r"batch_size='x': Input should be a valid integer"):
         spec.consumer_factory("redis+streams://127.0.0.1:6379/0?batch_size=x")
+    with pytest.raises(ConfigError, match=r"Unknown RedisStream option 'bach_size'.*batch_size"):
+        spec.consumer_factory("redis+streams://127.0.0.1:6379/0", bach_size=3)
+
+
+def test_specs_declare_capabilities_and_options() -> None:
+    from dispytch.redis._options import RedisOptions, RedisStreamOptions
+
+    pubsub, streams = transports()["redis"], transports()["redis+streams"]
+    assert pubsub.capabilities.delivery == "at-most-once"
+    assert pubsub.capabilities.requeue is False
+    assert (
+        streams.capabilities.missing(
+            "delivery", "requeue", "delayed_requeue", "pause_lanes", "lease_extension"
+        )
+        == []
+    )
+    assert pubsub.options_model is RedisOptions
+    assert streams.options_model is RedisStreamOptions
+    # What each consumer declares agrees with its spec.
+    assert RedisConsumer(Redis()).capabilities.delivery == "at-most-once"
+    ordered = RedisStreamConsumer(Redis(), ordered=True).capabilities
+    assert ordered.ordered_lanes and ordered.lease_extension and ordered.delayed_requeue
+    assert RedisStreamConsumer(Redis()).capabilities.ordered_lanes is False
 
 
 def test_discovery_and_routes_do_not_import_redis() -> None:

@@ -22,7 +22,8 @@ from dispytch.redis import (
 )
 from dispytch.routes import TopicRoute, TopicSubscription
 from dispytch.transport import Message, OutgoingMessage
-from redis_support import REDIS_URL, Names
+
+from tests.redis.redis_support import REDIS_URL, Names
 
 pytestmark = pytest.mark.broker
 
@@ -303,19 +304,24 @@ async def test_decoding_client_is_refused() -> None:
         await decoding.aclose()
 
 
-async def test_send_before_start_and_after_stop_raises(client: aredis.Redis, names: Names) -> None:
-    producer = RedisProducer(client)
+async def test_a_users_client_is_usable_without_start_and_refused_after_stop(
+    client: aredis.Redis, names: Names
+) -> None:
+    producer = RedisProducer(client, warn_no_receivers=False)
     message = outgoing(RedisEventRoute(channel=names.channel()))
-    with pytest.raises(NotStartedError, match="not started.*was not sent"):
-        await producer.send(message)
-    with pytest.raises(NotStartedError, match="not started"):
-        await producer.send_batch([message])
-    await producer.start()
+    # A redis.asyncio client connects on first use: no start() needed (the seed's way).
+    assert await producer.publish(message) == 0
+    await producer.send_batch([message])
     await producer.stop()
-    with pytest.raises(NotStartedError, match="not started"):
+    with pytest.raises(NotStartedError, match=r"was stopped: the event was not sent\.\nCall"):
         await producer.send(message)
-    # Stopping a producer over the user's client leaves that client open.
+    with pytest.raises(NotStartedError, match="was stopped"):
+        await producer.send_batch([message])
+    # Stopping a producer over the user's client leaves that client open...
     assert await client.ping()
+    # ...and start() makes the producer usable again.
+    await producer.start()
+    assert await producer.publish(message) == 0
 
 
 async def test_start_fails_clearly_when_redis_is_unreachable() -> None:
@@ -483,20 +489,20 @@ async def test_a_stopped_consumer_cannot_restart(client: aredis.Redis, names: Na
         await consumer.start()
 
 
-async def test_a_reader_bug_ends_listen_instead_of_hanging(
+async def test_a_reader_bug_ends_listen_with_consumer_closed_error(
     client: aredis.Redis,
     names: Names,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import dispytch.redis.pubsub as pubsub_module
+    from dispytch.errors import ConsumerClosedError
 
-    def broken(buf: bytearray, handle: Any) -> int:
+    def broken(response: Any) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(pubsub_module, "parse_frames", broken)
     channel = names.channel()
     consumer = RedisConsumer(client)
+    monkeypatch.setattr(consumer, "_handle", broken)
     consumer.subscribe([RedisEventSubscription(channel=channel)])
     await consumer.start()
 
@@ -506,6 +512,22 @@ async def test_a_reader_bug_ends_listen_instead_of_hanging(
 
     with caplog.at_level(logging.ERROR, logger="dispytch.redis"):
         await client.publish(channel, b"x")
-        await asyncio.wait_for(drain(), TIMEOUT)
+        with pytest.raises(ConsumerClosedError, match="ZeroDivisionError: a bug"):
+            await asyncio.wait_for(drain(), TIMEOUT)
     await consumer.close()
     assert "Pub/Sub reader failed" in caplog.records[0].getMessage()
+
+
+async def test_a_producer_from_a_url_connects_in_start(names: Names) -> None:
+    producer = RedisProducer.from_url(REDIS_URL, warn_no_receivers=False)
+    message = outgoing(RedisEventRoute(channel=names.channel()))
+    with pytest.raises(NotStartedError, match=r"is not started: the event was not sent\.\nCall"):
+        await producer.send(message)
+    await producer.start()
+    assert await producer.publish(message) == 0
+    await producer.stop()  # closes the client it made
+    with pytest.raises(NotStartedError, match="was stopped"):
+        await producer.send(message)
+    await producer.start()  # and start() makes a new one
+    assert await producer.publish(message) == 0
+    await producer.stop()

@@ -15,7 +15,8 @@ from dispytch.redis import (
     RedisStreamConsumer,
     RedisStreamSubscription,
 )
-from redis_support import REDIS_URL, Names
+
+from tests.redis.redis_support import REDIS_URL, Names
 
 pytestmark = pytest.mark.broker
 

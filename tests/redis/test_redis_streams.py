@@ -22,7 +22,8 @@ from dispytch.redis import (
 )
 from dispytch.routes import TopicRoute, TopicSubscription
 from dispytch.transport import Message, OutgoingMessage
-from redis_support import STREAMS_URL, Names
+
+from tests.redis.redis_support import STREAMS_URL, Names
 
 pytestmark = pytest.mark.broker
 
@@ -363,7 +364,7 @@ async def test_close_forgets_a_generated_member_name(client: aredis.Redis, names
 # ---------------------------------------------------------------------- misuse
 async def test_subscription_checks(client: aredis.Redis) -> None:
     consumer = RedisStreamConsumer(client)
-    with pytest.raises(TypeError, match="Pub/Sub subscription.*RedisStreamSubscription"):
+    with pytest.raises(TypeError, match="(?s)Pub/Sub subscription.*RedisStreamSubscription"):
         consumer.subscribe([RedisEventSubscription(channel="c")])
     with pytest.raises(ValueError, match="nothing to read"):
         await consumer.start()

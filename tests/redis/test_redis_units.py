@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dispytch.errors import ConfigError
 from dispytch.event import EventBase
 from dispytch.redis import (
     RedisEventRoute,
@@ -10,7 +11,7 @@ from dispytch.redis import (
     RedisStreamRoute,
     RedisStreamSubscription,
 )
-from dispytch.redis._client import split_url
+from dispytch.redis._options import RedisOptions, RedisStreamOptions, fields_of, split_url
 from dispytch.redis.envelope import MAGIC, pack, stream_fields, unpack, unpack_fields
 
 
@@ -91,84 +92,50 @@ def test_pubsub_subscription_patterns_become_globs() -> None:
 
 
 def test_split_url_maps_schemes_and_takes_options() -> None:
-    known = {"group": str, "max_deliveries": int}
     url, opts = split_url(
-        "redis+streams://h:1/2?group=g&socket_timeout=5&max_deliveries=3", {}, known
+        "redis+streams://h:1/2?group=g&socket_timeout=5&max_deliveries=3", RedisStreamOptions, {}
     )
     assert url == "redis://h:1/2?socket_timeout=5"
-    assert opts == {"group": "g", "max_deliveries": 3}
-    url, opts = split_url("rediss+streams://h/0?group=g", {"group": "explicit"}, known)
-    assert (url, opts) == ("rediss://h/0", {"group": "explicit"})
+    assert fields_of(opts, ("group", "max_deliveries", "block_ms")) == {
+        "group": "g",
+        "max_deliveries": 3,
+    }
+    url, opts = split_url("rediss+streams://h/0?group=g", RedisStreamOptions, {"group": "kw"})
+    assert url == "rediss://h/0"
+    assert opts.group == "kw"  # keyword arguments win over the query
 
 
 def test_split_url_errors() -> None:
-    with pytest.raises(ValueError, match="Not a Redis URL"):
-        split_url("kafka://h:9092", {}, {})
-    with pytest.raises(ValueError, match=r"Bad value 'many' for \?max_deliveries="):
-        split_url("redis://h?max_deliveries=many", {}, {"max_deliveries": int})
+    with pytest.raises(ConfigError, match="Not a Redis URL"):
+        split_url("kafka://h:9092", RedisOptions, {})
+    with pytest.raises(ConfigError, match="max_deliveries='many'"):
+        split_url("redis+streams://h?max_deliveries=many", RedisStreamOptions, {})
+    with pytest.raises(ConfigError, match="Did you mean 'group'"):
+        split_url("redis+streams://h", RedisStreamOptions, {"grop": "g"})
+    # Streams options are not Pub/Sub options: a typo'd scheme shows up at once.
+    with pytest.raises(ConfigError, match="is a Redis Streams option"):
+        split_url("redis://h?group=g", RedisOptions, {})
 
 
-# ---------------------------------------------------------------------- RESP fast paths
-def _frames(data: bytes) -> tuple[list[list[object]], int]:
-    from dispytch.redis._resp import parse_frames
-
-    got: list[list[object]] = []
-    consumed = parse_frames(bytearray(data), got.append)
-    return got, consumed
+def test_one_boolean_vocabulary() -> None:
+    for text, value in (("on", True), ("off", False), ("yes", True), ("0", False)):
+        assert RedisOptions.parse(f"ordered={text}").ordered is value
 
 
-def test_parse_frames_resp2_and_resp3() -> None:
-    message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
-    push = b">4\r\n$8\r\npmessage\r\n$3\r\nch*\r\n$2\r\nch\r\n$0\r\n\r\n"
-    confirm = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
-    got, consumed = _frames(message + push + confirm)
-    assert consumed == len(message + push + confirm)
-    assert got == [
-        [b"message", b"ch", b"hello"],
-        [b"pmessage", b"ch*", b"ch", b""],
-        [b"subscribe", b"ch", 1],
-    ]
+def test_options_are_listed_for_dispytch_plugins() -> None:
+    names = {o["name"] for o in RedisStreamOptions.describe()}
+    assert {"group", "max_unsettled", "dead_letter_stream", "delivery_timeout"} <= names
+    assert all(o["description"] for o in RedisStreamOptions.describe())
 
 
-def test_parse_frames_keeps_partial_frames_for_later() -> None:
-    data = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhel\r\n\r\n" * 2
-    data = data.replace(b"$5\r\nhel\r\n\r\n", b"$5\r\nhe\r\nl\r\n")  # CRLF inside payload
-    whole, consumed = _frames(data)
-    assert consumed == len(data)
-    assert [f[2] for f in whole] == [b"he\r\nl", b"he\r\nl"]
-    for cut in range(len(data)):
-        got, consumed = _frames(data[:cut])
-        assert consumed in (0, len(data) // 2)
-        assert len(got) == (1 if consumed else 0)
+def test_stream_pairs_reads_resp2_and_resp3_shapes() -> None:
+    from dispytch.redis.streams.reader import entry_fields, stream_pairs
 
-
-def test_parse_frames_rejects_what_it_does_not_know() -> None:
-    from dispytch.redis._resp import RespError
-
-    with pytest.raises(RespError, match="expected an array"):
-        _frames(b"+OK\r\n")
-    with pytest.raises(RespError, match="unexpected element"):
-        _frames(b"*1\r\n*1\r\n:1\r\n")
-
-
-def test_parse_replies() -> None:
-    from dispytch.redis._resp import ErrorReply, RespError, parse_replies
-
-    data = b":3\r\n$15\r\n1700000000000-0\r\n-WRONGTYPE bad key\r\n$-1\r\n+OK\r\n:7"
-    out: list[object] = []
-    consumed = parse_replies(bytearray(data), out, 10)
-    assert out == [3, b"1700000000000-0", "WRONGTYPE bad key", None, b"OK"]
-    assert isinstance(out[2], ErrorReply)
-    assert consumed == len(data) - 2  # the incomplete ":7" waits for its CRLF
-    out = []
-    assert parse_replies(bytearray(b":1\r\n:2\r\n"), out, 1) == 4
-    assert out == [1]
-    with pytest.raises(RespError, match="unexpected reply"):
-        parse_replies(bytearray(b"*1\r\n:1\r\n"), [], 1)
-
-
-def test_command_encoding() -> None:
-    from dispytch.redis._resp import bulk, command
-
-    assert bulk(b"ab") == b"$2\r\nab\r\n"
-    assert command(b"PUBLISH", b"ch", b"") == b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$0\r\n\r\n"
+    entries = [[b"1-0", [b"payload", b"x"]]]
+    assert list(stream_pairs([[b"s", entries]])) == [(b"s", entries)]
+    assert list(stream_pairs({b"s": entries})) == [(b"s", entries)]
+    assert list(stream_pairs(None)) == []
+    assert list(stream_pairs(b"OK")) == []  # not an XREADGROUP reply: nothing
+    assert entry_fields([b"payload", b"x", b"key", b"k"]) == {b"payload": b"x", b"key": b"k"}
+    assert entry_fields({b"payload": b"x"}) == {b"payload": b"x"}
+    assert entry_fields(None) is None

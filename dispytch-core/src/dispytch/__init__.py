@@ -13,6 +13,15 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from dispytch._version import __version__
+from dispytch.cqrs import (
+    Bus,
+    Command,
+    CommandBase,
+    EventCollector,
+    Query,
+    QueryBase,
+    RemoteError,
+)
 from dispytch.di import Dependency
 from dispytch.dispatcher import AckPolicy, EventDispatcher
 from dispytch.emitter import EventEmitter
@@ -42,7 +51,25 @@ from dispytch.router import HandlerGroup, Router
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute, TopicSubscription
 from dispytch.transport import Acknowledger, Consumer, Message, OutgoingMessage, Producer
 
+
+def __getattr__(name: str) -> object:
+    """``dispytch.function`` and ``dispytch.run``: the durable default, imported on use
+    (so ``import dispytch`` does not pay for :mod:`dispytch.durable`)."""
+    if name in ("function", "run"):
+        import dispytch.durable as durable
+
+        return getattr(durable, name)
+    raise AttributeError(f"module 'dispytch' has no attribute {name!r}")
+
+
 __all__ = [
+    "RemoteError",
+    "QueryBase",
+    "Query",
+    "EventCollector",
+    "CommandBase",
+    "Command",
+    "Bus",
     "AckPolicy",
     "Acknowledger",
     "AsyncLock",

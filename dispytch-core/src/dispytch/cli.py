@@ -5,7 +5,7 @@
     hooks it implements and what it provides, then the plugins that failed to load and any
     conflicts. ``--json`` prints the same as one JSON object, for scripts.
 
-``dispytch run module:attribute [--app-dir DIR]``
+``dispytch run module:attribute [--app-dir DIR] [--workers N] [--reload]``
     Imports ``attribute`` from ``module`` (``DIR``, default the current directory, goes
     first on ``sys.path``). It is an :class:`~dispytch.EventDispatcher`, or a callable or
     async callable returning one (a factory, so that building it may await). The
@@ -17,6 +17,17 @@
     start (exit 1, with the traceback). A module or attribute that cannot be found is
     reported in one line with exit code 2.
 
+    ``--workers N`` runs N worker processes instead (each ``dispytch run`` of the same
+    target, each with its own dispatcher; they share the work through the broker's
+    consumer groups). The parent supervises them: a worker that dies is started again
+    after a :class:`~dispytch.backoff.Backoff` delay, at most ``--max-restarts`` times in
+    a row (a worker that ran ``RESTART_RESET`` seconds starts the count again); SIGINT or
+    SIGTERM is forwarded to every worker for a graceful stop, and workers still running
+    ``--stop-timeout`` (default 30) plus a grace period later are killed. ``--reload``
+    (development) also restarts every worker gracefully when a ``.py`` file under the
+    app directory changes; it needs the ``watchfiles`` library
+    (``pip install 'dispytch-core[reload]'``).
+
 Only the standard library's :mod:`argparse` is used: the command adds no dependency.
 """
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
@@ -35,6 +47,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from dispytch._version import __version__
+from dispytch.backoff import Backoff
 from dispytch.dispatcher import EventDispatcher
 from dispytch.plugins import load_failures, plugin_conflicts, plugin_infos
 
@@ -226,7 +239,9 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
             target,
             getattr(dispatcher, "name", type(dispatcher).__name__),
         )
-        waiters = [asyncio.ensure_future(stop_requested.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop_requested.wait())]
+        if os.environ.get(WORKER_ENV):
+            waiters.append(asyncio.ensure_future(_orphaned()))
         wait_closed = getattr(dispatcher, "wait", None)
         ended: asyncio.Future[Any] | None = None
         if inspect.iscoroutinefunction(wait_closed):
@@ -275,12 +290,274 @@ async def _run(target: str, app_dir: str | None, stop_timeout: float | None) -> 
             loop.remove_signal_handler(sig)
 
 
+#: Environment variable telling a worker process its index (set by the supervisor).
+WORKER_ENV = "DISPYTCH_WORKER"
+#: A worker that ran this long before it died starts its restart count again.
+RESTART_RESET = 30.0
+#: Seconds the supervisor waits beyond the stop timeout before killing a worker.
+KILL_GRACE = 5.0
+#: The dispatcher's own default stop timeout (what workers use without --stop-timeout).
+DEFAULT_STOP_TIMEOUT = 30.0
+
+
+def _log_format() -> str:
+    worker = os.environ.get(WORKER_ENV)
+    who = f"[worker {worker} pid {os.getpid()}] " if worker else ""
+    return f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
+
+
+async def _orphaned() -> None:
+    """Return when this worker's supervisor is gone (the worker then stops gracefully).
+
+    Workers run in their own session, so that a terminal's Ctrl+C reaches only the
+    supervisor (which forwards one SIGTERM); this keeps a supervisor killed outright from
+    leaving them running.
+    """
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a parent died
+        await asyncio.sleep(1.0)
+    log.warning("The supervisor (pid %d) is gone: stopping gracefully.", parent)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=args.log_level.upper(), format=_log_format())
+    if args.app_dir is not None and not os.path.isdir(args.app_dir):
+        raise CLIError(
+            f"--app-dir {args.app_dir!r} is not a directory. "
+            "Pass the directory that holds the module of module:attribute."
+        )
+    if args.workers == 1 and not args.reload:
+        return asyncio.run(_run(args.target, args.app_dir, args.stop_timeout))
+    watch = None
+    if args.reload:
+        try:  # optional: dispytch-core[reload]
+            watchfiles = importlib.import_module("watchfiles")
+        except ImportError:
+            raise CLIError(
+                "--reload needs the watchfiles library, which is not installed. "
+                "Install it with: pip install 'dispytch-core[reload]'"
+            ) from None
+        watch = watchfiles.awatch
+    # Fail here, in one line, rather than in every worker and its restarts.
+    import_from_string(args.target, args.app_dir)
+    supervisor = Supervisor(
+        args.target,
+        workers=args.workers,
+        app_dir=args.app_dir,
+        log_level=args.log_level,
+        stop_timeout=args.stop_timeout,
+        max_restarts=args.max_restarts,
+        watch=watch,
     )
-    return asyncio.run(_run(args.target, args.app_dir, args.stop_timeout))
+    return asyncio.run(supervisor.run())
+
+
+class Supervisor:
+    """Runs ``workers`` processes of ``dispytch run target`` and keeps them running.
+
+    Each worker is a child process with its own interpreter and dispatcher (nothing is
+    pickled: it imports the target itself). See the module docs for restarts, signals
+    and reloads.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        workers: int,
+        app_dir: str | None,
+        log_level: str,
+        stop_timeout: float | None,
+        max_restarts: int,
+        watch: Any = None,
+    ) -> None:
+        self.target = target
+        self.workers = workers
+        self.app_dir = os.path.abspath(app_dir if app_dir is not None else os.getcwd())
+        self.log_level = log_level
+        self.stop_timeout = stop_timeout
+        self.max_restarts = max_restarts
+        self.watch = watch
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts: dict[int, int] = {}
+        self._stopping = False
+        self._failed: str | None = None
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    def _command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "dispytch.cli", "run", self.target]
+        cmd += ["--app-dir", self.app_dir, "--log-level", self.log_level]
+        if self.stop_timeout is not None:
+            cmd += ["--stop-timeout", str(self.stop_timeout)]
+        return cmd
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env[WORKER_ENV] = str(index)
+        # A session of its own: a terminal's Ctrl+C goes to the supervisor only, which
+        # forwards one SIGTERM (the worker would count a second signal as "force").
+        proc = await asyncio.create_subprocess_exec(
+            *self._command(), env=env, start_new_session=True
+        )
+        self.procs[index] = proc
+        log.info("Worker %d started (pid %d).", index, proc.pid)
+        return proc
+
+    async def _keep(self, index: int) -> None:
+        """Run worker ``index``; start it again when it dies, until stopping."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(initial=0.5, factor=2.0, cap=10.0)
+        while not self._stopping:
+            started = loop.time()
+            proc = await self._spawn(index)
+            code = await proc.wait()
+            if self._stopping:
+                if code == -signal.SIGTERM:
+                    # Killed by our SIGTERM before it set up its handlers: it was still
+                    # starting, with no dispatcher running yet.
+                    log.info("Worker %d (pid %d) stopped while starting.", index, proc.pid)
+                elif code != 0:
+                    log.warning("Worker %d (pid %d) stopped with code %d.", index, proc.pid, code)
+                return
+            if code == EXIT_USAGE:
+                self._fail(f"worker {index} reported a usage error (exit {code})")
+                return
+            if loop.time() - started >= RESTART_RESET:
+                backoff.reset()
+                self.restarts[index] = 0
+            count = self.restarts[index] = self.restarts.get(index, 0) + 1
+            if count > self.max_restarts:
+                self._fail(
+                    f"worker {index} died {count} times in a row (last exit code {code}); "
+                    f"giving up after --max-restarts {self.max_restarts}"
+                )
+                return
+            delay = backoff.next()
+            log.warning(
+                "Worker %d (pid %d) died with code %d; restarting it in %.1fs (restart %d of "
+                "at most %d in a row).",
+                index,
+                proc.pid,
+                code,
+                delay,
+                count,
+                self.max_restarts,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _fail(self, why: str) -> None:
+        if self._failed is None:
+            self._failed = why
+            log.error("Stopping every worker: %s.", why)
+        self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("Received %s: stopping %d worker(s) gracefully.", name, len(self.procs))
+        else:
+            log.warning("Received %s again: passing it on to cut the graceful stop short.", name)
+            self._send(signal.SIGINT)
+        self._stop.set()
+
+    def _send(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    async def _stop_all(self) -> None:
+        """SIGTERM to every worker; SIGKILL to those still running after the deadline."""
+        self._stopping = True
+        self._send(signal.SIGTERM)
+        running = [p for p in self.procs.values() if p.returncode is None]
+        if not running:
+            return
+        timeout = (self.stop_timeout or DEFAULT_STOP_TIMEOUT) + KILL_GRACE
+        waits = [asyncio.ensure_future(p.wait()) for p in running]
+        _, late = await asyncio.wait(waits, timeout=timeout)
+        if late:
+            log.error(
+                "%d worker(s) still running %.0fs after SIGTERM; killing them.", len(late), timeout
+            )
+            self._send(signal.SIGKILL)
+            await asyncio.wait(waits)
+
+    async def _watch(self) -> None:
+        async for changes in self.watch(self.app_dir, stop_event=self._stop):
+            if any(str(path).endswith(".py") for _, path in changes):
+                log.info("Source changed under %s: restarting the workers.", self.app_dir)
+                self._changed.set()
+                return
+
+    async def run(self) -> int:
+        """Supervise until a signal (exit 0), or a worker that cannot be kept (exit 1)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            while True:
+                self._stopping = False
+                self._changed = asyncio.Event()
+                keepers = [asyncio.ensure_future(self._keep(i)) for i in range(self.workers)]
+                waits = [asyncio.ensure_future(self._stop.wait())]
+                watcher = asyncio.ensure_future(self._watch()) if self.watch else None
+                if watcher is not None:
+                    waits.append(asyncio.ensure_future(self._changed.wait()))
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                await self._stop_all()
+                await asyncio.gather(*keepers, return_exceptions=True)
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+                self.procs.clear()
+                if self._stop.is_set():
+                    break
+                self.restarts.clear()  # reloaded: a fresh start
+            if self._failed is not None:
+                sys.stderr.write(f"dispytch: {self._failed}.\n")
+                return 1
+            log.info("Every worker stopped.")
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -329,9 +606,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument(
         "--stop-timeout",
-        type=float,
+        type=_seconds,
         default=None,
         help="seconds in-flight work may take on stop (default: the dispatcher's own)",
+    )
+    p_run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the work through the broker's consumer "
+        "groups, restarted when they die (default: 1, in this process)",
+    )
+    p_run.add_argument(
+        "--max-restarts",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="with --workers/--reload: give up (exit 1) when one worker dies N+1 times in "
+        "a row (default: 10)",
+    )
+    p_run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the workers when a .py file under --app-dir changes "
+        "(needs: pip install 'dispytch-core[reload]')",
     )
     p_run.set_defaults(func=_cmd_run)
     return parser

@@ -89,13 +89,22 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"
 
 
-class MessageState:
-    """What all handlers of one message share: decoded bodies, the acknowledger."""
+_NO_MODEL: Any = object()
 
-    __slots__ = ("acknowledger", "bodies", "message")
+
+class MessageState:
+    """What all handlers of one message share: decoded bodies, the acknowledger.
+
+    The first body decoded is kept in ``model``/``body`` (most messages are decoded into
+    one type); ``bodies`` holds any other, by model.
+    """
+
+    __slots__ = ("acknowledger", "bodies", "body", "message", "model")
 
     def __init__(self, message: Message) -> None:
         self.message = message
+        self.model: Any = _NO_MODEL
+        self.body: Any = None
         self.bodies: dict[Any, Any] | None = None
         self.acknowledger: Acknowledger | None = None
 
@@ -121,6 +130,7 @@ class HandlerContext:
         "_decode",
         "_event",
         "_shared",
+        "_state",
         "attempt",
         "dep_cache",
         "exception",
@@ -129,7 +139,6 @@ class HandlerContext:
         "params",
         "result",
         "started",
-        "state",
     )
 
     def __init__(
@@ -150,10 +159,22 @@ class HandlerContext:
         self.result: Any = None
         self.exception: BaseException | None = None
         self.outcome: Outcome | None = None
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
         self.dep_cache: dict[Any, Any] = {}
         self._event: Event[Any] | None = None
         self.started = time.perf_counter()
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Free space for middleware to share values (made on first use)."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        self._state = value
 
     @property
     def message(self) -> Message:
@@ -171,12 +192,18 @@ class HandlerContext:
             PayloadError: When the payload does not decode or validate.
         """
         shared = self._shared
+        if shared.model is model:
+            return shared.body
         bodies = shared.bodies
-        if bodies is None:
-            bodies = shared.bodies = {}
-        elif model in bodies:
+        if bodies is not None and model in bodies:
             return bodies[model]
-        body = bodies[model] = self._decode(shared.message, model)
+        body = self._decode(shared.message, model)
+        if shared.model is _NO_MODEL:
+            shared.model, shared.body = model, body
+        elif bodies is None:
+            shared.bodies = {model: body}
+        else:
+            bodies[model] = body
         return body
 
     def event_for(self, model: Any) -> Event[Any]:

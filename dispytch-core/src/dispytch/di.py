@@ -9,6 +9,10 @@ A handler parameter is filled from, in this order of precedence:
   validated by the parameter's annotation;
 - ``Message``, ``Acknowledger`` or ``HandlerContext`` annotations: the raw message, the
   manual acknowledger, the middleware context.
+- for command and query handlers: the registered class itself (``cmd: CreateUser``), or
+  ``Command[T]`` / ``Query[T]`` (any ``Event`` subclass) around the validated body;
+- a class with a ``__dispytch_inject__(ctx)`` classmethod (``EventCollector``): its value
+  for this handling.
 
 Everything is worked out at registration: a cycle or a parameter nothing can fill raises
 :class:`~dispytch.errors.HandlerRegistrationError` naming the handler and the parameter.
@@ -66,7 +70,7 @@ else:
 
 
 # Parameter sources
-_EVENT, _DEP, _PARAM, _MESSAGE, _ACK, _CONTEXT = range(6)
+_EVENT, _DEP, _PARAM, _MESSAGE, _ACK, _CONTEXT, _BODY, _ENVELOPE, _INJECT = range(9)
 
 # Callable kinds
 _ASYNC, _SYNC, _GEN, _ASYNCGEN = range(4)
@@ -130,9 +134,12 @@ class HandlerPlan:
         *,
         handler_name: str,
         route_names: tuple[str, ...] = (),
+        body_type: Any = None,
     ) -> None:
         self.handler_name = handler_name
         self._route_names = route_names
+        #: Commands and queries: a parameter annotated with this type gets the body.
+        self._body_type = body_type
         self.event_types: list[Any] = []
         self.route_params: set[str] = set()
         self.needs_teardown = False
@@ -208,6 +215,21 @@ class HandlerPlan:
             return func
         return lambda event: func(**{pname: event})
 
+    @property
+    def body_direct(self) -> Callable[[Any], Awaitable[Any]] | None:
+        """The handler itself, called with the body, when an async handler takes only the
+        body of its command or query (the in-process bus's fast path), else ``None``."""
+        root = self.root
+        if root.kind != _ASYNC or self.needs_teardown or len(root.params) != 1:
+            return None
+        pname, source, _ = root.params[0]
+        if source != _BODY:
+            return None
+        func = root.func
+        if root.positional:
+            return func
+        return lambda body: func(**{pname: body})
+
     def _source(
         self,
         func: Callable[..., Any],
@@ -227,6 +249,20 @@ class HandlerPlan:
             dep = param.default
         if dep is not None:
             return (pname, _DEP, self._compile(dep.func, use_cache=dep.use_cache, stack=stack))
+        if self._body_type is not None and base is self._body_type:
+            if base not in self.event_types:
+                self.event_types.insert(0, base)
+            return (pname, _BODY, base)
+        envelope = get_origin(base)
+        if isinstance(envelope, type) and envelope is not Event and issubclass(envelope, Event):
+            # Command[T] / Query[T]: an Event subclass around the same validated body.
+            model = get_args(base)[0]
+            if model not in self.event_types:
+                self.event_types.append(model)
+            return (pname, _ENVELOPE, (envelope, model))
+        if isinstance(base, type) and hasattr(base, "__dispytch_inject__"):
+            # A type that makes its own value from the context (EventCollector).
+            return (pname, _INJECT, base)
         body_type = event_type_of(base)
         if body_type is not None:
             if body_type not in self.event_types:
@@ -299,6 +335,12 @@ class HandlerPlan:
                 kwargs[pname] = ctx.acknowledger()
             elif source == _CONTEXT:
                 kwargs[pname] = ctx
+            elif source == _BODY:
+                kwargs[pname] = ctx.body_for(data)
+            elif source == _ENVELOPE:
+                kwargs[pname] = data[0](ctx.body_for(data[1]), ctx.message, ctx.params)
+            elif source == _INJECT:
+                kwargs[pname] = data.__dispytch_inject__(ctx)
             else:
                 kwargs[pname] = data
         kind = node.kind

@@ -30,16 +30,18 @@ from typing import Any, TypeVar
 
 from dispytch.backoff import Backoff
 from dispytch.context import HandlerContext, MessageState, Middleware, MiddlewareLike, Outcome
+from dispytch.cqrs.serve import build_responder
 from dispytch.dispatch.routing import HandlerEntry, RouteTable
 from dispytch.dispatch.scheduler import LaneScheduler, default_lane_cap
 from dispytch.dispatch.settle import AFTER, BEFORE, MANUAL, AckPolicy, Settler, settle_failed
+from dispytch.emitter import EventEmitter
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.event import Event
 from dispytch.message import HEADER_EVENT_TYPE, Message
 from dispytch.plugins import notify, serializer_for, serializers, transport_for_url
 from dispytch.router import Router, resolve_middleware
 from dispytch.routes import EventSubscription
-from dispytch.serialization import DecoderCache
+from dispytch.serialization import DecoderCache, Serializer
 from dispytch.transport import (
     Acknowledger,
     Consumer,
@@ -95,6 +97,9 @@ class EventDispatcher:
         max_requeue_delay: The longest such wait.
         owns_consumer: Close the consumer's connection on stop (set by ``from_url``).
         name: For logs.
+        emitter: Where events that command and query handlers return or collect go
+            (emitted only after the handler succeeded). You start and stop it.
+        serializer: Serialises command and query replies (never pickle).
     """
 
     def __init__(
@@ -111,6 +116,8 @@ class EventDispatcher:
         max_requeue_delay: float = 5.0,
         owns_consumer: bool = False,
         name: str | None = None,
+        emitter: EventEmitter | None = None,
+        serializer: str | Serializer = "json",
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1.")
@@ -133,11 +140,15 @@ class EventDispatcher:
         self.max_requeue_delay = max_requeue_delay
         self.owns_consumer = owns_consumer
         self.name = name or type(consumer).__name__
+        self.emitter = emitter
+        self.reply_serializer = serializer
         self.router = Router()
         #: Counters: handled, filtered, dead_lettered, rejected, requeued, skipped,
-        #: unknown_route, invalid_payload, failed_handlers, held_unsettled.
+        #: unknown_route, invalid_payload, failed_handlers, held_unsettled; for commands
+        #: and queries also requests_answered, requests_failed, requests_expired.
         self.stats: Counter[str] = Counter()
         self.decoders = DecoderCache(serializer_for, _served_content_types)
+        self._decode = self.decoders.decode
         self._routes = RouteTable()
         self._running = False
         self._stopping = False
@@ -177,6 +188,8 @@ class EventDispatcher:
         requeue_delay: float = 0.05,
         max_requeue_delay: float = 5.0,
         name: str | None = None,
+        emitter: EventEmitter | None = None,
+        serializer: str | Serializer = "json",
         **options: Any,
     ) -> EventDispatcher:
         """Build a dispatcher whose consumer comes from the plugin serving ``url``.
@@ -202,6 +215,8 @@ class EventDispatcher:
             max_requeue_delay=max_requeue_delay,
             owns_consumer=True,
             name=name or spec.name,
+            emitter=emitter,
+            serializer=serializer,
         )
 
     # -- registration -------------------------------------------------------------------
@@ -221,6 +236,20 @@ class EventDispatcher:
             subscription, topic=topic, event=event, middlewares=middlewares, name=name
         )
 
+    def command(self, command: type[Any], **kwargs: Any) -> Callable[[F], F]:
+        """Register the one handler of a command; see :meth:`Router.command
+        <dispytch.Router.command>`."""
+        if self._running:
+            raise RuntimeError("Register handlers before the dispatcher starts.")
+        return self.router.command(command, **kwargs)
+
+    def query(self, query: type[Any], **kwargs: Any) -> Callable[[F], F]:
+        """Register the one handler of a query; see :meth:`Router.query
+        <dispytch.Router.query>`."""
+        if self._running:
+            raise RuntimeError("Register handlers before the dispatcher starts.")
+        return self.router.query(query, **kwargs)
+
     def add_router(self, router: Router) -> None:
         """Add a router's handlers (and those of routers nested in it)."""
         if self._running:
@@ -239,7 +268,11 @@ class EventDispatcher:
         return seen
 
     def _build(self) -> None:
-        self._routes = RouteTable(self.router.walk(), self.middlewares)
+        handlers = self.router.walk()
+        around = None
+        if any(spec.request is not None for spec, _ in handlers):
+            around = build_responder(self, handlers)
+        self._routes = RouteTable(handlers, self.middlewares, around=around)
         for entry in self._routes.entries:
             for model in entry.event_types:
                 # Resolve the default decoders now (loading the serializer plugins), not
@@ -494,7 +527,7 @@ class EventDispatcher:
                 # The common case, kept short: one plain handler that takes this message
                 # (another event type goes the long way, to be counted as skipped).
                 try:
-                    await direct(Event(self.decoders.decode(msg, entry.model), msg, params))
+                    await direct(Event(self._decode(msg, entry.model), msg, params))
                 except Exception as exc:
                     requeue = settler.failed(entry.spec.name, msg, exc, 1)
                     await settler.conclude(msg, None, 1, requeue, None if requeue else exc)
@@ -524,7 +557,7 @@ class EventDispatcher:
         failed: BaseException | None = None
         dead = False
         filtered = 0
-        decode = self.decoders.decode
+        decode = self._decode
         acknowledge = settler.acknowledger_for
         for entry, params in matches:
             spec = entry.spec

@@ -7,14 +7,17 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from dispytch.cqrs.errors import RequestReplyUnsupportedError
+from dispytch.cqrs.handlers import Requester
+from dispytch.cqrs.wire import RequestSender
 from dispytch.errors import EmitTimeoutError
 from dispytch.event import EventBase
-from dispytch.plugins import notify, serializer_for, transport_for_url
+from dispytch.plugins import notify, serializer_for, serializers, transport_for_url
 from dispytch.routes import EventRoute
-from dispytch.serialization import Serializer
+from dispytch.serialization import DecoderCache, Serializer
 from dispytch.transport import (
     HEADER_CONTENT_TYPE,
     HEADER_EVENT_ID,
@@ -67,6 +70,7 @@ class EventEmitter:
         # a uuid4 per event.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
+        self._requester: Requester | None = None
 
     @classmethod
     def from_url(
@@ -94,6 +98,8 @@ class EventEmitter:
         if not self._started:
             return
         self._started = False
+        if self._requester is not None:
+            self._requester.close()  # waiting requests fail now, not at their timeout
         await self.producer.stop()
         notify("dispytch_emitter_stopped", emitter=self)
 
@@ -175,7 +181,8 @@ class EventEmitter:
 
         Args:
             event: The event; its class's ``__route__`` (or ``__topic__``) says where to.
-            headers: Extra headers.
+            headers: Extra headers. A ``dispytch-deadline`` among them (an upstream
+                request's, forwarded) replaces the one made from ``timeout``.
             key: Overrides the route's key.
             route: Overrides the class's route.
 
@@ -226,3 +233,75 @@ class EventEmitter:
                 result = cb(event)
                 if inspect.isawaitable(result):
                     await result
+
+    async def request(
+        self,
+        message: EventBase,
+        *,
+        timeout: float = 30.0,
+        reply: Any = None,
+        headers: Mapping[str, str] | None = None,
+        key: Any = None,
+        route: EventRoute | None = None,
+        errors: Sequence[type[BaseException]] = (),
+    ) -> Any:
+        """Send a command or query and return its handler's reply, typed.
+
+        The request carries a correlation id and an absolute deadline (now + ``timeout``);
+        a responder that gets it later does not run it. Replies come back to one reply
+        address per process, however many requests are outstanding. Cancelling the
+        awaiting task is local: the request stays sent.
+
+        Args:
+            message: A ``CommandBase`` / ``QueryBase`` (or any ``EventBase``) instance.
+            timeout: Seconds to wait for the reply.
+            reply: The reply type; by default the ``R`` of ``QueryBase[R]`` /
+                ``CommandBase[R]``.
+            headers: Extra headers. A ``dispytch-deadline`` among them (an upstream
+                request's, forwarded) replaces the one made from ``timeout``.
+            key: Overrides the route's key.
+            route: Overrides the class's route.
+            errors: Exception types raised as themselves when the handler raises one of
+                that name (see also :meth:`register_error`).
+
+        Raises:
+            RemoteError: The handler raised (at once, never as a timeout).
+            RequestTimeoutError: No reply within ``timeout``.
+            RequestExpiredError: The request reached its handler after its deadline.
+            NoRouteError: Nothing can receive it (raised at once).
+            RequestReplyUnsupportedError: The transport cannot carry replies.
+        """
+        requester = self._requester
+        if requester is None:
+            requester = self._requester = self._make_requester()
+        return await requester.request(
+            message,
+            timeout=timeout,
+            reply=reply,
+            headers=headers,
+            key=key,
+            route=route,
+            errors=errors,
+        )
+
+    def register_error(self, *types: type[BaseException]) -> None:
+        """Raise these exception types as themselves (by class name) when a request's
+        handler raises one, instead of :class:`~dispytch.cqrs.RemoteError`."""
+        requester = self._requester
+        if requester is None:
+            requester = self._requester = self._make_requester()
+        for tp in types:
+            requester.errors[tp.__name__] = tp
+
+    def _make_requester(self) -> Requester:
+        producer = self.producer
+        if not isinstance(producer, RequestSender):
+            raise RequestReplyUnsupportedError(
+                f"{type(producer).__name__} cannot carry requests: its transport has no "
+                "request_reply capability.\nUse a transport that has it (memory://, "
+                "amqp://), or send the command without waiting with emit()."
+            )
+        decoders = DecoderCache(
+            serializer_for, lambda: [s.content_type for s in serializers().values()]
+        )
+        return Requester(producer, self.build, decoders.decode)

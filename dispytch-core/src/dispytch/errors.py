@@ -74,6 +74,15 @@ class RouteParamError(DispytchError):
     """A named route segment could not be converted to its annotated type."""
 
 
+class UnknownRouteError(DispytchError):
+    """No handler takes the route a message arrived on.
+
+    The dispatcher does not raise it: it is the :attr:`Message.error
+    <dispytch.Message.error>` of a message rejected for that reason, so a transport that
+    dead-letters rejected messages can say why.
+    """
+
+
 class PayloadError(DispytchError):
     """A payload could not be decoded or validated into the handler's event type.
 

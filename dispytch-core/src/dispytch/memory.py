@@ -21,18 +21,21 @@ holds ``ROUTE_CACHE_LIMIT`` topics. A group's own queue is not bounded: the disp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dispytch.cqrs.errors import NoRouteError
+from dispytch.cqrs.wire import HEADER_REPLY_TO, ReplyHandler
 from dispytch.errors import NotStartedError
 from dispytch.patterns import RoutePattern
 from dispytch.routes import EventRoute, EventSubscription, TopicRoute
-from dispytch.transport import Message, OutgoingMessage
+from dispytch.transport import Capabilities, Message, OutgoingMessage
 
 log = logging.getLogger("dispytch.memory")
 
@@ -116,6 +119,8 @@ class MemoryBroker:
         self._route_cache: dict[str, tuple[_Group, ...]] = {}
         self._parked: deque[Message] = deque()  # oldest first, all topics
         self._ids = itertools.count(1)
+        #: Request/reply: reply address -> the requesting producer's callback.
+        self.reply_addresses: dict[str, ReplyHandler] = {}
         self.rejected: list[Message] = []
         self.published = 0
         self.parked_dropped = 0
@@ -212,6 +217,10 @@ class MemoryBroker:
                 )
             )
 
+    def routable(self, topic: str) -> bool:
+        """Whether any group subscribes to ``topic`` (a request to it can be received)."""
+        return any(g.matches(topic) for g in self._groups.values())
+
     def pending(self, group: str) -> int:
         """Messages waiting in a group's queue plus those delivered but not settled."""
         grp = self.group(group)
@@ -242,12 +251,46 @@ class MemoryProducer:
     def __init__(self, broker: MemoryBroker | None = None) -> None:
         self.broker = broker or MemoryBroker.named()
         self._running = False
+        self._reply_address: str | None = None
 
     async def start(self) -> None:
         self._running = True
 
     async def stop(self) -> None:
         self._running = False
+        if self._reply_address is not None:
+            self.broker.reply_addresses.pop(self._reply_address, None)
+            self._reply_address = None
+
+    async def open_replies(self, deliver: ReplyHandler) -> None:
+        """Request/reply: register this producer's one reply address with the broker."""
+        if self._reply_address is None:
+            self._reply_address = f"memory-reply-{next(self.broker._ids)}-{id(self):x}"
+        self.broker.reply_addresses[self._reply_address] = deliver
+
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """Publish a request with this producer's reply address.
+
+        Raises:
+            NoRouteError: No group subscribes to its topic (a request is never parked).
+        """
+        if not self._running:
+            raise NotStartedError(
+                "The memory producer is not started. Call `await emitter.start()` or use "
+                "`async with emitter:` before sending requests."
+            )
+        if self._reply_address is None:
+            raise NotStartedError("open_replies() was not called before send_request().")
+        topic = _topic_of(message.route)
+        if not self.broker.routable(topic):
+            raise NoRouteError(
+                f"No consumer group of memory broker {self.broker.name!r} subscribes to "
+                f"{topic!r}, so the request cannot be received.\nStart a dispatcher with a "
+                "handler for it first."
+            )
+        headers = dict(message.headers)
+        headers[HEADER_REPLY_TO] = self._reply_address
+        self.broker.publish(topic, message.payload, headers, message.key)
 
     async def send(self, message: OutgoingMessage) -> None:
         if not self._running:
@@ -265,12 +308,18 @@ class MemoryProducer:
 class MemoryConsumer:
     """Consumes from a :class:`MemoryBroker` as a member of a consumer group.
 
+    It can answer requests (``request_reply``): the reply goes straight to the requesting
+    producer's reply address.
+
     Args:
         broker: The broker (default: the process-wide ``"default"`` one).
         group: The consumer group; groups each get every message, members of one group
             share them.
-        ordered: Handle messages of one topic one at a time, in order.
+        ordered: Handle messages of one topic one at a time, in order (each topic is a
+            lane; a lane can be paused, see :class:`~dispytch.transport.LanePausing`).
     """
+
+    capabilities = Capabilities(request_reply=True)
 
     def __init__(
         self, broker: MemoryBroker | None = None, *, group: str = "default", ordered: bool = False
@@ -281,6 +330,24 @@ class MemoryConsumer:
         self._running = False
         self._ordered = ordered
         self._stopped: asyncio.Future[None] | None = None
+        # Lane pausing: messages of a paused lane taken off the group's inbox wait here, in
+        # order, until it is resumed (and go back to the group on stop).
+        self._paused: set[Hashable] = set()
+        self._held: dict[Hashable, deque[Message]] = {}
+        if ordered:  # an ordered consumer's lanes can be paused
+            self.capabilities = dataclasses.replace(
+                self.capabilities, ordered_lanes=True, pause_lanes=True
+            )
+
+    def pause(self, lane: Hashable) -> None:
+        """Stop yielding messages of ``lane`` (a topic) until :meth:`resume`."""
+        self._paused.add(lane)
+
+    def resume(self, lane: Hashable) -> None:
+        """Yield messages of ``lane`` again, those held meanwhile first."""
+        self._paused.discard(lane)
+        if self._held.get(lane) and self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)  # wake listen() to yield them
 
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
         self._subscriptions.extend(subscriptions)
@@ -301,14 +368,20 @@ class MemoryConsumer:
         unacked = self._group.unacked
         ids = self.broker._ids
         ordered = self._ordered
+        held = self._held
         while self._running:
-            if items:
-                msg = items.popleft()
-            else:
-                got = await self._wait(inbox)
-                if got is None:
-                    break
-                msg = got
+            msg = self._resumed()
+            if msg is None:
+                if items:
+                    msg = items.popleft()
+                else:
+                    got = await self._wait(inbox)
+                    if got is None:
+                        continue  # stopped, or a lane resumed
+                    msg = got
+                if ordered and (msg.route in self._paused or held.get(msg.route)):
+                    held.setdefault(msg.route, deque()).append(msg)
+                    continue
             token = next(ids)
             msg.token = token
             if ordered:
@@ -316,8 +389,18 @@ class MemoryConsumer:
             unacked[token] = (msg, self)
             yield msg
 
+    def _resumed(self) -> Message | None:
+        """The next held message of a lane no longer paused."""
+        for lane, waiting in self._held.items():
+            if lane not in self._paused:
+                msg = waiting.popleft()
+                if not waiting:
+                    del self._held[lane]
+                return msg
+        return None
+
     async def _wait(self, inbox: _Inbox) -> Message | None:
-        """Wait for a message or for stop(), whichever comes first."""
+        """Wait for a message, for stop() or for a resumed lane, whichever comes first."""
         loop = asyncio.get_running_loop()
         stopped = self._stopped = loop.create_future()
         items = inbox.items
@@ -331,12 +414,29 @@ class MemoryConsumer:
                     waiter.cancel()  # wake() skips it
             if self._running and items:
                 return items.popleft()
+            if stopped.done():
+                break  # stopped, or a resumed lane has held messages to yield
         if items:
             inbox.wake()  # a wake-up this member will not use: pass it on to another
         return None
 
     async def ack(self, message: Message) -> None:
         self._group.unacked.pop(message.token, None)
+
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the requester's reply address, from the request's headers."""
+        return request.headers.get(HEADER_REPLY_TO)
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Hand a reply to the requesting producer (dropped when it is gone)."""
+        address = request.headers.get(HEADER_REPLY_TO)
+        deliver = self.broker.reply_addresses.get(address) if address else None
+        if deliver is None:
+            log.debug("Reply to %s dropped: the requester is gone.", address)
+            return
+        deliver(Message(payload, route=address or "", headers=dict(headers)))
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         if self._group.unacked.pop(message.token, None) is None:
@@ -355,6 +455,11 @@ class MemoryConsumer:
         self._running = False
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+        for waiting in self._held.values():  # never delivered: back to the group as they are
+            for msg in waiting:
+                self._group.queue.put_nowait(msg)
+        self._held.clear()
+        self._paused.clear()
 
     async def close(self) -> None:
         """Hand every delivered-but-unsettled message of this consumer back to its group."""

@@ -102,9 +102,26 @@ class Message:
             order (Kafka uses the partition). ``None`` lets the dispatcher run the message
             concurrently with any other.
         token: Whatever the transport needs to acknowledge this delivery. Opaque to core.
+        error: Why the failure policy rejected the message: set by the dispatcher right
+            before ``nack(requeue=False)`` (the handler's exception, a
+            :class:`~dispytch.errors.PayloadError`, an
+            :class:`~dispytch.errors.UnknownRouteError`), ``None`` otherwise. A transport
+            that dead-letters rejected messages itself (a Redis dead-letter stream) writes
+            it into the dead letter. Read it as ``getattr(message, "error", None)`` where a
+            subclass may not call ``Message.__init__``.
     """
 
-    __slots__ = ("attempt", "headers", "key", "lane", "metadata", "payload", "route", "token")
+    __slots__ = (
+        "attempt",
+        "error",
+        "headers",
+        "key",
+        "lane",
+        "metadata",
+        "payload",
+        "route",
+        "token",
+    )
 
     def __init__(
         self,
@@ -126,6 +143,7 @@ class Message:
         self.metadata: Mapping[str, Any] = metadata if metadata is not None else {}
         self.lane = lane
         self.token = token
+        self.error: BaseException | None = None
 
     def __repr__(self) -> str:
         return (

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dispytch.context import Middleware, MiddlewareLike
+from dispytch.cqrs.handlers import RequestInfo, adapt_handler
+from dispytch.cqrs.messages import message_kind
 from dispytch.di import HandlerPlan
 from dispytch.errors import HandlerRegistrationError, PluginError
 from dispytch.event import declared_event_type
@@ -51,6 +53,9 @@ class HandlerSpec:
     event_type: str | None
     middlewares: tuple[Middleware, ...]
     plan: HandlerPlan
+    #: Commands and queries: the registered class and the reply plan (``None``: an event
+    #: handler).
+    request: RequestInfo | None = None
 
 
 class Router:
@@ -128,6 +133,89 @@ class Router:
 
         return register
 
+    def command(
+        self,
+        command: type[Any],
+        *,
+        subscription: EventSubscription | None = None,
+        middlewares: Sequence[MiddlewareLike] = (),
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function or class as the one handler of ``command``.
+
+        The handler takes the command itself (``cmd: CreateUser``) or ``Command[T]``, plus
+        any dependency; its return value is the reply (validated against its return
+        annotation). A class is instantiated per command, its constructor's parameters
+        filled as dependencies, and its ``handle`` (or ``__call__``) called.
+
+        Args:
+            command: A :class:`~dispytch.cqrs.CommandBase` subclass.
+            subscription: What a dispatcher consumes for it; by default the topic of the
+                class's ``__route__`` / ``__topic__``.
+            middlewares: The handler's own middlewares (innermost level).
+            name: For logs; defaults to the handler's qualified name.
+
+        Raises:
+            HandlerRegistrationError: ``command`` is not a command class, it already has
+                a handler in this router tree (both are named), or a parameter cannot
+                be filled.
+        """
+        return self._request("command", command, subscription, middlewares, name)
+
+    def query(
+        self,
+        query: type[Any],
+        *,
+        subscription: EventSubscription | None = None,
+        middlewares: Sequence[MiddlewareLike] = (),
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function or class as the one handler of ``query``
+        (a :class:`~dispytch.cqrs.QueryBase` subclass); see :meth:`command`."""
+        return self._request("query", query, subscription, middlewares, name)
+
+    def _request(
+        self,
+        kind: str,
+        message_type: type[Any],
+        subscription: EventSubscription | None,
+        middlewares: Sequence[MiddlewareLike],
+        name: str | None,
+    ) -> Callable[[F], F]:
+        if message_kind(message_type) != kind:
+            base = "CommandBase" if kind == "command" else "QueryBase"
+            raise HandlerRegistrationError(
+                f"{kind}() takes a {base} subclass, not {message_type!r}.\n"
+                f"Declare it as class {getattr(message_type, '__name__', 'X')}({base}[Reply])."
+            )
+        local = False
+        if subscription is None:
+            subscription, local = _default_subscription(message_type)
+        try:
+            route_names = subscription.compiled.names
+        except ValueError as exc:
+            raise HandlerRegistrationError(str(exc)) from exc
+        mws = tuple(resolve_middleware(m) for m in middlewares)
+
+        def register(target: F) -> F:
+            hname = name or str(getattr(target, "__qualname__", None) or repr(target))
+            self._check_unique(message_type, hname)
+            func, returns = adapt_handler(target, hname)
+            plan = HandlerPlan(
+                func, handler_name=hname, route_names=route_names, body_type=message_type
+            )
+            info = RequestInfo.build(kind, message_type, returns, local=local)
+            etype = message_type.event_type()
+            self.handlers.append(HandlerSpec(target, hname, subscription, etype, mws, plan, info))
+            return target
+
+        return register
+
+    def _check_unique(self, message_type: type[Any], new: str) -> None:
+        for spec, _ in self.walk():
+            if spec.request is not None and spec.request.message_type is message_type:
+                raise HandlerRegistrationError(duplicate_message(spec.request, spec.name, new))
+
     def include_router(self, router: Router) -> None:
         """Nest ``router``: its handlers run inside this router's middlewares too.
 
@@ -142,6 +230,7 @@ class Router:
                 "Including this router would form a cycle: it is already nested inside "
                 "the router being included. Nest routers as a tree."
             )
+        check_unique([*self.walk(), *router.walk()])
         self.routers.append(router)
 
     def _contains(self, other: Router) -> bool:
@@ -162,3 +251,42 @@ class Router:
 
 class HandlerGroup(Router):
     """The older name of :class:`Router`; the same thing."""
+
+
+def duplicate_message(info: RequestInfo, first: str, second: str) -> str:
+    """The error for a second handler of one command or query type."""
+    return (
+        f"{info.message_type.__name__} already has a {info.kind} handler, {first!r}; "
+        f"{second!r} would be a second one.\nA {info.kind} has exactly one handler: remove "
+        "one, or give the other its own class."
+    )
+
+
+def check_unique(handlers: Sequence[tuple[HandlerSpec, tuple[Middleware, ...]]]) -> None:
+    """Raise when two handlers take the same command or query type.
+
+    Raises:
+        HandlerRegistrationError: Naming both handlers.
+    """
+    seen: dict[type[Any], HandlerSpec] = {}
+    for spec, _ in handlers:
+        info = spec.request
+        if info is None:
+            continue
+        first = seen.get(info.message_type)
+        if first is not None and first is not spec:
+            raise HandlerRegistrationError(duplicate_message(info, first.name, spec.name))
+        seen[info.message_type] = spec
+
+
+def _default_subscription(message_type: type[Any]) -> tuple[EventSubscription, bool]:
+    """The topic of the class's route, or (for a class a transport cannot route) a
+    placeholder only a ``Bus`` serves."""
+    try:
+        route = message_type.event_route()
+    except TypeError:
+        route = None
+    topic = getattr(route, "topic", None)
+    if isinstance(topic, str) and topic:
+        return TopicSubscription(topic=topic), False
+    return TopicSubscription(topic=f"dispytch.local.{message_type.__name__}"), True

@@ -68,6 +68,8 @@ class RouteTable:
         handlers: ``(spec, router middlewares)`` pairs, as ``Router.walk()`` gives them.
         middlewares: The dispatcher's own, outermost level.
         cache_limit: Concrete routes whose answer is kept.
+        around: Wraps the chain of each command and query handler (the dispatcher's
+            request/reply responder), outside every middleware level.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class RouteTable:
         middlewares: Sequence[Middleware] = (),
         *,
         cache_limit: int = ROUTE_CACHE_LIMIT,
+        around: Callable[[HandlerSpec, CallNext], CallNext] | None = None,
     ) -> None:
         self.entries: list[HandlerEntry] = []
         self._static: dict[str, list[HandlerEntry]] = {}
@@ -86,7 +89,9 @@ class RouteTable:
             stack = (*middlewares, *router_mws, *spec.middlewares)
             plan = spec.plan
             chain = compose(stack, plan.call)
-            plain = not stack and not spec.subscription.filters_messages
+            if spec.request is not None and around is not None:
+                chain = around(spec, chain)  # commands and queries: the reply, outermost
+            plain = not stack and not spec.subscription.filters_messages and spec.request is None
             direct = plan.direct if plain else None
             entry = HandlerEntry(spec, chain, direct, plan.event_types[0] if direct else None)
             self.entries.append(entry)

@@ -29,7 +29,7 @@ from typing import Any
 
 from dispytch.backoff import Backoff
 from dispytch.context import MessageState
-from dispytch.errors import PayloadError, RequeueMessage
+from dispytch.errors import PayloadError, RequeueMessage, UnknownRouteError
 from dispytch.message import HEADER_EVENT_TYPE, Message
 from dispytch.transport import Acknowledger, Capabilities, Consumer
 
@@ -193,6 +193,7 @@ class Settler:
         if self.policy is BEFORE:
             self.inflight.discard(msg)
         else:
+            msg.error = UnknownRouteError(f"No handler takes the route {msg.route!r}.")
             await self.settle(msg, self.consumer.nack, requeue=False)
 
     async def conclude(
@@ -218,6 +219,7 @@ class Settler:
         elif failed is not None:
             stats["rejected"] += 1
             if policy is AFTER:
+                msg.error = failed
                 await self.settle(msg, consumer.nack, requeue=False)
                 return
         elif dead:

@@ -23,12 +23,15 @@ from dispytch.plugins.loading import (
     reset_plugins,
 )
 from dispytch.plugins.records import (
+    JournalStoreSpec,
     MiddlewareSpec,
     PluginInfo,
     SerializerSpec,
     TransportSpec,
 )
 from dispytch.plugins.tables import (
+    journal_store_schemes,
+    journal_store_spec,
     middleware_factory,
     middlewares,
     plugin_conflicts,
@@ -41,6 +44,9 @@ from dispytch.plugins.tables import (
 )
 
 __all__ = [
+    "JournalStoreSpec",
+    "journal_store_schemes",
+    "journal_store_spec",
     "ENTRY_POINT_GROUP",
     "LoadFailure",
     "MiddlewareSpec",

@@ -18,6 +18,7 @@ from dispytch.serialization import (
     JsonSerializer,
     MsgpackSerializer,
 )
+from dispytch.transport import Capabilities
 
 
 def _memory_producer(url: str, **options: Any) -> Any:
@@ -44,6 +45,7 @@ def dispytch_transports() -> list[TransportSpec]:
             consumer_factory=_memory_consumer,
             description="in-process broker with consumer groups; at-least-once within the process",
             route_types=(MemoryEventRoute,),
+            capabilities=Capabilities(request_reply=True),
         )
     ]
 

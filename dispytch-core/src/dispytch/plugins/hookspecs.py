@@ -9,9 +9,9 @@ in the ``dispytch`` entry-point group of your distribution::
 There are two kinds of hooks:
 
 - Registration hooks (``dispytch_transports``, ``dispytch_serializers``,
-  ``dispytch_middlewares``) return typed records, once, the first time Dispytch needs
-  them. Dispytch builds plain callables from the records; no hook is ever called per
-  message.
+  ``dispytch_middlewares``, ``dispytch_journal_stores``) return typed records, once,
+  the first time Dispytch needs them. Dispytch builds plain callables from the
+  records; no hook is ever called per message.
 - Lifecycle hooks (``dispytch_dispatcher_started`` and friends) tell observers that a
   dispatcher or emitter started or stopped, so an observability plugin can attach itself
   without the user wiring it. They are synchronous; a failing one is logged, never fatal.
@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from dispytch.plugins.records import MiddlewareSpec, SerializerSpec, TransportSpec
+    from dispytch.plugins.records import (
+        JournalStoreSpec,
+        MiddlewareSpec,
+        SerializerSpec,
+        TransportSpec,
+    )
 
 PROJECT = "dispytch"
 
@@ -168,6 +173,40 @@ def dispytch_middlewares() -> list[MiddlewareSpec]:  # type: ignore[empty-body]
         def dispytch_middlewares():
             return [MiddlewareSpec(name="audit", factory=Audit,
                                    description="append each handled route to a file")]
+    """
+
+
+@hookspec
+def dispytch_journal_stores() -> list[JournalStoreSpec]:  # type: ignore[empty-body]
+    """Return the durable-functions journal stores this plugin provides.
+
+    Added in 0.1.0. ``Durable(..., store="postgresql://...")`` looks the URL's scheme up
+    among these (SQLite, ``sqlite://``, is core's own and not a plugin). The factory is
+    called with the URL when the ``Durable`` is built: it must not connect (``open()``
+    does). A store must pass :class:`dispytch.testing.journal.JournalStoreConformance`.
+
+    Args:
+        This hook takes no arguments.
+
+    Returns:
+        A list of :class:`~dispytch.plugins.JournalStoreSpec`; each factory takes the URL
+        and returns an object implementing :class:`dispytch.durable.JournalStore`.
+
+    Example::
+
+        from dispytch.plugins import JournalStoreSpec, hookimpl
+
+
+        def make_store(url):
+            from mypackage.store import PostgresJournalStore  # the driver, on first use
+
+            return PostgresJournalStore(url)
+
+
+        @hookimpl
+        def dispytch_journal_stores():
+            return [JournalStoreSpec(name="postgres", schemes=["postgresql"],
+                                     factory=make_store)]
     """
 
 

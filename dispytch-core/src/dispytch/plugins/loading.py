@@ -36,14 +36,24 @@ import pluggy
 
 from dispytch.errors import PluginError
 from dispytch.plugins import builtin, hints, hookspecs
-from dispytch.plugins.records import MiddlewareSpec, SerializerSpec, TransportSpec
+from dispytch.plugins.records import (
+    JournalStoreSpec,
+    MiddlewareSpec,
+    SerializerSpec,
+    TransportSpec,
+)
 
 log = logging.getLogger("dispytch.plugins")
 
 ENTRY_POINT_GROUP = "dispytch"
 
 #: Hooks that hand out records once (called through :func:`collect`).
-REGISTRATION_HOOKS = ("dispytch_transports", "dispytch_serializers", "dispytch_middlewares")
+REGISTRATION_HOOKS = (
+    "dispytch_transports",
+    "dispytch_serializers",
+    "dispytch_middlewares",
+    "dispytch_journal_stores",
+)
 #: Hooks that report lifecycle events (called through :func:`dispytch.plugins.notify`).
 LIFECYCLE_HOOKS = (
     "dispytch_dispatcher_started",
@@ -56,6 +66,7 @@ _RECORD_TYPES: dict[str, type] = {
     "dispytch_transports": TransportSpec,
     "dispytch_serializers": SerializerSpec,
     "dispytch_middlewares": MiddlewareSpec,
+    "dispytch_journal_stores": JournalStoreSpec,
 }
 
 R = TypeVar("R")

@@ -147,6 +147,43 @@ class MiddlewareSpec:
 
 
 @dataclass(frozen=True)
+class JournalStoreSpec:
+    """A durable-functions journal store a plugin provides (``postgresql://``...).
+
+    Attributes:
+        name: The store's name (``"postgres"``).
+        schemes: URL schemes it serves, lower case, without ``://``.
+        factory: ``(url) -> JournalStore`` (a :class:`dispytch.durable.JournalStore`);
+            called when a ``Durable`` is built with such a URL, so it must not connect.
+        description: One line for ``dispytch plugins``.
+
+    Raises:
+        ValueError: When the name is empty or a scheme is malformed.
+        TypeError: When the factory is not callable.
+    """
+
+    name: str
+    schemes: tuple[str, ...]
+    factory: Callable[[str], Any]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("journal store", self.name)
+        schemes = (self.schemes,) if isinstance(self.schemes, str) else tuple(self.schemes)
+        if not schemes:
+            raise ValueError(f"Journal store {self.name!r} must serve at least one URL scheme.")
+        for scheme in schemes:
+            if not isinstance(scheme, str) or not _SCHEME.match(scheme):
+                raise ValueError(
+                    f"Journal store {self.name!r} declares the scheme {scheme!r}; write it "
+                    "in lower case without '://', e.g. 'postgresql'."
+                )
+        if not callable(self.factory):
+            raise TypeError(f"Journal store {self.name!r}: factory must be a callable (url).")
+        object.__setattr__(self, "schemes", schemes)
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """What ``dispytch plugins`` shows for one registered plugin.
 

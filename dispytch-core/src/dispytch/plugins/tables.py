@@ -31,13 +31,19 @@ from dispytch.plugins.loading import (
     get_state,
     load_failures,
 )
-from dispytch.plugins.records import MiddlewareSpec, PluginInfo, SerializerSpec, TransportSpec
+from dispytch.plugins.records import (
+    JournalStoreSpec,
+    MiddlewareSpec,
+    PluginInfo,
+    SerializerSpec,
+    TransportSpec,
+)
 
 if TYPE_CHECKING:
     from dispytch.middleware.base import Middleware
     from dispytch.serialization import Serializer
 
-T = TypeVar("T", TransportSpec, SerializerSpec, MiddlewareSpec)
+T = TypeVar("T", TransportSpec, SerializerSpec, MiddlewareSpec, JournalStoreSpec)
 K = TypeVar("K", bound=Hashable)
 
 
@@ -296,6 +302,37 @@ def middleware_factory(name: str) -> Callable[..., Middleware]:
     return spec.factory
 
 
+# -- journal stores ----------------------------------------------------------------------
+
+
+def _journal_store_table() -> Table[str, JournalStoreSpec]:
+    state = get_state()
+
+    def build() -> Table[str, JournalStoreSpec]:
+        return build_table(
+            collect("dispytch_journal_stores"),
+            lambda spec: [(s, f"Journal store scheme {s + '://'!r}") for s in spec.schemes],
+            _claimant(state, lambda spec: f"journal store {spec.name!r}"),
+        )
+
+    return state.cached("journal_stores", build)
+
+
+def journal_store_spec(scheme: str) -> JournalStoreSpec | None:
+    """The journal store serving a URL scheme, or None when no plugin does.
+
+    Raises:
+        PluginError: When two plugins claim the scheme (the message names both).
+    """
+    return _journal_store_table().get(scheme.lower())
+
+
+def journal_store_schemes() -> list[str]:
+    """Every URL scheme a journal-store plugin serves."""
+    table = _journal_store_table()
+    return sorted({*table.entries, *table.conflicts})
+
+
 # -- listing -----------------------------------------------------------------------------
 
 
@@ -306,7 +343,12 @@ def _one_line(text: str) -> str:
 def plugin_conflicts() -> list[str]:
     """Every conflict in every table (what ``dispytch plugins`` reports), one line each."""
     found: list[str] = []
-    for table in (_transport_table(), _serializer_table(), _middleware_table()):
+    for table in (
+        _transport_table(),
+        _serializer_table(),
+        _middleware_table(),
+        _journal_store_table(),
+    ):
         found.extend(_one_line(text) for text in table.conflicts.values())
     return found
 

@@ -1,12 +1,31 @@
-"""Test utilities, including the transport conformance suite third parties can run.
+"""Test utilities: the testing kit for services (:func:`memory`), and the transport
+conformance suite third parties can run.
 
-Import :class:`TransportHarness`, implement it for your transport, and subclass
+Implement :class:`TransportHarness` for your transport (once per construction mode, see
+:data:`~dispytch.testing.harness.Mode`) and subclass
 :class:`dispytch.testing.conformance.TransportConformance` in a pytest module with a
-``harness`` fixture returning it. Needs ``pytest`` and ``pytest-asyncio``.
+``harness`` fixture returning it; :mod:`dispytch.testing.conformance` says how to run it.
+Needs core's ``testing`` extra: ``pip install 'dispytch-core[testing]'`` (pytest,
+pytest-asyncio, hypothesis).
 """
 
 from __future__ import annotations
 
-from dispytch.testing.harness import MemoryHarness, TransportHarness
+from dispytch.testing.clock import VirtualClock
+from dispytch.testing.harness import Lane, MemoryHarness, Mode, TransportHarness
+from dispytch.testing.kit import Emitted, Kit, Match, memory
+from dispytch.testing.probe import ConsumerProbe, probe
 
-__all__ = ["MemoryHarness", "TransportHarness"]
+__all__ = [
+    "ConsumerProbe",
+    "Emitted",
+    "Kit",
+    "Lane",
+    "Match",
+    "MemoryHarness",
+    "Mode",
+    "TransportHarness",
+    "VirtualClock",
+    "memory",
+    "probe",
+]

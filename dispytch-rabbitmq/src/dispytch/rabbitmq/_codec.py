@@ -11,14 +11,19 @@ message so the consumer restores exactly these headers. A message key travels in
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from aiormq.abc import DeliveredMessage
 from dispytch.rabbitmq.routes import RabbitMQEventRoute
 from dispytch.transport import (
     HEADER_CONTENT_TYPE,
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
+    HEADER_ORIGINAL_ROUTE,
     Message,
     OutgoingMessage,
 )
@@ -63,6 +68,50 @@ def properties(
         app_id=app_id,
         priority=priority,
         expiration=expiration,
+    )
+
+
+#: The longest error message a dead letter carries (AMQP headers are not for essays).
+ERROR_MESSAGE_LIMIT = 1000
+
+
+def dead_letter_properties(
+    original: Basic.Properties,
+    error: BaseException,
+    *,
+    route: str,
+    queue: str,
+    exchange: str,
+) -> Basic.Properties:
+    """The properties of a rejected delivery's dead letter: the original's, with the
+    error the failure policy gave up on, where it came from and when.
+
+    As RabbitMQ's own dead-lettering does, ``expiration`` is dropped (a dead letter must
+    not expire in the dead-letter queue) and ``x-first-death-reason`` / ``-queue`` /
+    ``-exchange`` are set (when not already there); the broker's ``x-death`` array is
+    not imitated. ``user_id`` is dropped, since the broker checks it against the
+    publishing connection's user.
+    """
+    headers: dict[str, Any] = dict(original.headers or {})
+    headers.setdefault("x-first-death-reason", "rejected")
+    headers.setdefault("x-first-death-queue", queue)
+    headers.setdefault("x-first-death-exchange", exchange)
+    headers[HEADER_ERROR_TYPE] = f"{type(error).__module__}.{type(error).__qualname__}"
+    headers[HEADER_ERROR_MESSAGE] = str(error)[:ERROR_MESSAGE_LIMIT]
+    headers[HEADER_ORIGINAL_ROUTE] = route
+    headers[HEADER_DEAD_LETTERED_AT] = datetime.now(UTC).isoformat()
+    return Basic.Properties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=headers,
+        delivery_mode=original.delivery_mode or PERSISTENT,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        message_type=original.message_type,
+        app_id=original.app_id,
     )
 
 

@@ -145,11 +145,8 @@ def closed_for_good(channel: AbstractChannel) -> bool:
         return False
     if not is_robust(channel):
         return True
-    called = getattr(channel, "_close_called", None)  # aio-pika 10.2+
-    if called is None:  # aio-pika 10.0/10.1: close() resolves the _closed future
-        closed = getattr(channel, "_closed", None)
-        called = bool(closed is not None and closed.done())
-    if called:
+    # aio-pika 10.2+ (the declared floor) records a user's close() of a robust channel.
+    if getattr(channel, "_close_called", False):
         return True
     connection: Any = getattr(channel, "_connection", None)
     return bool(getattr(connection, "close_called", False))
@@ -161,12 +158,14 @@ def connection_of(channel: AbstractChannel) -> AbstractConnection:
     return connection
 
 
-async def raw_channel(connection: AbstractConnection) -> aiormq.abc.AbstractChannel:
+async def raw_channel(
+    connection: AbstractConnection, *, publisher_confirms: bool = False
+) -> aiormq.abc.AbstractChannel:
     """A throwaway aiormq channel on the connection, outside aio-pika's bookkeeping: a
-    passive declaration that fails closes it, and a robust connection must not try to
-    reopen it."""
+    passive declaration (or a publish to a missing exchange) that fails closes it, and a
+    robust connection must not try to reopen it."""
     await connection.ready()
     transport = connection.transport
     if transport is None:
         raise ConnectionError("The RabbitMQ connection is closed.")
-    return await transport.connection.channel(publisher_confirms=False)
+    return await transport.connection.channel(publisher_confirms=publisher_confirms)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import DeliveredMessage
+from dispytch.cqrs.wire import HEADER_CORRELATION_ID
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
@@ -27,7 +36,8 @@ from dispytch.rabbitmq.routes import (
     RabbitMQExchange,
 )
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import Capabilities, Message
+from dispytch.transport import HEADER_CONTENT_TYPE, Capabilities, Message
+from pamqp.commands import Basic
 
 _compat.install_tolerant_decoding()
 
@@ -64,7 +74,7 @@ def capabilities(*, ordered: bool) -> Capabilities:
         delayed_requeue=False,
         pause_lanes=True,
         lease_extension=False,
-        request_reply=False,
+        request_reply=True,
     )
 
 
@@ -216,6 +226,7 @@ class RabbitMQConsumer:
         self._subscriptions: list[EventSubscription] = []
         self._channel: AbstractChannel | None = None  # the channel this consumer opened
         self._queues: list[AbstractQueue] = []
+        self._dlx_channel: aiormq.abc.AbstractChannel | None = None
         self._consuming: dict[str, _Consuming] = {}
         self._watched: list[AbstractChannel] = []
         self._paused: set[str] = set()
@@ -616,8 +627,128 @@ class RabbitMQConsumer:
             )
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
-        """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX."""
-        await _settle(message.token, requeue=requeue)
+        """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX.
+
+        A rejected delivery whose queue has a dead-letter exchange
+        (``x-dead-letter-exchange`` among the queue's arguments) and whose
+        :attr:`Message.error <dispytch.Message.error>` says why is published to that
+        exchange by this consumer, with the error in ``dispytch-error-type`` /
+        ``dispytch-error-message`` (``basic.reject`` cannot add headers), confirmed, and
+        then acknowledged. Where that publish is not confirmed the delivery is rejected
+        with ``basic.reject`` as before, so the broker's own DLX copy (without the error)
+        still keeps it.
+        """
+        token: _Token = message.token
+        error = getattr(message, "error", None)
+        if (
+            not requeue
+            and error is not None
+            and not token.settled
+            and await self._dead_letter_with_error(token, error)
+        ):
+            return
+        await _settle(token, requeue=requeue)
+
+    def _dead_letter_target(self, queue: str) -> tuple[str, str | None] | None:
+        for q in self._queues:
+            if q.name == queue:
+                args = q.arguments or {}
+                exchange = args.get("x-dead-letter-exchange")
+                if exchange is None:
+                    return None
+                key = args.get("x-dead-letter-routing-key")
+                return str(exchange), None if key is None else str(key)
+        return None
+
+    async def _dead_letter_with_error(self, token: _Token, error: BaseException) -> bool:
+        target = self._dead_letter_target(token.queue)
+        if target is None:
+            return False
+        exchange, key = target
+        delivered = token.delivered
+        routing_key = key if key is not None else (delivered.routing_key or token.queue)
+        try:
+            channel = await self._dead_letter_channel(token)
+            await channel.basic_publish(
+                delivered.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=_codec.dead_letter_properties(
+                    delivered.header.properties,
+                    error,
+                    route=delivered.routing_key or "",
+                    queue=token.queue,
+                    exchange=delivered.exchange or "",
+                ),
+                mandatory=True,
+                timeout=_DEAD_LETTER_TIMEOUT,
+            )
+        except _DEAD_LETTER_ERRORS as exc:
+            self._dlx_channel = None
+            log.warning(
+                "Could not publish the rejected delivery from %r to its dead-letter exchange "
+                "%r with its error (%s: %s); rejecting it with basic.reject, so the broker's "
+                "dead-letter copy (without the error) keeps it.",
+                token.queue,
+                exchange,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        await _settle_ack(token)
+        return True
+
+    async def _dead_letter_channel(self, token: _Token) -> aiormq.abc.AbstractChannel:
+        """One confirm-mode channel for dead letters, outside aio-pika's bookkeeping: a
+        publish to a missing exchange closes it, never the channel deliveries come on."""
+        channel = self._dlx_channel
+        if channel is None or channel.is_closed:
+            queue = next(q for q in self._queues if q.name == token.queue)
+            connection = _compat.connection_of(queue.channel)
+            channel = self._dlx_channel = await _compat.raw_channel(
+                connection, publisher_confirms=True
+            )
+        return channel
+
+    # ----------------------------------------------------------------- request/reply
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the request's AMQP ``reply_to`` (direct reply-to), if any."""
+        token = request.token
+        if not isinstance(token, _Token):
+            return None
+        reply_to: str | None = token.delivered.header.properties.reply_to
+        return reply_to or None
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Publish a reply to the request's ``reply_to`` through the default exchange, on
+        the channel the request came on (not confirmed: direct reply-to is transient, and
+        a requester that is gone loses it)."""
+        token: _Token = request.token
+        reply_to = self.reply_address(request)
+        if reply_to is None:
+            return
+        hdrs: dict[str, Any] = dict(headers)
+        content_type = hdrs.pop(HEADER_CONTENT_TYPE, None)
+        props = Basic.Properties(
+            content_type=content_type,
+            headers=hdrs,
+            correlation_id=headers.get(HEADER_CORRELATION_ID)
+            or token.delivered.header.properties.correlation_id,
+            delivery_mode=1,
+        )
+        try:
+            await token.channel.basic_publish(
+                payload, exchange="", routing_key=reply_to, properties=props
+            )
+        except _CANCEL_ERRORS as exc:
+            log.warning(
+                "Could not send the reply to %r (%s: %s); its caller will time out.",
+                reply_to,
+                type(exc).__name__,
+                exc,
+            )
 
     # ----------------------------------------------------------------- shutdown
     async def stop(self) -> None:
@@ -685,11 +816,15 @@ class RabbitMQConsumer:
 
     async def _close_owned(self) -> None:
         channel, self._channel = self._channel, None
+        dlx, self._dlx_channel = self._dlx_channel, None
         conn = self._connection
         if self._factory is not None:
             self._connection = None
 
         async def closing() -> None:
+            if dlx is not None and not dlx.is_closed:
+                with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                    await dlx.close()
             if channel is not None and not channel.is_closed:
                 with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
                     await channel.close()
@@ -709,6 +844,17 @@ class RabbitMQConsumer:
         await self.close()
 
 
+#: How long a dead-letter publish may wait for its confirm before the delivery is
+#: rejected the broker's way instead.
+_DEAD_LETTER_TIMEOUT = 5.0
+#: What a dead-letter publish may raise that sends the delivery the broker's way instead.
+_DEAD_LETTER_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+    TimeoutError,
+)
+
+
 class _Token:
     """What ``Message.token`` holds: the delivery and whether it was settled.
 
@@ -724,6 +870,21 @@ class _Token:
         self.delivery_tag: int = delivered.delivery.delivery_tag or 0  # type: ignore[union-attr]
         self.queue = queue
         self.settled = False
+
+
+async def _settle_ack(token: _Token) -> None:
+    if token.settled:
+        return
+    token.settled = True
+    try:
+        await token.channel.basic_ack(token.delivery_tag)
+    except CONNECTION_ERRORS as exc:
+        log.warning(
+            "Could not acknowledge a dead-lettered delivery from %r: its channel is gone "
+            "(%s). RabbitMQ delivers it again (its dead letter may then arrive twice).",
+            token.queue,
+            exc,
+        )
 
 
 async def _settle(token: _Token, *, requeue: bool) -> None:

@@ -24,7 +24,7 @@ CAPABILITIES = Capabilities(
     delayed_requeue=False,
     pause_lanes=True,
     lease_extension=False,
-    request_reply=False,
+    request_reply=True,
 )
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.abc import DeliveredMessage
+from dispytch.cqrs.errors import NoRouteError
+from dispytch.cqrs.wire import HEADER_CORRELATION_ID, HEADER_DEADLINE, ReplyHandler
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.rabbitmq import _codec, _compat
 from dispytch.rabbitmq._common import (
@@ -20,10 +24,17 @@ from dispytch.rabbitmq._common import (
 from dispytch.rabbitmq.options import CONSUMER_OPTIONS, PRODUCER_OPTIONS, parse
 from dispytch.rabbitmq.routes import DEFAULT_TOPIC_EXCHANGE, RabbitMQEventRoute, RabbitMQExchange
 from dispytch.routes import EventRoute, TopicRoute
-from dispytch.transport import OutgoingMessage
+from dispytch.transport import HEADER_CONTENT_TYPE, Message, OutgoingMessage
 from pamqp.commands import Basic
 
 _compat.install_tolerant_decoding()
+
+#: RabbitMQ's direct reply-to pseudo-queue: replies to a channel without a reply queue.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+#: How long after its deadline a request may still wait in a queue: the responder answers
+#: it "expired" (and counts it) until then; later the broker drops it, so requests nobody
+#: serves never pile up.
+EXPIRED_GRACE = 30.0
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
@@ -159,6 +170,10 @@ class RabbitMQProducer:
         self._start_lock = asyncio.Lock()
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
+        # Request/reply: the requester's callback, and the aiormq channels consuming
+        # direct reply-to (one consume per channel, made before its first request).
+        self._deliver_reply: ReplyHandler | None = None
+        self._reply_consumers: dict[int, asyncio.Future[Any]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQProducer:
@@ -247,6 +262,7 @@ class RabbitMQProducer:
             finally:
                 self._drained = None
         self._lookups.clear()
+        self._reply_consumers.clear()
         await self._release()
 
     async def _release(self) -> None:
@@ -429,6 +445,10 @@ class RabbitMQProducer:
         body: bytes,
         properties: Basic.Properties,
         deadline: float,
+        *,
+        mandatory: bool | None = None,
+        before: Callable[[aiormq.abc.AbstractChannel], Awaitable[None]] | None = None,
+        unroutable: type[Exception] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -444,16 +464,18 @@ class RabbitMQProducer:
                     async with asyncio.timeout_at(deadline):
                         await self._wait_ready(channel)
                 raw = await _compat.underlay(channel)
+                if before is not None:
+                    await before(raw)
                 result = await raw.basic_publish(
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
                     properties=properties,
-                    mandatory=self.mandatory,
+                    mandatory=self.mandatory if mandatory is None else mandatory,
                     timeout=max(deadline - loop.time(), 0.001),
                 )
             except aiormq.exceptions.PublishError as exc:
-                raise self._unroutable(exchange, routing_key) from exc
+                raise self._unroutable(exchange, routing_key, unroutable) from exc
             except aiormq.exceptions.DeliveryError as exc:
                 raise EmitRejectedError(
                     f"RabbitMQ refused the message to {exchange or '(default)'!r} / "
@@ -494,8 +516,101 @@ class RabbitMQProducer:
                 )
             if not isinstance(result, Basic.Ack):
                 # A returned message on a channel opened with on_return_raises=False.
-                raise self._unroutable(exchange, routing_key)
+                raise self._unroutable(exchange, routing_key, unroutable)
             return
+
+    # ----------------------------------------------------------------- request/reply
+    async def open_replies(self, deliver: ReplyHandler) -> None:
+        """Request/reply: replies for this producer go to ``deliver``.
+
+        Replies use RabbitMQ's direct reply-to: no reply queue is declared; each channel
+        the producer publishes requests on consumes ``amq.rabbitmq.reply-to`` once (no
+        ack), before its first request, and any number of requests may be outstanding on
+        it. Over exchanges you passed, that is your exchanges' channel.
+        """
+        self._deliver_reply = deliver
+
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """Publish a request (transient, ``mandatory``) with ``reply_to`` set to direct
+        reply-to and the correlation id as the AMQP ``correlation_id`` too.
+
+        Raises:
+            NoRouteError: No queue is bound for it (the broker returned it): at once.
+            NotStartedError, EmitTimeoutError, EmitRejectedError, EmitError: As ``send``.
+        """
+        if self._deliver_reply is None:
+            raise NotStartedError("open_replies() was not called before send_request().")
+        if not self._started or self._stopped:
+            await self._ready()
+        exchange, routing_key, route = self._address(message.route)
+        properties = _codec.properties(message, route, persistent=False)
+        properties.reply_to = DIRECT_REPLY_TO
+        properties.correlation_id = message.headers.get(HEADER_CORRELATION_ID)
+        if properties.expiration is None:
+            properties.expiration = _expiration(message.headers.get(HEADER_DEADLINE))
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        self._in_flight += 1
+        try:
+            channel = self._targets.get(exchange)
+            if channel is None:
+                async with asyncio.timeout_at(deadline):
+                    channel = await self._target(exchange)
+            await self._publish(
+                channel,
+                exchange,
+                routing_key,
+                message.payload,
+                properties,
+                deadline,
+                mandatory=True,
+                before=self._replies_on,
+                unroutable=NoRouteError,
+            )
+        except TimeoutError:
+            raise EmitTimeoutError(
+                f"RabbitMQ did not confirm the request to {exchange or '(default)'!r} / "
+                f"{routing_key!r} within {self.timeout:g}s (is the broker reachable?)."
+            ) from None
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
+
+    async def _replies_on(self, raw: aiormq.abc.AbstractChannel) -> None:
+        """Consume direct reply-to on ``raw`` (once; concurrent first requests share it).
+
+        After a reconnection the robust channel has a new aiormq channel under it: that
+        one consumes again before its first request (replies to requests outstanding on
+        the lost channel are lost; their callers time out).
+        """
+        key = id(raw)
+        pending = self._reply_consumers.get(key)
+        if pending is not None and pending.done() and not _failed(pending):
+            return  # consuming already: the common case
+        if pending is None or (pending.done() and _failed(pending)):
+            for old, fut in list(self._reply_consumers.items()):
+                if fut.done() and (_failed(fut) or fut.result().is_closed):
+                    del self._reply_consumers[old]  # a lost channel's consume
+            pending = asyncio.ensure_future(self._consume_replies(raw))
+            pending.add_done_callback(_failed)
+            self._reply_consumers[key] = pending
+        await asyncio.shield(pending)
+
+    async def _consume_replies(self, raw: aiormq.abc.AbstractChannel) -> aiormq.abc.AbstractChannel:
+        deliver = self._deliver_reply
+        assert deliver is not None
+
+        async def on_reply(delivered: DeliveredMessage) -> None:
+            props = delivered.header.properties
+            headers = _codec.text_headers(props.headers)
+            if props.correlation_id and HEADER_CORRELATION_ID not in headers:
+                headers[HEADER_CORRELATION_ID] = props.correlation_id
+            if props.content_type and HEADER_CONTENT_TYPE not in headers:
+                headers[HEADER_CONTENT_TYPE] = props.content_type
+            deliver(Message(delivered.body, route=DIRECT_REPLY_TO, headers=headers))
+
+        await raw.basic_consume(DIRECT_REPLY_TO, on_reply, no_ack=True)
+        return raw
 
     async def _wait_ready(self, channel: AbstractChannel) -> None:
         if not _compat.is_robust(channel):
@@ -503,7 +618,15 @@ class RabbitMQProducer:
         await asyncio.sleep(0.05)
         await channel.ready()  # type: ignore[attr-defined]
 
-    def _unroutable(self, exchange: str, routing_key: str) -> EmitError:
+    def _unroutable(
+        self, exchange: str, routing_key: str, kind: type[Exception] | None = None
+    ) -> Exception:
+        if kind is not None:
+            return kind(
+                f"RabbitMQ could not route the request to {exchange or '(default)'!r} / "
+                f"{routing_key!r}: no queue is bound for it.\nStart a dispatcher with a "
+                "handler for it (its queue bound to that routing key) first."
+            )
         return EmitError(
             f"RabbitMQ could not route the message to {exchange or '(default)'!r} / "
             f"{routing_key!r}: no queue is bound for it, so it would have been dropped.\n"
@@ -524,3 +647,19 @@ class RabbitMQProducer:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+
+
+def _failed(fut: asyncio.Future[Any]) -> bool:
+    """Whether ``fut`` ended without a result (its error counts as retrieved)."""
+    return fut.cancelled() or fut.exception() is not None
+
+
+def _expiration(deadline: str | None) -> str | None:
+    """The AMQP ``expiration`` (ms, text) of a request: its deadline plus the grace."""
+    if not deadline:
+        return None
+    try:
+        remaining = float(deadline) - time.time()
+    except ValueError:
+        return None
+    return str(max(1, int((remaining + EXPIRED_GRACE) * 1000)))

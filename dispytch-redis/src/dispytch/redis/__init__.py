@@ -7,9 +7,11 @@
   :class:`RedisStreamRoute`), :class:`RedisStreamConsumer`,
   :class:`RedisStreamSubscription`.
 
-Pass the **asyncio** client (``from redis.asyncio import Redis``); the synchronous one is
-refused with a TypeError. The routes are importable without importing ``redis``; the
-producers and consumers import it on first access.
+Pass the **asyncio** client (``from redis.asyncio import Redis``), or a callable returning
+one; the synchronous one is refused with a TypeError. Options: one pydantic model per
+transport (:mod:`dispytch.redis._options`), for URL queries and keyword arguments alike.
+The routes are importable without importing ``redis``; the producers and consumers import
+it on first access.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from dispytch.redis.routes import (
 )
 
 if TYPE_CHECKING:
-    from dispytch.redis.producer import RedisProducer, RedisStreamProducer
+    from dispytch.redis.producer import RedisBatchError, RedisProducer, RedisStreamProducer
     from dispytch.redis.pubsub import RedisConsumer
     from dispytch.redis.streams import RedisStreamConsumer
 
 __all__ = [
+    "RedisBatchError",
     "RedisConsumer",
     "RedisEventRoute",
     "RedisEventSubscription",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "RedisBatchError": "dispytch.redis.producer",
     "RedisProducer": "dispytch.redis.producer",
     "RedisStreamProducer": "dispytch.redis.producer",
     "RedisConsumer": "dispytch.redis.pubsub",

@@ -76,7 +76,10 @@ def decode_headers(raw: bytes) -> dict[str, str]:
     Raises:
         ValueError: When ``raw`` is not a JSON object of strings.
     """
-    headers = _loads(raw)
+    try:
+        headers = _loads(raw)
+    except ValueError as exc:  # json and orjson errors, UnicodeDecodeError included
+        raise ValueError(f"Redis message headers are not valid JSON ({exc}): {raw[:80]!r}") from exc
     if type(headers) is not dict:
         raise ValueError(f"Redis message headers must be a JSON object, got {raw[:80]!r}")
     return headers

@@ -17,6 +17,19 @@ from typing import Any
 
 from dispytch.plugins.hookspecs import hookimpl
 from dispytch.plugins.records import TransportSpec
+from dispytch.transport import Capabilities
+
+#: What the Pub/Sub consumer offers: nothing is kept, so nothing can be redelivered.
+PUBSUB_CAPABILITIES = Capabilities(delivery="at-most-once", ordered_lanes=True, requeue=False)
+#: What the Streams consumer offers (ordered lanes when ``ordered=true``; lane = stream).
+STREAMS_CAPABILITIES = Capabilities(
+    delivery="at-least-once",
+    ordered_lanes=True,
+    requeue=True,
+    delayed_requeue=True,
+    pause_lanes=True,
+    lease_extension=True,
+)
 
 
 def pubsub_producer(url: str, **options: Any) -> Any:
@@ -49,6 +62,7 @@ def streams_consumer(url: str, **options: Any) -> Any:
 
 @hookimpl
 def dispytch_transports() -> list[TransportSpec]:
+    from dispytch.redis._options import RedisOptions, RedisStreamOptions
     from dispytch.redis.routes import (
         RedisEventRoute,
         RedisEventSubscription,
@@ -68,6 +82,8 @@ def dispytch_transports() -> list[TransportSpec]:
             ),
             route_types=(RedisEventRoute, RedisStreamRoute),
             subscription_types=(RedisEventSubscription,),
+            capabilities=PUBSUB_CAPABILITIES,
+            options_model=RedisOptions,
         ),
         TransportSpec(
             name="redis-streams",
@@ -80,5 +96,7 @@ def dispytch_transports() -> list[TransportSpec]:
             ),
             route_types=(RedisStreamRoute, RedisEventRoute),
             subscription_types=(RedisStreamSubscription,),
+            capabilities=STREAMS_CAPABILITIES,
+            options_model=RedisStreamOptions,
         ),
     ]

@@ -1,55 +1,101 @@
-"""Producers for Redis Pub/Sub (``PUBLISH``) and Redis Streams (``XADD``)."""
+"""Producers for Redis Pub/Sub (``PUBLISH``) and Redis Streams (``XADD``).
+
+Commands go through redis-py's public connection API: a pooled connection
+(``ConnectionPool.get_connection``), ``send_packed_command`` of the commands packed by
+hiredis (``hiredis.pack_command``) and ``read_response`` per reply, so hiredis parses
+and RESP3 push frames (client-side caching invalidations, maintenance notifications) are
+handled by redis-py between the replies. A batch is one round trip per
+:data:`PIPELINE_SIZE` commands.
+
+A round trip is never sent twice: once commands were written, a failure leaves their
+outcome unknown (Redis may have executed them), so the error says how many were
+confirmed, how many may or may not have been stored and how many were not sent, and
+re-emitting is the caller's decision.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
-from dispytch.redis._client import (
-    check_async_client,
-    client_from_url,
+from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
+from dispytch.redis._client import check_async_client, client_from_url, where
+from dispytch.redis._options import (
+    PRODUCER_FIELDS,
+    RedisOptions,
+    RedisStreamOptions,
+    fields_of,
     split_url,
-    to_bool,
 )
-from dispytch.redis._resp import ClosedEarly, ErrorReply, RespError, bulk, read_replies
 from dispytch.redis.envelope import pack, stream_fields
 from dispytch.redis.routes import RedisEventRoute, RedisStreamRoute
 from dispytch.routes import EventRoute, TopicRoute
 from dispytch.transport import OutgoingMessage
+from hiredis import pack_command
 
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from typing import Self
 
+    from dispytch.options import TransportOptions
+
 log = logging.getLogger("dispytch.redis")
 
-__all__ = ["RedisProducer", "RedisStreamProducer"]
+__all__ = ["RedisBatchError", "RedisProducer", "RedisStreamProducer"]
 
 NoReceiversCallback = Callable[[OutgoingMessage], Awaitable[Any] | Any]
+ClientFactory = Callable[[], aredis.Redis]
 
 #: Commands per pipeline round trip in :meth:`RedisProducer.send_batch`.
 PIPELINE_SIZE = 1000
 #: Seconds between two "no receivers" warnings for one channel (the rest are counted).
 WARN_INTERVAL = 5.0
+#: Error replies that say "try again later" rather than "this command is wrong".
+_TRANSIENT_REPLIES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 
 
-def _opt_float(value: str) -> float | None:
-    return None if value.strip().lower() in ("", "none") else float(value)
+class RedisBatchError(EmitError):
+    """A send or batch failed part-way; what is known about each event is counted.
+
+    Attributes:
+        confirmed: Events Redis answered for (stored or published).
+        unknown: Events written to a connection that failed before answering: Redis may
+            or may not have executed them. Dispytch never re-sends them by itself.
+        unsent: Events not written at all (safe to send again).
+        refused: Events Redis answered with an error reply.
+    """
+
+    def __init__(
+        self, message: str, *, confirmed: int, unknown: int, unsent: int, refused: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
+        self.unknown = unknown
+        self.unsent = unsent
+        self.refused = refused
 
 
-_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "warn_no_receivers": to_bool,
-    "delivery_timeout": _opt_float,
-}
+class RedisBatchTimeoutError(RedisBatchError, EmitTimeoutError):
+    """:class:`RedisBatchError` because Redis did not answer within ``delivery_timeout``."""
+
+
+class _RoundTripFailed(Exception):
+    """Internal: a round trip broke after ``answered`` replies (``written`` tells whether
+    the commands may have reached Redis)."""
+
+    def __init__(self, cause: BaseException, answered: int, written: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.answered = answered
+        self.written = written
 
 
 class RedisProducer:
@@ -63,6 +109,13 @@ class RedisProducer:
       default) or a stream (``"streams"``, what :class:`RedisStreamProducer` and
       ``redis+streams://`` URLs use).
 
+    A ``redis.asyncio.Redis`` client you pass is usable as soon as it exists (it connects
+    on first use), so ``emit`` works without ``emitter.start()``; :meth:`start` only checks
+    the server answers (``PING``), so a wrong address fails there rather than on the first
+    emit. A producer built from a factory (``from_url``) creates its client in
+    :meth:`start`. Before that, and after :meth:`stop`, sends raise
+    :class:`~dispytch.errors.NotStartedError` until :meth:`start` is called (again).
+
     Publishing to a channel with no subscriber is not silent: the number of clients that
     received each message is returned by :meth:`publish` / :meth:`publish_batch` and kept
     in :attr:`last_receivers` / :attr:`last_batch_receivers` after :meth:`send` /
@@ -75,8 +128,10 @@ class RedisProducer:
     entry fields on Streams (see :mod:`dispytch.redis.envelope`).
 
     Args:
-        redis: A ``redis.asyncio.Redis`` client. You keep owning it: :meth:`stop` does
-            not close it. The synchronous ``redis.Redis`` is refused with a TypeError.
+        client: A ``redis.asyncio.Redis`` client, or a callable returning one (called on
+            first use). The synchronous ``redis.Redis`` is refused with a TypeError.
+        owns_client: Whether :meth:`stop` closes the client (``from_url`` sets it; a
+            client you pass stays yours by default). Only :meth:`stop` reads it.
         topic_routes: Where a transport-neutral ``TopicRoute`` goes.
         warn_no_receivers: Log a WARNING when a Pub/Sub message reached nobody.
         on_no_receivers: Called (sync or async) with each Pub/Sub message that reached
@@ -95,14 +150,22 @@ class RedisProducer:
 
     def __init__(
         self,
-        redis: aredis.Redis,
+        client: aredis.Redis | ClientFactory,
         *,
+        owns_client: bool = False,
         topic_routes: Literal["pubsub", "streams"] = "pubsub",
         warn_no_receivers: bool = True,
         on_no_receivers: NoReceiversCallback | None = None,
         delivery_timeout: float | None = 10.0,
     ) -> None:
-        self._redis = check_async_client(redis, type(self).__name__)
+        owner = type(self).__name__
+        self._redis: aredis.Redis | None = None
+        self._factory: ClientFactory | None = None
+        if isinstance(client, aredis.Redis) or not callable(client):
+            self._redis = check_async_client(client, owner)
+        else:
+            self._factory = client
+        self.owns_client = owns_client
         if topic_routes not in ("pubsub", "streams"):
             raise ValueError(
                 f"topic_routes={topic_routes!r}: use 'pubsub' (TopicRoute -> channel) or "
@@ -116,29 +179,35 @@ class RedisProducer:
         self.last_batch_receivers: list[int | None] = []
         self.unheard = 0
         self._warned: dict[str, tuple[float, int]] = {}
-        self._prefixes: dict[str, bytes] = {}
-        self._xadd_prefixes: dict[tuple[str, int | None, bool], tuple[bytes, int]] = {}
-        self._owns_client = False
-        self._running = False
+        self._names: dict[str, bytes] = {}
+        self._stopped = False
+
+    #: The options model ``from_url`` reads (with :data:`PRODUCER_FIELDS` taken from it).
+    options_model: type[TransportOptions] = RedisOptions
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build a producer that owns its client, from ``redis://`` / ``rediss://``.
+        """A producer that owns its client, from ``redis://`` / ``rediss://``.
 
-        ``?warn_no_receivers=false`` and ``?delivery_timeout=5`` are read from the query;
-        other query parameters go to redis-py (``?socket_timeout=5``).
+        Options (:class:`~dispytch.redis._options.RedisOptions`) come from the query or
+        the keyword arguments; consumer options in the query are ignored (one URL may
+        configure both sides); other query parameters go to redis-py.
         """
-        from dispytch.redis import pubsub, streams
-
-        consumer_options = {*pubsub._URL_OPTIONS, *streams._URL_OPTIONS}
-        redis_url, options = split_url(url, options, _URL_OPTIONS, consumer_options)
-        producer = cls(client_from_url(redis_url), **options)
-        producer._owns_client = True
-        return producer
+        extra = {k: options.pop(k) for k in ("on_no_receivers",) if k in options}
+        redis_url, opts = split_url(url, cls.options_model, options)
+        return cls(
+            lambda: client_from_url(redis_url),
+            owns_client=True,
+            **extra,
+            **fields_of(opts, PRODUCER_FIELDS),
+        )
 
     @property
     def redis(self) -> aredis.Redis:
-        """The client this producer publishes through."""
+        """The client this producer publishes through (created now from a factory)."""
+        if self._redis is None:
+            assert self._factory is not None
+            self._redis = check_async_client(self._factory(), type(self).__name__)
         return self._redis
 
     async def start(self) -> None:
@@ -147,20 +216,24 @@ class RedisProducer:
         Raises:
             EmitError: When Redis cannot be reached.
         """
+        client = self.redis
         try:
-            await self._timed(self._redis.ping())
+            await self._timed(client.ping())
         except (TimeoutError, RedisError, OSError) as exc:
             raise EmitError(
-                f"Cannot reach Redis at {_where(self._redis)}: {exc}. Is the server "
-                "running and the URL right?"
+                f"Cannot reach Redis at {where(client)}: {exc}.\n"
+                "Is the server running and the URL right?"
             ) from exc
-        self._running = True
+        self._stopped = False
 
     async def stop(self) -> None:
-        """Stop accepting sends; close the client only if this producer created it."""
-        self._running = False
-        if self._owns_client:
-            await self._redis.aclose()
+        """Refuse further sends; close the client only if this producer owns it."""
+        self._stopped = True
+        if self.owns_client and self._redis is not None:
+            client = self._redis
+            if self._factory is not None:
+                self._redis = None  # start() makes a new one
+            await client.aclose()
 
     async def send(self, message: OutgoingMessage) -> None:
         """Publish one message and wait for Redis to answer (the Producer protocol).
@@ -169,23 +242,27 @@ class RedisProducer:
         them.
 
         Raises:
-            NotStartedError: Before :meth:`start` or after :meth:`stop`.
+            NotStartedError: After :meth:`stop`.
             EmitTimeoutError: Redis did not answer within ``delivery_timeout``.
-            EmitError: Redis refused the command or the connection failed.
+            EmitRejectedError: Redis refused the command (wrong type, ...).
+            EmitError: The connection failed (the message says whether the event may
+                have been stored).
         """
         await self._publish((message,))
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish many messages in pipelined round trips (no transaction).
 
-        Every message is attempted; the first failure is raised afterwards. Receivers
-        per message are in :attr:`last_batch_receivers`; :meth:`publish_batch` returns
-        them.
+        Every round trip is attempted while the connection holds; a refused command
+        does not stop the others. Receivers per message are in
+        :attr:`last_batch_receivers`; :meth:`publish_batch` returns them.
 
         Raises:
-            NotStartedError: Before :meth:`start` or after :meth:`stop`.
-            EmitTimeoutError: A round trip was not answered within ``delivery_timeout``.
-            EmitError: Redis refused one of the commands.
+            NotStartedError: After :meth:`stop`.
+            RedisBatchError: The connection failed part-way: the error counts what was
+                confirmed, what may or may not have been stored and what was not sent
+                (a :class:`RedisBatchTimeoutError` when Redis did not answer in time).
+            EmitRejectedError: Redis refused one of the commands.
         """
         await self._publish(messages)
 
@@ -203,114 +280,165 @@ class RedisProducer:
         return await self._publish(messages)
 
     async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int | None]:
-        if not self._running:
+        client = self._redis
+        if self._stopped or client is None:
+            # Stopped, or built from a factory (from_url) and never started.
             raise NotStartedError(self._not_started())
         out: list[int | None] = []
-        first_error: BaseException | None = None
-        for start in range(0, len(messages), PIPELINE_SIZE):
+        refused: EmitError | None = None
+        refused_count = 0
+        total = len(messages)
+        for start in range(0, total, PIPELINE_SIZE):
             chunk = messages[start : start + PIPELINE_SIZE]
-            parts: list[bytes] = []
-            kinds: list[bool] = []
-            for message in chunk:
-                is_pub = self._encode(message, parts)
-                kinds.append(is_pub)
+            commands = [self._command(message) for message in chunk]
             try:
-                replies = await self._timed(self._round_trip(b"".join(parts), len(chunk)))
-            except (TimeoutError, RedisTimeoutError) as exc:
-                error: EmitError = EmitTimeoutError(
-                    f"Redis did not answer {_events(len(chunk), chunk)} within "
-                    f"{self.delivery_timeout}s; they may or may not have been published."
-                )
-                error.__cause__ = exc
-                first_error = first_error or error
-                out.extend([None] * len(chunk))
-                continue
-            except (RedisError, OSError, RespError) as exc:
-                error = EmitError(
-                    f"Redis refused {_events(len(chunk), chunk)}: {type(exc).__name__}: {exc}"
-                )
-                error.__cause__ = exc
-                first_error = first_error or error
-                out.extend([None] * len(chunk))
-                continue
-            for message, is_pub, reply in zip(chunk, kinds, replies, strict=True):
-                if isinstance(reply, ErrorReply):
-                    if first_error is None:
-                        first_error = EmitError(
-                            f"Redis refused the event for {message.route.address!r}: {reply}"
-                        )
-                        first_error.__cause__ = ResponseError(str(reply))
+                replies = await self._round_trip(client, commands)
+            except _RoundTripFailed as failed:
+                self.last_batch_receivers = out + [None] * (total - len(out))
+                raise self._partial(failed, chunk, start, total, refused_count) from (failed.cause)
+            for message, command, reply in zip(chunk, commands, replies, strict=True):
+                if isinstance(reply, ResponseError):
+                    refused_count += 1
                     out.append(None)
-                elif is_pub:
+                    if refused is None:
+                        refused = self._refused(message, reply)
+                elif command[0] == b"PUBLISH":
                     await self._received(message, reply)
                     out.append(reply)
                 else:
                     out.append(None)
         self.last_batch_receivers = out
-        if first_error is not None:
-            raise first_error
+        if refused is not None:
+            raise refused
         return out
 
-    def _encode(self, message: OutgoingMessage, parts: list[bytes]) -> bool:
-        """Append the RESP command for ``message``; True for PUBLISH, False for XADD."""
+    def _command(self, message: OutgoingMessage) -> tuple[Any, ...]:
         route = message.route
         if type(route) is RedisEventRoute or not self._is_stream(route):
-            channel = self._channel_of(route)
-            prefix = self._prefixes.get(channel)
-            if prefix is None:
-                prefix = b"*3\r\n$7\r\nPUBLISH\r\n" + bulk(channel.encode())
-                if len(self._prefixes) < 10_000:
-                    self._prefixes[channel] = prefix
-            data = pack(message.payload, message.headers, message.key)
-            parts.append(prefix)
-            parts.append(b"$%d\r\n" % len(data))
-            parts.append(data)
-            parts.append(b"\r\n")
-            return True
+            channel = self._encoded(self._channel_of(route))
+            return (b"PUBLISH", channel, pack(message.payload, message.headers, message.key))
         stream, maxlen, approximate = self._stream_of(route)
-        key = (stream, maxlen, approximate)
-        cached = self._xadd_prefixes.get(key)
-        if cached is None:
-            args = [b"XADD", stream.encode()]
-            if maxlen is not None:
-                args += [b"MAXLEN", b"~" if approximate else b"=", b"%d" % maxlen]
-            args.append(b"*")
-            cached = (b"".join(bulk(a) for a in args), len(args))
-            if len(self._xadd_prefixes) < 10_000:
-                self._xadd_prefixes[key] = cached
-        prefix, argc = cached
-        fields = stream_fields(message.payload, message.headers, message.key)
-        parts.append(b"*%d\r\n" % (argc + 2 * len(fields)))
-        parts.append(prefix)
-        for name, value in fields.items():
-            parts.append(bulk(name))
-            parts.append(bulk(value))
-        return False
+        args: list[Any] = [b"XADD", self._encoded(stream)]
+        if maxlen is not None:
+            args += [b"MAXLEN", b"~" if approximate else b"=", b"%d" % maxlen]
+        args.append(b"*")
+        for name, value in stream_fields(message.payload, message.headers, message.key).items():
+            args.append(name)
+            args.append(value)
+        return tuple(args)
 
-    async def _round_trip(self, request: bytes, count: int) -> list[Any]:
-        """Send pipelined commands on one pooled connection and read ``count`` replies.
+    def _encoded(self, name: str) -> bytes:
+        raw = self._names.get(name)
+        if raw is None:
+            raw = name.encode()
+            if len(self._names) < 10_000:
+                self._names[name] = raw
+        return raw
 
-        A connection that fails before any reply was read (typically one the server
-        closed while it sat in the pool) is replaced once.
+    async def _round_trip(self, client: aredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` on one pooled connection and read one reply each.
+
+        Error replies come back as :class:`ResponseError` values. Anything else that
+        fails raises :class:`_RoundTripFailed` with the replies read so far; the
+        commands are never written a second time.
         """
-        pool = self._redis.connection_pool
-        for attempt in (1, 2):
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.send_packed_command(request)
-                return await read_replies(conn, count)
-            except (ClosedEarly, RedisConnectionError) as exc:
-                await conn.disconnect(nowait=True)
-                nothing_read = isinstance(exc, RedisConnectionError) or exc.received == 0
-                if attempt == 2 or not nothing_read:
-                    raise
-            except BaseException:
-                # Cancelled or failed mid-read: the connection's state is unknown.
-                await conn.disconnect(nowait=True)
-                raise
-            finally:
-                await pool.release(conn)
-        raise AssertionError("unreachable")  # pragma: no cover
+        pool = client.connection_pool
+        try:
+            async with asyncio.timeout(self.delivery_timeout):
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _RoundTripFailed(exc, 0, written=False) from exc
+        replies: list[Any] = []
+        written = False
+        # Under delivery_timeout the round trip has its deadline already: no timer per
+        # reply (math.inf tells redis-py not to apply socket_timeout to each read).
+        read_timeout = math.inf if self.delivery_timeout is not None else None
+        try:
+            async with asyncio.timeout(self.delivery_timeout):
+                # Every argument is bytes already: hiredis packs them in C (what redis-py's
+                # own packer ends in, without its per-argument encoding pass).
+                packed = b"".join([pack_command(command) for command in commands])
+                written = True  # a failing write may still have reached Redis in part
+                await conn.send_packed_command(packed, check_health=False)
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response(timeout=read_timeout))
+                    except ResponseError as exc:
+                        replies.append(exc)
+            return replies
+        except (RedisError, OSError, TimeoutError) as exc:
+            await conn.disconnect(nowait=True)
+            raise _RoundTripFailed(exc, len(replies), written) from exc
+        except BaseException:
+            # Cancelled mid-read: the connection's state is unknown.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _partial(
+        self,
+        failed: _RoundTripFailed,
+        chunk: Sequence[OutgoingMessage],
+        start: int,
+        total: int,
+        refused: int,
+    ) -> RedisBatchError:
+        """The error for a round trip that broke: what is known about each event."""
+        answered = failed.answered
+        confirmed = start + answered - refused
+        unknown = len(chunk) - answered if failed.written else 0
+        unsent = total - start - answered - unknown
+        cause = failed.cause
+        timed_out = isinstance(cause, TimeoutError | RedisTimeoutError)
+        what = (
+            f"Redis did not answer within {self.delivery_timeout}s"
+            if timed_out
+            else f"the connection to Redis at {where(self.redis)} failed "
+            f"({type(cause).__name__}: {cause})"
+        )
+        if total == 1:
+            state = "it may or may not have been stored" if unknown else "it was not sent"
+            text = (
+                f"Emitting the event for {chunk[0].route.address!r} failed: {what}; "
+                f"{state}.\n"
+                + (
+                    "Dispytch does not re-send it by itself: emit again only if a duplicate "
+                    "is acceptable."
+                    if unknown
+                    else "Check that Redis is reachable and emit again."
+                )
+            )
+        else:
+            text = (
+                f"Emitting a batch of {total} events failed part-way: {what}. "
+                f"{confirmed} confirmed, {unknown} may or may not have been stored, "
+                f"{unsent} not sent"
+                + (f", {refused} refused" if refused else "")
+                + ".\nDispytch does not re-send any of them by itself: re-emit the unsent "
+                "ones, and the uncertain ones only if duplicates are acceptable."
+            )
+        error_type = RedisBatchTimeoutError if timed_out else RedisBatchError
+        return error_type(
+            text, confirmed=confirmed, unknown=unknown, unsent=unsent, refused=refused
+        )
+
+    @staticmethod
+    def _refused(message: OutgoingMessage, reply: ResponseError) -> EmitError:
+        text = str(reply)
+        where_to = message.route.address
+        if text.startswith(_TRANSIENT_REPLIES):
+            error: EmitError = EmitError(
+                f"Redis could not take the event for {where_to!r} now: {text}.\n"
+                "It was not stored; emit it again once Redis recovers."
+            )
+        else:
+            error = EmitRejectedError(
+                f"Redis refused the event for {where_to!r}: {text}.\n"
+                "Sending it again will not help: check the route (a key of another type?)."
+            )
+        error.__cause__ = reply
+        return error
 
     # ------------------------------------------------------------------ internals
     async def _timed(self, aw: Awaitable[Any]) -> Any:
@@ -375,9 +503,11 @@ class RedisProducer:
         return route.topic, None, True  # type: ignore[attr-defined]
 
     def _not_started(self) -> str:
+        state = "was stopped" if self._stopped else "is not started"
         return (
-            f"The {type(self).__name__} is not started (or already stopped): the event was not "
-            "sent. Call `await emitter.start()` or use `async with emitter:` before emitting."
+            f"The {type(self).__name__} {state}: the event was not sent.\n"
+            "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
+            "new producer."
         )
 
 
@@ -388,31 +518,22 @@ class RedisStreamProducer(RedisProducer):
     :class:`RedisProducer`.
     """
 
+    options_model = RedisStreamOptions
+
     def __init__(
         self,
-        redis: aredis.Redis,
+        client: aredis.Redis | ClientFactory,
         *,
+        owns_client: bool = False,
         warn_no_receivers: bool = True,
         on_no_receivers: NoReceiversCallback | None = None,
         delivery_timeout: float | None = 10.0,
     ) -> None:
         super().__init__(
-            redis,
+            client,
+            owns_client=owns_client,
             topic_routes="streams",
             warn_no_receivers=warn_no_receivers,
             on_no_receivers=on_no_receivers,
             delivery_timeout=delivery_timeout,
         )
-
-
-def _events(count: int, chunk: Sequence[OutgoingMessage]) -> str:
-    if count == 1:
-        return f"the event for {chunk[0].route.address!r}"
-    return f"a pipeline of {count} events"
-
-
-def _where(client: aredis.Redis) -> str:
-    kw = client.connection_pool.connection_kwargs
-    if "path" in kw:
-        return f"unix:{kw['path']}"
-    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"

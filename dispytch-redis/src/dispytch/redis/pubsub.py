@@ -1,32 +1,38 @@
-"""The Redis Pub/Sub consumer (at-most-once)."""
+"""The Redis Pub/Sub consumer (at-most-once), over redis-py's public PubSub API.
+
+Messages are read with ``PubSub.parse_response`` (hiredis parses when installed): redis-py
+reconnects and resubscribes a dropped connection itself (with the client's ``retry=``
+settings), and handles RESP3 push frames that are not Pub/Sub messages (client-side
+caching invalidations, maintenance notifications). Anything that is not a message this
+consumer subscribed to is skipped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from dispytch.backoff import Backoff
 from dispytch.errors import NotStartedError
 from dispytch.redis._client import (
     check_async_client,
     check_async_pubsub,
     client_from_url,
-    split_url,
-    to_bool,
 )
 from dispytch.redis._inbox import Inbox, close_on_failure
-from dispytch.redis._resp import RespError, parse_frames
+from dispytch.redis._options import PUBSUB_CONSUMER_FIELDS, RedisOptions, fields_of, split_url
 from dispytch.redis.envelope import unpack
 from dispytch.redis.routes import RedisEventSubscription, RedisStreamSubscription
 from dispytch.routes import EventSubscription, TopicSubscription
-from dispytch.transport import Message
+from dispytch.transport import Capabilities, Message
 
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
@@ -36,14 +42,14 @@ log = logging.getLogger("dispytch.redis")
 
 __all__ = ["RedisConsumer"]
 
-_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "ordered": to_bool,
-    "max_buffered": int,
-    "subscribe_timeout": float,
-}
 _MESSAGE = b"message"
 _PMESSAGE = b"pmessage"
 _CONFIRMATIONS = (b"subscribe", b"psubscribe")
+#: The read timeout redis-py takes for "block until a message comes" (``math.inf``: the
+#: client's ``socket_timeout`` must not cut a quiet subscription).
+_IDLE_READ = math.inf
+
+ClientFactory = Callable[[], aredis.Redis]
 
 
 class RedisConsumer:
@@ -55,8 +61,10 @@ class RedisConsumer:
     * :meth:`ack` and :meth:`nack` do nothing on the broker. A message whose handling
       failed is logged (by the dispatcher, and here on ``nack``) and gone: retries can
       happen in-process (the Retry middleware) but never through Redis, and
-      ``nack(requeue=True)`` cannot redeliver. A DeadLetter middleware still publishes
-      it elsewhere, which is the way to keep failed Pub/Sub events.
+      ``nack(requeue=True)`` cannot redeliver (:attr:`capabilities` says
+      ``requeue=False``, so the dispatcher does not wait before such a nack). A
+      DeadLetter middleware still publishes it elsewhere, which is the way to keep
+      failed Pub/Sub events.
     * Messages published while the consumer is disconnected or before :meth:`start` are
       lost, and so are the ones still buffered here when :meth:`stop` is called (their
       number is logged).
@@ -65,13 +73,16 @@ class RedisConsumer:
 
     ``Message.route`` is the concrete channel; a pattern subscription's glob is in
     ``Message.metadata["pattern"]``. Headers and key come out of the envelope
-    (:mod:`dispytch.redis.envelope`); a message without one is a bare payload.
+    (:mod:`dispytch.redis.envelope`); a message without one is a bare payload, and a
+    malformed envelope is logged and dropped.
 
     Args:
         pubsub: A ``redis.asyncio`` PubSub (``client.pubsub()``) — possibly already
-            subscribed by you — or a ``redis.asyncio.Redis`` client to create one from.
-            You keep owning what you pass: :meth:`close` unsubscribes what this consumer
-            subscribed but closes neither. The synchronous client is refused.
+            subscribed by you —, a ``redis.asyncio.Redis`` client to create one from, or a
+            callable returning such a client (called on :meth:`start`). :meth:`close`
+            unsubscribes what this consumer subscribed; it closes a PubSub it created,
+            and the client only when ``owns_client``.
+        owns_client: Whether :meth:`close` closes the client (``from_url`` sets it).
         ordered: Handle the messages of one channel one after another, in order (the
             channel is the ``Message.lane``). Otherwise they may be handled concurrently.
         max_buffered: Messages read ahead of the handlers; beyond that the reader stops
@@ -79,56 +90,71 @@ class RedisConsumer:
             after which Redis disconnects a consumer that is too slow).
         subscribe_timeout: Seconds :meth:`start` waits for Redis to confirm every
             subscription; once it returns, nothing published afterwards is missed.
+        close_timeout: Seconds :meth:`close` spends unsubscribing before giving up on an
+            unreachable server.
     """
 
     def __init__(
         self,
-        pubsub: PubSub | aredis.Redis,
+        pubsub: PubSub | aredis.Redis | ClientFactory,
         *,
+        owns_client: bool = False,
         ordered: bool = False,
         max_buffered: int = 2000,
         subscribe_timeout: float = 10.0,
+        close_timeout: float = 0.75,
     ) -> None:
         owner = type(self).__name__
-        self._owned_client: aredis.Redis | None = None
+        self._client: aredis.Redis | None = None
+        self._factory: ClientFactory | None = None
+        self._pubsub: PubSub | None = None
+        self._owns_pubsub = True
         if isinstance(pubsub, aredis.Redis):
-            client = check_async_client(pubsub, owner)
-            self._pubsub = client.pubsub()
-            self._owns_pubsub = True
-        else:
+            self._client = check_async_client(pubsub, owner)
+        elif isinstance(pubsub, PubSub) or not callable(pubsub):
             self._pubsub = check_async_pubsub(pubsub, owner)
             self._owns_pubsub = False
+        else:
+            self._factory = pubsub
+        self.owns_client = owns_client
         self._ordered = ordered
         self._subscribe_timeout = subscribe_timeout
+        self.close_timeout = close_timeout
+        self.capabilities = Capabilities(
+            delivery="at-most-once", ordered_lanes=ordered, requeue=False
+        )
         self._inbox: Inbox[Message] = Inbox(max_buffered)
         self._channels: dict[str, None] = {}
         self._patterns: dict[str, None] = {}
         self._names: dict[bytes, str] = {}
         self._meta: dict[bytes | None, Mapping[str, Any]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._buf = bytearray()
-        self._fast = True
         self._running = False
         self._started = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build a consumer that owns its client, from ``redis://`` / ``rediss://``.
+        """A consumer that owns its client, from ``redis://`` / ``rediss://``.
 
-        ``?ordered=true``, ``?max_buffered=N`` and ``?subscribe_timeout=S`` are read from
-        the query; other query parameters go to redis-py.
+        Options (:class:`~dispytch.redis._options.RedisOptions`: ``?ordered=true``,
+        ``?max_buffered=N``, ``?subscribe_timeout=S``) come from the query or the keyword
+        arguments; producer options are ignored; other query parameters go to redis-py.
         """
-        from dispytch.redis import producer
-
-        redis_url, options = split_url(url, options, _URL_OPTIONS, producer._URL_OPTIONS)
-        client = client_from_url(redis_url)
-        consumer = cls(client, **options)
-        consumer._owned_client = client
-        return consumer
+        redis_url, opts = split_url(url, RedisOptions, options)
+        return cls(
+            lambda: client_from_url(redis_url),
+            owns_client=True,
+            **fields_of(opts, PUBSUB_CONSUMER_FIELDS),
+        )
 
     @property
     def pubsub(self) -> PubSub:
-        """The PubSub this consumer reads."""
+        """The PubSub this consumer reads (created now from the client if needed)."""
+        if self._pubsub is None:
+            if self._client is None:
+                assert self._factory is not None
+                self._client = check_async_client(self._factory(), type(self).__name__)
+            self._pubsub = self._client.pubsub()
         return self._pubsub
 
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
@@ -171,13 +197,15 @@ class RedisConsumer:
             return
         if self._started:
             raise RuntimeError(
-                "This RedisConsumer was stopped; a consumer cannot be restarted. Create a new one."
+                "This RedisConsumer was stopped; a consumer cannot be restarted.\n"
+                "Create a new one over the same client or PubSub."
             )
-        ps = self._pubsub
+        ps = self.pubsub
         if not (self._channels or self._patterns or ps.subscribed):
             raise ValueError(
-                "RedisConsumer has nothing to subscribe to. Register a handler with "
-                "RedisEventSubscription(channel=...) (or pass a PubSub you subscribed)."
+                "RedisConsumer has nothing to subscribe to.\n"
+                "Register a handler with RedisEventSubscription(channel=...) (or pass a "
+                "PubSub you subscribed)."
             )
         expected: set[tuple[bytes, bytes]] = set()
         if self._channels:
@@ -190,18 +218,15 @@ class RedisConsumer:
         while expected:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                names = sorted(n.decode() for _, n in expected)
+                names = sorted(n.decode("utf-8", "replace") for _, n in expected)
                 raise TimeoutError(
                     f"Redis did not confirm the subscriptions to {names} within "
-                    f"{self._subscribe_timeout}s. Is the server overloaded or unreachable?"
+                    f"{self._subscribe_timeout}s.\nIs the server overloaded or unreachable?"
                 )
             response = await ps.parse_response(block=False, timeout=remaining)
-            if response is None:
-                continue
-            kind = response[0]
-            if kind in _CONFIRMATIONS:
-                expected.discard((kind, response[1]))
-            else:
+            if isinstance(response, list) and response and response[0] in _CONFIRMATIONS:
+                expected.discard((response[0], response[1]))
+            elif response is not None:
                 self._handle(response)
         self._reader = asyncio.get_running_loop().create_task(
             self._read_loop(), name="dispytch-redis-pubsub-reader"
@@ -213,17 +238,21 @@ class RedisConsumer:
         self._running = True
 
     def _handle(self, response: Any) -> None:
+        if not isinstance(response, list) or len(response) < 3:
+            return  # replies to the user's own commands on a RESP3 PubSub, pongs
         kind = response[0]
         if kind == _MESSAGE:
             msg = self._message(response[1], response[2], None)
-        elif kind == _PMESSAGE:
+        elif kind == _PMESSAGE and len(response) >= 4:
             msg = self._message(response[2], response[3], response[1])
         else:
-            return  # (un)subscribe confirmations, pongs: nothing to deliver
+            return  # (un)subscribe confirmations, other push frames: nothing to deliver
         if msg is not None:
             self._inbox.put(msg)  # also during start(): kept for listen()
 
-    def _message(self, channel: bytes, data: bytes, pattern: bytes | None) -> Message | None:
+    def _message(self, channel: Any, data: Any, pattern: Any) -> Message | None:
+        if type(channel) is not bytes or type(data) is not bytes:
+            return None
         route = self._names.get(channel)
         if route is None:
             route = channel.decode("utf-8", "replace")
@@ -237,7 +266,10 @@ class RedisConsumer:
         meta = self._meta.get(pattern)
         if meta is None:
             meta = self._meta[pattern] = MappingProxyType(
-                {"transport": "redis-pubsub", "pattern": pattern.decode() if pattern else None}
+                {
+                    "transport": "redis-pubsub",
+                    "pattern": pattern.decode("utf-8", "replace") if pattern else None,
+                }
             )
         return Message(
             payload,
@@ -249,49 +281,37 @@ class RedisConsumer:
         )
 
     async def _read_loop(self) -> None:
-        """Read frames until stopped, reconnecting (and resubscribing) after failures.
+        """Read messages until stopped; redis-py reconnects and resubscribes.
 
-        Fast path: complete frames are parsed straight from the connection's stream
-        (:func:`~dispytch.redis._resp.parse_frames`), several per read. It falls back to
-        redis-py's ``parse_response`` to reconnect, and for good if the bytes are ever
-        not what it expects.
+        While the PubSub's connection is up, replies are read with that connection's
+        public ``read_response`` (what ``PubSub.parse_response`` calls, without its
+        per-message retry wrapper); a dropped connection goes through
+        ``PubSub.parse_response``, which reconnects and resubscribes with the client's
+        ``retry=`` settings. A failure that did not cure is logged and retried with a
+        :class:`~dispytch.backoff.Backoff` (Pub/Sub messages published meanwhile are
+        lost).
         """
-        ps = self._pubsub
+        ps = self.pubsub
         inbox = self._inbox
         handle = self._handle
-        buf = self._buf
-        delay = 0.1
+        backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
         while self._running:
+            conn = ps.connection
             try:
-                conn = ps.connection
-                reader = getattr(conn, "_reader", None)
-                if not (self._fast and isinstance(reader, asyncio.StreamReader)) or not (
-                    conn is not None and conn.is_connected
-                ):
-                    buf.clear()
-                    response = await ps.parse_response(block=True)  # reconnects if needed
-                    if response is not None:
-                        handle(response)
-                else:
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        buf.clear()
+                if conn is not None and conn.is_connected and not conn.health_check_interval:
+                    try:
+                        response = await conn.read_response(
+                            timeout=_IDLE_READ, disconnect_on_error=False, push_request=True
+                        )
+                    except (RedisError, OSError):
                         await conn.disconnect()
-                        raise RedisConnectionError("Redis closed the Pub/Sub connection")
-                    buf += chunk
-                    consumed = parse_frames(buf, handle)
-                    if consumed:
-                        del buf[:consumed]
-            except RespError as exc:
-                log.warning("Unexpected Pub/Sub frame (%s); using redis-py's parser.", exc)
-                self._fast = False
-                buf.clear()
-                if ps.connection is not None:
-                    await ps.connection.disconnect()
-                continue
+                        raise
+                else:
+                    response = await ps.parse_response(block=True)
             except (RedisError, OSError) as exc:
                 if not self._running:
                     return
+                delay = backoff.next()
                 log.warning(
                     "Redis Pub/Sub connection failed (%s: %s); reconnecting in %.1fs. "
                     "Messages published meanwhile are lost (Pub/Sub is at-most-once).",
@@ -300,27 +320,30 @@ class RedisConsumer:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.1
-            if inbox.full:
-                await inbox.wait_space()
+            backoff.reset()
+            if response is not None:
+                handle(response)
+                if inbox.full:
+                    await inbox.wait_space()
 
     async def listen(self) -> AsyncIterator[Message]:
         """Yield messages until :meth:`stop`.
 
         Raises:
             NotStartedError: Before :meth:`start`.
+            ConsumerClosedError: The reader failed for good (a bug, logged).
         """
         if not self._running:
-            raise NotStartedError("The RedisConsumer is not started; call start() first.")
-        async for msg in self._inbox.items():
+            self._inbox.raise_failure("The RedisConsumer")
+            raise NotStartedError("The RedisConsumer is not started.\nCall start() first.")
+        async for msg in self._inbox.items("The RedisConsumer"):
             yield msg
 
     async def ack(self, message: Message) -> None:
         """Nothing to do: Pub/Sub has no acknowledgements."""
 
-    async def nack(self, message: Message, *, requeue: bool) -> None:
+    async def nack(self, message: Message, *, requeue: bool, **_: Any) -> None:
         """Nothing to do on the broker: Pub/Sub cannot redeliver or reject.
 
         With ``requeue=True`` a WARNING says the message is gone.
@@ -338,15 +361,9 @@ class RedisConsumer:
         self._inbox.close()
         reader, self._reader = self._reader, None
         if reader is not None:
-            # Safe: redis-py's parser keeps partial reads and resumes on the next call.
+            # Safe: redis-py's parser keeps what it read and resumes on the next call.
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        if self._buf:
-            # The fast reader stopped inside a frame: the connection's stream is no longer
-            # at a frame boundary. Drop it; redis-py reconnects and resubscribes on next use.
-            self._buf.clear()
-            if self._pubsub.connection is not None:
-                await self._pubsub.connection.disconnect()
         dropped = self._inbox.drain()
         if dropped:
             log.warning(
@@ -356,19 +373,34 @@ class RedisConsumer:
             )
 
     async def close(self) -> None:
-        """Unsubscribe; close the PubSub and client only if this consumer created them."""
+        """Unsubscribe; close the PubSub if this consumer created it, the client if owned.
+
+        Bounded by ``close_timeout``: with Redis unreachable the subscriptions end with
+        the connection.
+        """
         await self.stop()
         ps = self._pubsub
         try:
-            if self._owns_pubsub:
-                await ps.aclose()  # type: ignore[no-untyped-call]
-            elif ps.connection is not None:
-                if self._channels:
-                    await ps.unsubscribe(*self._channels)
-                if self._patterns:
-                    await ps.punsubscribe(*self._patterns)
-        except (RedisError, OSError) as exc:
-            log.warning("Unsubscribing from Redis failed: %s", exc)
-        if self._owned_client is not None:
-            await self._owned_client.aclose()
-            self._owned_client = None
+            async with asyncio.timeout(self.close_timeout):
+                if ps is not None and self._owns_pubsub:
+                    await ps.aclose()
+                elif ps is not None and ps.connection is not None:
+                    if self._channels:
+                        await ps.unsubscribe(*self._channels)
+                    if self._patterns:
+                        await ps.punsubscribe(*self._patterns)
+                if self.owns_client and self._client is not None:
+                    await self._client.aclose()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "Closing the Redis Pub/Sub consumer did not finish (%s: %s); its "
+                "connection is dropped.",
+                type(exc).__name__,
+                exc,
+            )
+            if ps is not None and ps.connection is not None:
+                await ps.connection.disconnect(nowait=True)
+            if self.owns_client and self._client is not None:
+                await self._client.connection_pool.disconnect()
+        if self.owns_client:
+            self._client = None

@@ -1,0 +1,7 @@
+"""PostgreSQL journal store for Dispytch durable functions (asyncpg)."""
+
+from __future__ import annotations
+
+from dispytch.postgres.store import PostgresJournalStore
+
+__all__ = ["PostgresJournalStore"]

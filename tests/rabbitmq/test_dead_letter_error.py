@@ -1,0 +1,111 @@
+"""A delivery the failure policy rejects reaches the queue's dead-letter exchange with the
+real error in its headers (``basic.reject`` alone cannot carry it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from dispytch import Event, EventBase, EventEmitter
+from dispytch.dispatcher import EventDispatcher
+from dispytch.rabbitmq import RabbitMQConsumer, RabbitMQEventRoute, RabbitMQProducer
+from dispytch.transport import (
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_ORIGINAL_ROUTE,
+)
+
+from .conftest import Names, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+class Order(EventBase):
+    __event_type__ = "order"
+    n: int
+
+
+async def _setup(
+    amqp: AbstractRobustConnection, names: Names, *, dlx_exists: bool
+) -> tuple[aio_pika.abc.AbstractExchange, aio_pika.abc.AbstractQueue, aio_pika.abc.AbstractQueue]:
+    ch = await amqp.channel()
+    exchange = await ch.declare_exchange(names.exchange("orders"), aio_pika.ExchangeType.TOPIC)
+    dlx_name = names.exchange("dlx")
+    dlq = await ch.declare_queue(names.queue("dlq"), durable=True)
+    if dlx_exists:
+        dlx = await ch.declare_exchange(dlx_name, aio_pika.ExchangeType.FANOUT)
+        await dlq.bind(dlx)
+    queue = await ch.declare_queue(
+        names.queue("orders"), durable=True, arguments={"x-dead-letter-exchange": dlx_name}
+    )
+    await queue.bind(exchange, routing_key="order.#")
+    return exchange, queue, dlq
+
+
+async def _run(
+    exchange: aio_pika.abc.AbstractExchange, queue: aio_pika.abc.AbstractQueue, ns: list[int]
+) -> tuple[EventDispatcher, list[int]]:
+    handled: list[int] = []
+    dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+    @dispatcher.handler(topic="order.#")
+    async def on_order(event: Event[Order]) -> None:
+        if event.body.n < 0:
+            raise ValueError(f"order {event.body.n} cannot be priced")
+        handled.append(event.body.n)
+
+    emitter = EventEmitter(RabbitMQProducer([exchange]))
+    await dispatcher.start()
+    for n in ns:
+        await emitter.emit(
+            Order(n=n), route=RabbitMQEventRoute(exchange=exchange.name, routing_key="order.new")
+        )
+    return dispatcher, handled
+
+
+async def test_the_dead_letter_carries_the_handler_s_error(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    exchange, queue, dlq = await _setup(amqp, names, dlx_exists=True)
+    dispatcher, handled = await _run(exchange, queue, [1, -2, 3])
+    try:
+        await wait_until(lambda: handled == [1, 3] and dispatcher.stats["rejected"] == 1)
+    finally:
+        await dispatcher.stop(timeout=5)
+    dead = await dlq.get(fail=False, timeout=5)
+    assert dead is not None
+    await dead.ack()
+    assert Order.model_validate_json(dead.body).n == -2
+    headers = dead.headers
+    assert headers[HEADER_ERROR_TYPE] == "builtins.ValueError"
+    assert headers[HEADER_ERROR_MESSAGE] == "order -2 cannot be priced"
+    assert headers[HEADER_ORIGINAL_ROUTE] == "order.new"
+    assert headers[HEADER_DEAD_LETTERED_AT]
+    assert dead.type == "order"  # the original's properties travel
+    assert await dlq.get(fail=False, timeout=1) is None  # one dead letter, not two
+    # The original was acknowledged, not left in (or rejected back to) its queue.
+    declared = await queue.channel.declare_queue(queue.name, passive=True)
+    assert declared.declaration_result.message_count == 0
+
+
+async def test_a_missing_dead_letter_exchange_falls_back_to_basic_reject(
+    amqp: AbstractRobustConnection, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange, queue, dlq = await _setup(amqp, names, dlx_exists=False)
+    dispatcher, handled = await _run(exchange, queue, [-1, 2, -3, 4])
+    try:
+        # The failed publish to a missing exchange closes only the dead-letter channel:
+        # the consumer goes on handling (and keeps trying for the next rejection).
+        await wait_until(
+            lambda: handled == [2, 4] and dispatcher.stats["rejected"] == 2, timeout=30
+        )
+        assert dispatcher.running
+    finally:
+        await dispatcher.stop(timeout=5)
+    assert "rejecting it with basic.reject" in caplog.text
+    await asyncio.sleep(0)
+    declared = await queue.channel.declare_queue(queue.name, passive=True)
+    assert declared.declaration_result.message_count == 0  # rejected, not requeued
