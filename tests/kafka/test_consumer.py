@@ -29,6 +29,7 @@ from dispytch.kafka import (
     KafkaEventSubscription,
     KafkaMessage,
     KafkaProducer,
+    _compat,
 )
 from dispytch.transport import Message
 
@@ -258,7 +259,7 @@ async def test_wrapped_raw_consumer_as_in_the_seed(kafka_bootstrap: str, new_top
             async with asyncio.timeout(T):
                 while len(got) < 10:
                     await asyncio.sleep(0.02)
-        assert not raw._closed  # the user's client stays open
+        assert not _compat.client_closed(raw)  # the user's client stays open
         assert await committed(kafka_bootstrap, gid, new_topic) == [10]
     finally:
         await raw.stop()
@@ -511,3 +512,22 @@ async def test_dispatcher_restart_resumes_from_the_commit(
                     await asyncio.sleep(0.02)
         await emit_items(kafka_bootstrap, new_topic, range(expected, expected + 3))
     assert got == list(range(6))
+
+
+async def test_users_topic_consumer_with_pattern_handlers_is_a_clear_error(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """aiokafka cannot switch an unstarted consumer from topics to a pattern: say so."""
+    raw = AIOKafkaConsumer(
+        f"{topic}.other",
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group(),
+        enable_auto_commit=False,
+    )
+    try:
+        c = KafkaConsumer(raw)
+        c.subscribe([KafkaEventSubscription(topic=f"{topic}.{{part}}")])
+        with pytest.raises(KafkaConfigError, match="cannot switch an unstarted consumer"):
+            await c.start()
+    finally:
+        await raw.stop()

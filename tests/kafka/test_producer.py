@@ -84,18 +84,18 @@ async def test_send_batch_sends_all(kafka_bootstrap: str, topic: str) -> None:
 
 @pytest.mark.parametrize(
     ("batch_bytes", "expected"),
-    [(None, 256 * 1024), (64 * 1024, 64 * 1024), (1024, 16384), (10**9, 1048576)],
+    [(None, 256 * 1024), (64 * 1024, 64 * 1024), (16384, 16384)],
 )
 async def test_send_batch_packs_batch_bytes(
     kafka_bootstrap: str, topic: str, batch_bytes: int | None, expected: int
 ) -> None:
-    """Batches of ``batch_bytes`` (never below the client's ``max_batch_size``, never
-    above its ``max_request_size``) keep order and headers across batch boundaries."""
+    """An owned client is built with ``max_batch_size=batch_bytes`` (public); batches of
+    that size keep order and headers across batch boundaries."""
     await create_topic(kafka_bootstrap, topic, 1)
     producer = KafkaProducer.from_url(f"kafka://{kafka_bootstrap}", batch_bytes=batch_bytes)
     async with EventEmitter(producer) as em:
         assert producer.raw is not None
-        batch = producer._batch_maker(producer.raw)()
+        batch = producer.raw.create_batch()
         fits = 0
         while batch.append(timestamp=None, key=None, value=b"x" * 1000, headers=[]):
             fits += 1
@@ -124,14 +124,16 @@ async def test_send_batch_mixes_keyed_and_unkeyed_on_one_route(
             for i in range(300)
         ]
         await em.producer.send_batch(msgs)
-        expected = {
-            m.key: producer.raw._partition(topic, None, m.key, None, m.key, None)
-            for m in msgs
-            if m.key is not None
-        }
-    recs = await read(kafka_bootstrap, topic, 300)
-    assert all(r.partition == expected[r.key] for r in recs if r.key is not None)
+        for k in range(7):  # the same keys through send(): aiokafka's own partitioner
+            await em.producer.send(em.build(Ping(n=1000 + k), route=route, key=f"k{k}"))
+    recs = await read(kafka_bootstrap, topic, 307)
+    where: dict[bytes, set[int]] = {}
+    for r in recs:
+        if r.key is not None:
+            where.setdefault(r.key, set()).add(r.partition)
+    assert len(where) == 7 and all(len(ps) == 1 for ps in where.values()), where
     assert len({r.partition for r in recs if r.key is None}) == 1
+    recs = [r for r in recs if Ping.model_validate_json(r.value).n < 1000]
     by_partition: dict[int, list[int]] = {}
     for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
         by_partition.setdefault(r.partition, []).append(Ping.model_validate_json(r.value).n)
@@ -202,3 +204,62 @@ async def test_route_without_topic_is_an_emit_error(kafka_bootstrap: str) -> Non
     async with KafkaProducer.from_url(f"kafka://{kafka_bootstrap}") as producer:
         with pytest.raises(EmitError, match="publishes to topics"):
             await producer.send(OutgoingMessage(EventRoute(), b"{}", {}))
+
+
+async def test_permanent_failures_are_emit_rejected_errors_with_their_cause(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """Too large (for the client, or for the broker in a batch), no such partition: the
+    dead-letter policy must not retry these, so they are ``EmitRejectedError``."""
+    from aiokafka.errors import MessageSizeTooLargeError
+    from dispytch.errors import EmitRejectedError
+
+    await create_topic(kafka_bootstrap, topic, 1)
+    route = KafkaEventRoute(topic=topic)
+    async with KafkaProducer.from_url(f"kafka://{kafka_bootstrap}") as producer:
+        huge = OutgoingMessage(route, b"x" * (2 * 1024 * 1024), {})
+        with pytest.raises(EmitRejectedError, match="rejected") as info:
+            await producer.send(huge)
+        assert isinstance(info.value.__cause__, MessageSizeTooLargeError)
+        with pytest.raises(EmitRejectedError):
+            await producer.send_batch([OutgoingMessage(route, b"{}", {}), huge])
+        with pytest.raises(EmitRejectedError, match="partition 5"):
+            await producer.send(OutgoingMessage(KafkaEventRoute(topic=topic, partition=5), b"", {}))
+    recs = await read(kafka_bootstrap, topic, 1)  # the valid one of the batch was stored
+    assert [r.value for r in recs] == [b"{}"]
+
+
+async def test_factory_is_called_on_start_and_owned(kafka_bootstrap: str, topic: str) -> None:
+    await create_topic(kafka_bootstrap, topic, 1)
+    made: list[AIOKafkaProducer] = []
+
+    def factory() -> AIOKafkaProducer:
+        made.append(AIOKafkaProducer(bootstrap_servers=kafka_bootstrap))
+        return made[-1]
+
+    producer = KafkaProducer(factory)
+    assert producer.owns_client and producer.raw is None
+    async with EventEmitter(producer) as em:
+        await em.emit(Ping(n=1), route=KafkaEventRoute(topic=topic))
+    async with EventEmitter(producer) as em:  # restart: a new client
+        await em.emit(Ping(n=2), route=KafkaEventRoute(topic=topic))
+    assert len(made) == 2
+    from dispytch.kafka import _compat
+
+    assert all(_compat.client_closed(p) for p in made)
+    recs = await read(kafka_bootstrap, topic, 2)
+    assert sorted(Ping.model_validate_json(r.value).n for r in recs) == [1, 2]
+
+
+async def test_wrapped_producer_stays_the_users(kafka_bootstrap: str, topic: str) -> None:
+    """``emitter.stop()`` flushes a client you passed and leaves it running."""
+    await create_topic(kafka_bootstrap, topic, 1)
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await raw.start()
+    try:
+        async with EventEmitter(KafkaProducer(raw)) as em:
+            await em.emit(Ping(n=1), route=KafkaEventRoute(topic=topic))
+        await raw.send_and_wait(topic, b"still usable")
+    finally:
+        await raw.stop()
+    assert len(await read(kafka_bootstrap, topic, 2)) == 2

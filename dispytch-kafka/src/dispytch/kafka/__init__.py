@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dispytch.kafka.config import KafkaConfigError
+from dispytch.kafka.config import KafkaConfigError, KafkaOptions
 from dispytch.kafka.routes import KafkaEventRoute, KafkaEventSubscription
 
 if TYPE_CHECKING:
-    from dispytch.kafka.consumer import KafkaConsumer, KafkaMessage
+    from dispytch.kafka.consumer import KafkaConsumer
+    from dispytch.kafka.message import KafkaMessage
     from dispytch.kafka.producer import KafkaProducer
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "KafkaEventRoute",
     "KafkaEventSubscription",
     "KafkaMessage",
+    "KafkaOptions",
     "KafkaProducer",
 ]
 
@@ -36,7 +38,7 @@ def __getattr__(name: str) -> Any:
 
         return KafkaConsumer
     if name == "KafkaMessage":
-        from dispytch.kafka.consumer import KafkaMessage
+        from dispytch.kafka.message import KafkaMessage
 
         return KafkaMessage
     raise AttributeError(f"module 'dispytch.kafka' has no attribute {name!r}")

@@ -4,23 +4,23 @@ How it works:
 
 * ``listen()`` fetches batches with ``getmany()`` and hands records to the dispatcher
   one by one. Each record's offset is tracked as received (:mod:`dispytch.kafka.offsets`).
-* ``Message.lane`` is ``(topic, partition)``: the dispatcher handles one partition in
-  order while partitions run concurrently. ``ordered=False`` sets no lane, so records of
-  one partition may also be handled concurrently; commits stay correct either way.
+* ``Message.lane`` is the record's ``TopicPartition``: the dispatcher handles one
+  partition in order while partitions run concurrently. ``ordered=False`` sets no lane,
+  so records of one partition may also be handled concurrently; commits stay correct.
+* ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler): polls leave a
+  paused partition out (``getmany(*partitions)``); records of it already taken and not
+  yet yielded are parked and yielded first after ``resume`` (never tracked before that).
 * ``ack`` / ``nack`` mark a record finished; a partition's commit point advances only
-  past records that all finished, so a slow or failed record holds it back and nothing
-  below an unfinished record is ever committed. Commits go out from a background task
-  at most every ``commit_interval`` seconds, on partition revoke (after waiting, within
-  ``revoke_timeout``, for the revoked partitions' in-flight records) and on ``close``.
-  ``enable_auto_commit`` is never used.
+  past records that all finished (:mod:`dispytch.kafka.commits` sends the commits).
 * ``nack(requeue=True)`` seeks the partition back to that record: it and everything after
-  it are fetched and delivered again (records after it that the dispatcher already held
-  may therefore be handled twice, the first time before the requeued one comes back), and
-  nothing at or past it is committed before then. Kafka keeps no delivery counter:
-  ``attempt`` counts redeliveries within this consumer only.
+  it are fetched and delivered again, and nothing at or past it is committed before then.
+  Kafka keeps no delivery counter: ``attempt`` counts redeliveries within this consumer.
 * ``nack(requeue=False)``: Kafka cannot reject a record, so giving up on one means
   committing past it, as for an ack. Dead-letter it first (the ``DeadLetter``
   middleware) if it must not be lost.
+* ``close()`` commits what finished and, for a client that is not Dispytch's, seeks every
+  partition it holds back to what is committable, so a new consumer over the same client
+  (a restarted dispatcher) loses nothing.
 """
 
 from __future__ import annotations
@@ -28,138 +28,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from typing import Any, cast
 
-from aiokafka import (  # type: ignore[import-untyped]
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
-    CommitFailedError,
     ConsumerStoppedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaError,
+    TopicAuthorizationFailedError,
 )
-from dispytch.errors import NotStartedError
+from dispytch.backoff import Backoff
+from dispytch.errors import ConsumerClosedError, NotStartedError
+from dispytch.kafka import _compat
+from dispytch.kafka._stopping import stop_within
+from dispytch.kafka.commits import CommitScheduler
 from dispytch.kafka.config import (
+    CAPABILITIES,
+    CONSUMER_CLOSE_TIMEOUT,
+    DEFAULT_MAX_RECORDS,
     KafkaConfigError,
-    coerce_options,
-    drop_other_side,
+    KafkaOptions,
     ensure_ssl_context,
-    parse_bool,
-    parse_kafka_url,
+    options_from_url,
 )
+from dispytch.kafka.message import NO_HEADERS, KafkaMessage
 from dispytch.kafka.offsets import Delivery, PartitionOffsets
-from dispytch.kafka.routes import KafkaEventSubscription
-from dispytch.routes import EventSubscription, TopicSubscription
+from dispytch.kafka.subscribing import (
+    RebalanceListener,
+    check_started,
+    subscribe_unstarted,
+    subscription_target,
+)
+from dispytch.routes import EventSubscription
 from dispytch.transport import EncodedHeaders, Message
+
+__all__ = ["CAPABILITIES", "KafkaConsumer", "KafkaMessage", "consumer_from_url"]
 
 log = logging.getLogger("dispytch.kafka")
 
-#: Records taken from aiokafka per poll unless ``max_records`` says otherwise. On the
-#: benchmark (one partition, 20,000 records) polls of 50 to 200 records finished the run
-#: about 6% sooner than taking the whole buffer (thousands of records) at once.
-DEFAULT_MAX_RECORDS = 100
-
-_OUR_OPTIONS = frozenset(
-    {"ordered", "revoke_timeout", "commit_interval", "poll_timeout", "max_records"}
-)
-
-
-class KafkaMessage(Message):
-    """A :class:`~dispytch.transport.Message` made from an aiokafka ``ConsumerRecord``.
-
-    ``metadata`` (``topic``, ``partition``, ``offset``, ``timestamp`` in ms) is read from
-    the record when first asked for, and headers are decoded when read: most handlers
-    never look, and a consumer makes one of these per record.
-    """
-
-    __slots__ = ("_meta", "record")
-
-    def __init__(
-        self, record: Any, headers: Mapping[str, str], lane: Hashable | None, token: Delivery
-    ) -> None:
-        value = record.value
-        self.payload = value if value is not None else b""
-        self.route = record.topic
-        self.headers = headers
-        self.key = record.key
-        self.attempt = token.attempt
-        self.lane = lane
-        self.token = token
-        #: The aiokafka ``ConsumerRecord`` this message was made from.
-        self.record = record
-        self._meta: Mapping[str, Any] | None = None
-
-    @property
-    def metadata(self) -> Mapping[str, Any]:  # type: ignore[override]
-        """``topic``, ``partition``, ``offset`` and ``timestamp`` (ms) of the record."""
-        meta = self._meta
-        if meta is None:
-            rec = self.record
-            meta = self._meta = {
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "timestamp": rec.timestamp,
-            }
-        return meta
-
-
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-
-
-class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Flushes commits of revoked partitions; chains a listener the user had set."""
-
-    def __init__(self, owner: KafkaConsumer, chained: Any = None) -> None:
-        self.owner = owner
-        self.chained = chained
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        revoked = set(revoked)
-        await self.owner._on_revoked(revoked)
-        if self.chained is not None:
-            res = self.chained.on_partitions_revoked(revoked)
-            if asyncio.iscoroutine(res):
-                await res
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        assigned = set(assigned)
-        self.owner._on_assigned(assigned)
-        if self.chained is not None:
-            res = self.chained.on_partitions_assigned(assigned)
-            if asyncio.iscoroutine(res):
-                await res
-
-
-def _subscription_target(subscriptions: Sequence[EventSubscription]) -> tuple[set[str], str | None]:
-    """Topics to subscribe to, or one regular expression when any subscription is a pattern."""
-    statics: set[str] = set()
-    regexes: list[str] = []
-    for sub in subscriptions:
-        topic = getattr(sub, "topic", None)
-        if not isinstance(sub, KafkaEventSubscription | TopicSubscription) or not isinstance(
-            topic, str
-        ):
-            raise TypeError(
-                f"The Kafka consumer cannot serve {sub!r}. Use "
-                "KafkaEventSubscription(topic=...) or TopicSubscription(topic=...)."
-            )
-        pattern = sub.compiled
-        if pattern.is_static:
-            statics.add(topic)
-        else:
-            regexes.append(pattern.regex)
-    if not regexes:
-        return statics, None
-    parts = [f"(?:{rx})" for rx in regexes] + [f"(?:^{re.escape(t)}$)" for t in sorted(statics)]
-    return set(), "|".join(parts)
+#: Errors after which this consumer cannot go on (the dispatcher stops, visibly).
+_FATAL = (GroupAuthorizationFailedError, TopicAuthorizationFailedError)
 
 
 class KafkaConsumer:
@@ -169,7 +80,7 @@ class KafkaConsumer:
 
         raw = AIOKafkaConsumer("orders", bootstrap_servers="localhost:9092",
                                group_id="billing", enable_auto_commit=False)
-        await raw.start()              # you own it: Dispytch never stops it
+        await raw.start()              # yours: Dispytch never stops it
         consumer = KafkaConsumer(raw)
 
         consumer = KafkaConsumer.from_url("kafka://localhost:9092", group_id="billing")
@@ -177,170 +88,158 @@ class KafkaConsumer:
         # the handlers' subscriptions
 
     Args:
-        consumer: An ``AIOKafkaConsumer`` with a ``group_id`` and
+        client: An ``AIOKafkaConsumer`` with a ``group_id`` and
             ``enable_auto_commit=False`` (auto-commit would commit records before they
-            were handled). Topics it is not yet subscribed to are added from the
-            handlers' subscriptions (this re-subscribes it, with a rebalance listener
-            that flushes commits and then calls any listener you had set).
-        ordered: ``True`` (default): records of one partition are handled one after
-            another, in offset order, partitions concurrently. ``False``: records of one
-            partition may be handled concurrently too (commits stay correct).
-        revoke_timeout: On a rebalance, how long to wait for in-flight records of the
-            revoked partitions before committing what finished and letting them go
-            (what did not finish is delivered again to the new owner). Keep it below the
-            group's ``rebalance_timeout_ms``.
-        commit_interval: Minimum seconds between two periodic commits.
-        poll_timeout: Longest wait, in seconds, of one idle fetch (``stop`` interrupts it).
-        max_records: Records taken from aiokafka per poll (``None``: aiokafka's
-            ``max_poll_records``, by default everything it has buffered). aiokafka keeps
-            fetched batches as bytes and makes record objects only for what a poll
-            takes; the dispatcher takes ``max_in_flight`` records at a time anyway, so
-            the default of 100 keeps few records alive at once, instead of thousands of
-            records (and their header tuples) waiting in memory and in the garbage
-            collector's young generations.
+            were handled), or a callable returning a new unstarted one (called in
+            :meth:`start`, where aiokafka needs the running loop). An unstarted consumer
+            is subscribed to the handlers' topics too (with a rebalance listener that
+            flushes commits, then calls any listener you had set) and started; a started
+            one is consumed as it is (it must cover the handlers' topics).
+        owns_client: Whether :meth:`close` stops the client. Default: ``False`` for a
+            client, ``True`` for a factory.
+        options: Validated options (what :meth:`from_url` passes).
+        **settings: Options of this consumer (see :class:`~dispytch.kafka.config.KafkaOptions`):
+            ``ordered``, ``revoke_timeout``, ``commit_interval``, ``poll_timeout``,
+            ``max_records`` (by default the dispatcher's ``max_in_flight``, at most 100:
+            what one poll takes waits in memory), ``close_timeout``, ``group_id``.
 
     Raises:
         KafkaConfigError: The consumer has auto-commit on, or no ``group_id``.
+        ConfigError: An unknown or invalid setting.
     """
+
+    capabilities = CAPABILITIES
 
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        client: AIOKafkaConsumer | Callable[[], AIOKafkaConsumer],
         *,
-        ordered: bool = True,
-        revoke_timeout: float = 10.0,
-        commit_interval: float = 0.5,
-        poll_timeout: float = 1.0,
-        max_records: int | None = DEFAULT_MAX_RECORDS,
+        owns_client: bool | None = None,
+        options: KafkaOptions | None = None,
+        **settings: Any,
     ) -> None:
-        if not isinstance(consumer, AIOKafkaConsumer):
+        if isinstance(client, AIOKafkaConsumer):
+            self._factory: Callable[[], AIOKafkaConsumer] | None = None
+            self.raw: AIOKafkaConsumer | None = client
+            self._check_client(client)
+            owns = bool(owns_client)
+        elif callable(client):
+            self._factory = client
+            self.raw = None
+            owns = True if owns_client is None else owns_client
+        else:
             raise TypeError(
-                f"KafkaConsumer wraps an aiokafka.AIOKafkaConsumer, not "
-                f"{type(consumer).__name__}. To build one from a URL use "
+                f"KafkaConsumer wraps an aiokafka.AIOKafkaConsumer (or a factory of one), "
+                f"not {type(client).__name__}.\nTo build one from a URL use "
                 "KafkaConsumer.from_url('kafka://host:9092', group_id='...')."
             )
-        if getattr(consumer, "_enable_auto_commit", False):
+        if settings:
+            base = {} if options is None else options.model_dump(exclude_unset=True)
+            options = KafkaOptions.parse(**{**base, **settings})
+        opts = options if options is not None else KafkaOptions()
+        if self._factory is None and opts.client_options_set():
             raise KafkaConfigError(
-                "The AIOKafkaConsumer has enable_auto_commit=True: it would commit offsets "
-                "of records before their handlers finished, losing them on a crash. Create "
-                "it with enable_auto_commit=False; Dispytch commits after handling."
+                f"{', '.join(opts.client_options_set())} configure a client Dispytch "
+                "builds; the AIOKafkaConsumer you pass keeps its own settings.\n"
+                "Pass them to AIOKafkaConsumer(...), or use KafkaConsumer.from_url."
             )
-        if getattr(consumer, "_group_id", None) is None:
-            raise KafkaConfigError(
-                "The AIOKafkaConsumer has no group_id, so Kafka cannot store its offsets. "
-                "Create it with group_id='your-service'."
-            )
-        self._setup(
-            ordered=ordered,
-            revoke_timeout=revoke_timeout,
-            commit_interval=commit_interval,
-            poll_timeout=poll_timeout,
-            max_records=max_records,
+        self.options = opts
+        #: What ``from_url`` builds its client with (for inspection).
+        self._client_kwargs: dict[str, Any] = {}
+        self.owns_client = owns
+        self.ordered = opts.ordered
+        self.revoke_timeout = opts.revoke_timeout
+        self.poll_timeout = opts.poll_timeout
+        self.close_timeout = (
+            CONSUMER_CLOSE_TIMEOUT if opts.close_timeout is None else opts.close_timeout
         )
-        self.raw: AIOKafkaConsumer | None = consumer
-        self.group_id: str | None = consumer._group_id
-        self._owned = False
-
-    def _setup(
-        self,
-        *,
-        ordered: bool,
-        revoke_timeout: float,
-        commit_interval: float,
-        poll_timeout: float,
-        max_records: int | None,
-    ) -> None:
-        self.ordered = ordered
-        self.revoke_timeout = revoke_timeout
-        self.commit_interval = commit_interval
-        self.poll_timeout = poll_timeout
-        self.max_records = max_records
+        self.max_records: int = opts.max_records or DEFAULT_MAX_RECORDS
+        self._explicit_max_records = opts.max_records
+        self.group_id: str | None = (
+            _compat.consumer_group_id(client) if self.raw is not None else opts.group_id
+        )
+        if self.raw is not None and opts.group_id is not None and opts.group_id != self.group_id:
+            raise KafkaConfigError(
+                f"group_id={opts.group_id!r} differs from the AIOKafkaConsumer's "
+                f"{self.group_id!r}.\nSet the group on the AIOKafkaConsumer only."
+            )
         self._subscriptions: list[EventSubscription] = []
         self._states: dict[TopicPartition, PartitionOffsets] = {}
+        self._paused: set[TopicPartition] = set()
+        # Records taken from aiokafka for a partition paused before they were yielded.
+        self._parked: dict[TopicPartition, list[Any]] = {}
+        self._wake = asyncio.Event()  # a resume() while a poll waits
+        self._hooked = False  # our rebalance listener is on the client
         self._running = False
         self._started = False
         self._closed = False
         self._stop_future: asyncio.Future[None] | None = None
-        self._commit_task: asyncio.Task[None] | None = None
-        self._commit_timer: asyncio.TimerHandle | None = None
-        self._last_commit = 0.0
-        self._dirty = False
-        self._options: dict[str, Any] = {}
+        self._commits = CommitScheduler(lambda: self.raw, self._states.values, opts.commit_interval)
+
+    @staticmethod
+    def _check_client(raw: AIOKafkaConsumer) -> None:
+        if _compat.consumer_auto_commit(raw):
+            raise KafkaConfigError(
+                "The AIOKafkaConsumer has enable_auto_commit=True: it would commit offsets "
+                "of records before their handlers finished, losing them on a crash.\n"
+                "Create it with enable_auto_commit=False; Dispytch commits after handling."
+            )
+        if _compat.consumer_group_id(raw) is None:
+            raise KafkaConfigError(
+                "The AIOKafkaConsumer has no group_id, so Kafka cannot store its offsets.\n"
+                "Create it with group_id='your-service'."
+            )
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        group_id: str | None = None,
-        ordered: bool = True,
-        revoke_timeout: float = 10.0,
-        commit_interval: float = 0.5,
-        poll_timeout: float = 1.0,
-        max_records: int | None = DEFAULT_MAX_RECORDS,
-        **options: Any,
-    ) -> KafkaConsumer:
+    def from_url(cls, url: str, **options: Any) -> KafkaConsumer:
         """Build a consumer that owns its ``AIOKafkaConsumer``.
 
         Args:
             url: ``kafka://host:port[,host2:port][?option=value...]``; query options are
-                ``AIOKafkaConsumer`` keyword arguments (``group_id``,
-                ``security_protocol``, ``max_poll_records``...) or this class's own
-                (``ordered``, ``revoke_timeout``, ...). ``user:password@`` becomes SASL
-                PLAIN.
-            group_id: The consumer group; may also come from the URL or from the
-                subscriptions' ``group_id``.
-            **options: More ``AIOKafkaConsumer`` keyword arguments (an ``ssl_context``,
-                ``auto_offset_reset``...). ``auto_offset_reset`` defaults to
-                ``"earliest"`` so a new group does not skip events published before it
-                first joined.
+                :class:`~dispytch.kafka.config.KafkaOptions` (``group_id``,
+                ``max_records``, ``session_timeout_ms``...). ``user:password@`` becomes
+                SASL PLAIN. Producer options in the query are left for the producer.
+            **options: The same options as Python values (an ``ssl_context``...); they
+                win over the query. ``auto_offset_reset`` defaults to ``"earliest"`` so
+                a new group does not skip events published before it first joined.
 
         Raises:
-            KafkaConfigError: On ``enable_auto_commit=True`` or an unknown option.
+            KafkaConfigError: On ``enable_auto_commit=True``.
+            ConfigError: On an unknown or invalid option.
         """
-        servers, url_options = parse_kafka_url(url)
-        ours: dict[str, Any] = {
-            "ordered": ordered,
-            "revoke_timeout": revoke_timeout,
-            "commit_interval": commit_interval,
-            "poll_timeout": poll_timeout,
-            "max_records": max_records,
-        }
-        for key in _OUR_OPTIONS & url_options.keys():
-            raw_value = url_options.pop(key)
-            if key == "ordered":
-                ours[key] = parse_bool(key, raw_value)
-            elif key == "max_records":
-                ours[key] = int(raw_value)
-            else:
-                ours[key] = float(raw_value)
-        drop_other_side(
-            url_options,
-            AIOKafkaConsumer,
-            AIOKafkaProducer,
-            frozenset({"delivery_timeout", "batch_bytes"}),
-        )
-        merged = coerce_options(AIOKafkaConsumer, {**url_options, **options})
-        if merged.get("enable_auto_commit"):
-            raise KafkaConfigError(
-                "enable_auto_commit=True would commit offsets of records before their "
-                "handlers finished. Dispytch commits after handling: leave it off."
-            )
-        merged["enable_auto_commit"] = False
-        merged.setdefault("bootstrap_servers", servers)
-        merged.setdefault("auto_offset_reset", "earliest")
-        if group_id is not None:
-            merged["group_id"] = group_id
-        ensure_ssl_context(merged)
-        self = cls.__new__(cls)
-        self._setup(**ours)
-        self.raw = None  # built in start(): aiokafka needs the running loop
-        self.group_id = merged.pop("group_id", None)
-        self._options = merged
-        self._owned = True
+        servers, opts = options_from_url(url, "consumer", options)
+        kwargs = opts.client_kwargs("consumer")
+        kwargs.setdefault("bootstrap_servers", servers)
+        ensure_ssl_context(kwargs)
+        holder: list[KafkaConsumer] = []
+
+        def build() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(group_id=holder[0].group_id, **kwargs)
+
+        self = cls(build, owns_client=True, options=opts)
+        self._client_kwargs = kwargs
+        holder.append(self)
         return self
 
-    # -- subscriptions -----------------------------------------------------------------
+    # -- configuration -----------------------------------------------------------------
+    def configure(self, *, max_in_flight: int) -> None:
+        """Take no more records per poll than the dispatcher keeps in flight
+        (:class:`~dispytch.transport.ReadAhead`; called before :meth:`start`).
+
+        An explicit ``max_records`` wins; one above ``max_in_flight`` is logged once.
+        """
+        explicit = self._explicit_max_records
+        if explicit is None:
+            self.max_records = max(1, min(max_in_flight, DEFAULT_MAX_RECORDS))
+        elif explicit > max_in_flight:
+            log.info(
+                "Kafka consumer max_records=%d is above the dispatcher's max_in_flight=%d: "
+                "up to %d records per poll wait in memory before they are handled",
+                explicit,
+                max_in_flight,
+                explicit,
+            )
+
     def subscribe(self, subscriptions: Sequence[EventSubscription]) -> None:
         """Add the handlers' subscriptions (before :meth:`start`).
 
@@ -348,142 +247,83 @@ class KafkaConsumer:
             TypeError: On a subscription this transport cannot serve.
             KafkaConfigError: When subscriptions name different consumer groups.
         """
-        _subscription_target(subscriptions)  # validate early
+        subscription_target(subscriptions)  # validate early
         for sub in subscriptions:
             gid = getattr(sub, "group_id", None)
             if gid is None:
                 continue
-            if self.group_id is None and self._owned:
+            if self.group_id is None and self._factory is not None:
                 self.group_id = gid
             elif gid != self.group_id:
                 raise KafkaConfigError(
                     f"{sub!r} wants consumer group {gid!r}, but this consumer is in group "
-                    f"{self.group_id!r}. One Kafka consumer belongs to one group: use one "
+                    f"{self.group_id!r}.\nOne Kafka consumer belongs to one group: use one "
                     "dispatcher (and consumer) per group."
                 )
         self._subscriptions.extend(s for s in subscriptions if s not in self._subscriptions)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Subscribe and join the group (builds the client when this consumer owns it).
+        """Subscribe and join the group (builds the client from the factory if needed).
 
         Raises:
             KafkaConfigError: Nothing to consume, or no consumer group.
+            NotStartedError: The client you passed was stopped.
         """
         if self._started and not self._closed:
             return
         # A closed consumer may start again (a dispatcher restarted): fresh trackers.
         self._closed = False
-        self._states = {}
-        self._dirty = False
+        self._states.clear()
         loop = asyncio.get_running_loop()
         self._stop_future = loop.create_future()
-        if self._owned:
-            await self._start_owned()
+        raw = self.raw
+        if raw is None:
+            assert self._factory is not None
+            if self.group_id is None:
+                raise KafkaConfigError(
+                    "The Kafka consumer needs a consumer group to commit offsets.\n"
+                    "Pass group_id='your-service' (or ?group_id=... in the URL, or "
+                    "KafkaEventSubscription(group_id=...))."
+                )
+            if not self._subscriptions:
+                raise KafkaConfigError(
+                    "The Kafka consumer has nothing to consume.\nRegister a handler with "
+                    "a KafkaEventSubscription(topic=...) before starting."
+                )
+            raw = self._factory()
+            if not isinstance(raw, AIOKafkaConsumer):
+                raise TypeError(
+                    f"The KafkaConsumer factory returned {type(raw).__name__}, not an "
+                    "AIOKafkaConsumer.\nReturn a new, unstarted AIOKafkaConsumer."
+                )
+            self._check_client(raw)
+            await self._start_unstarted(raw, stop_on_failure=True)
+            self.raw = raw
+        elif _compat.client_closed(raw):
+            raise NotStartedError(
+                "The AIOKafkaConsumer passed to KafkaConsumer was stopped.\n"
+                "Create and pass a new one, or let Dispytch own it: KafkaConsumer.from_url."
+            )
+        elif not _compat.consumer_started(raw):
+            await self._start_unstarted(raw, stop_on_failure=self.owns_client)
         else:
-            await self._start_wrapped()
+            check_started(raw, self._subscriptions)
+        self._commits.open()
         self._started = True
         self._running = True
-        self._last_commit = loop.time()
 
-    async def _start_owned(self) -> None:
-        if self.group_id is None:
-            raise KafkaConfigError(
-                "The Kafka consumer needs a consumer group to commit offsets: pass "
-                "group_id='your-service' (or ?group_id=... in the URL, or "
-                "KafkaEventSubscription(group_id=...))."
-            )
-        if not self._subscriptions:
-            raise KafkaConfigError(
-                "The Kafka consumer has nothing to consume: register a handler with a "
-                "KafkaEventSubscription(topic=...) before starting."
-            )
-        raw = AIOKafkaConsumer(group_id=self.group_id, **self._options)
-        topics, pattern = _subscription_target(self._subscriptions)
-        listener = _RebalanceListener(self)
-        if pattern is not None:
-            raw.subscribe(pattern=pattern, listener=listener)
-        else:
-            raw.subscribe(topics=sorted(topics), listener=listener)
+    async def _start_unstarted(self, raw: AIOKafkaConsumer, *, stop_on_failure: bool) -> None:
+        subscribe_unstarted(
+            raw, self._subscriptions, RebalanceListener(self._on_revoked, self._on_assigned)
+        )
+        self._hooked = True
         try:
             await raw.start()
         except BaseException:
-            await raw.stop()
+            if stop_on_failure:
+                await raw.stop()
             raise
-        self.raw = raw
-
-    async def _start_wrapped(self) -> None:
-        raw = self.raw
-        assert raw is not None
-        if getattr(raw, "_closed", False):
-            raise NotStartedError(
-                "The AIOKafkaConsumer passed to KafkaConsumer was stopped. Create a new one."
-            )
-        state = raw._subscription
-        current = state.subscription
-        if current is not None and not state.partitions_auto_assigned():
-            # Manual assignment (raw.assign): no group rebalances, nothing to hook.
-            if self._subscriptions:
-                log.debug("Kafka consumer uses a manual assignment; subscriptions unused")
-        elif getattr(raw, "_fetcher", True) is None:
-            # Not started yet: subscribe it (with our rebalance listener) and start it.
-            # It stays yours: Dispytch will not stop it.
-            self._subscribe_unstarted(raw)
-            await raw.start()
-            return
-        elif current is None:
-            raise KafkaConfigError(
-                "The AIOKafkaConsumer was started without a subscription. Pass topics to "
-                "AIOKafkaConsumer(...), or hand Dispytch an unstarted consumer."
-            )
-        else:
-            # Started and subscribed: re-subscribing a running aiokafka consumer is
-            # fragile, so hook our listener into its subscription instead.
-            if state.subscribed_pattern is None:
-                topics, pattern = _subscription_target(self._subscriptions)
-                missing = sorted(topics - set(current.topics))
-                if missing:
-                    raise KafkaConfigError(
-                        f"The running AIOKafkaConsumer is not subscribed to {missing}, which "
-                        "handlers consume. Add them to its topics, or hand Dispytch an "
-                        "unstarted consumer to subscribe."
-                    )
-                if pattern is not None:
-                    log.warning(
-                        "Handlers use topic patterns, but the running AIOKafkaConsumer is "
-                        "subscribed to fixed topics %s only",
-                        sorted(current.topics),
-                    )
-            chained = state.listener
-            if isinstance(chained, _RebalanceListener):
-                chained = chained.chained
-            state._listener = _RebalanceListener(self, chained)
-
-    def _subscribe_unstarted(self, raw: AIOKafkaConsumer) -> None:
-        state = raw._subscription
-        current = state.subscription
-        topics, pattern = _subscription_target(self._subscriptions)
-        user_pattern = state.subscribed_pattern
-        user_topics = set() if current is None or user_pattern else set(current.topics)
-        if user_pattern is not None:
-            extra = [pattern] if pattern else []
-            extra += [f"(?:^{re.escape(t)}$)" for t in sorted(topics)]
-            pattern = "|".join([f"(?:{user_pattern.pattern})", *extra])
-        elif pattern is not None and user_topics:
-            pattern = "|".join([pattern, *(f"(?:^{re.escape(t)}$)" for t in sorted(user_topics))])
-        if pattern is None and not (topics or user_topics):
-            raise KafkaConfigError(
-                "The AIOKafkaConsumer is subscribed to nothing and no handler names a "
-                "topic. Pass topics to AIOKafkaConsumer(...) or register handlers."
-            )
-        chained = state.listener
-        if isinstance(chained, _RebalanceListener):
-            chained = chained.chained
-        listener = _RebalanceListener(self, chained)
-        if pattern is not None:
-            raw.subscribe(pattern=pattern, listener=listener)
-        else:
-            raw.subscribe(topics=sorted(user_topics | topics), listener=listener)
 
     async def stop(self) -> None:
         """Stop fetching; ``listen()`` ends promptly, even while waiting for records."""
@@ -496,100 +336,226 @@ class KafkaConsumer:
         """Commit everything that finished, then disconnect (only an owned client).
 
         Call after in-flight messages were settled (the dispatcher does): records that
-        are still unsettled are not committed and will be delivered again.
+        are still unsettled are not committed and will be delivered again. A client that
+        is not Dispytch's is sought back, per partition, to what is committable, so that
+        a new consumer over it continues where this one really stopped. The final commit
+        and disconnecting together take at most ``close_timeout`` (a broker that is down
+        must not hang a stop: what was not committed is delivered again).
         """
         if self._closed:
             return
         await self.stop()
         self._closed = True
-        if self._commit_timer is not None:
-            self._commit_timer.cancel()
-            self._commit_timer = None
-        task = self._commit_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await task
-        if self.raw is not None and not getattr(self.raw, "_closed", False):
-            await self._commit(list(self._states.values()))
-        for st in self._states.values():
+        raw = self.raw
+        states = list(self._states.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._commits.close()
+                if raw is not None and not _compat.client_closed(raw):
+                    await self._commits.commit(states)
+        except TimeoutError:
+            log.warning(
+                "Kafka consumer: the final commit did not finish within %.1f s (broker "
+                "unreachable?); records after the last commit will be delivered again",
+                self.close_timeout,
+            )
+        if raw is not None and not self.owns_client and not _compat.client_closed(raw):
+            self._reposition(raw, states)
+        for st in states:
             st.close()
         self._states.clear()
-        if self._owned and self.raw is not None:
-            raw, self.raw = self.raw, None
-            await raw.stop()
+        self._paused.clear()
+        self._parked.clear()
+        if self.owns_client and raw is not None:
+            self.raw = None
+            await self._stop_client(raw, max(0.1, deadline - loop.time()))
+
+    def _reposition(self, raw: AIOKafkaConsumer, states: list[PartitionOffsets]) -> None:
+        assigned = raw.assignment()
+        for st in states:
+            target = st.restart_offset
+            if target is not None and st.key in assigned:
+                with contextlib.suppress(IllegalStateError, AssertionError):
+                    raw.seek(st.key, target)
+
+    async def _stop_client(self, raw: AIOKafkaConsumer, timeout: float) -> None:
+        await stop_within(raw, timeout, "Kafka consumer")
+
+    # -- lane pausing ------------------------------------------------------------------
+    @staticmethod
+    def _tp(lane: Hashable) -> TopicPartition:
+        if isinstance(lane, TopicPartition):
+            return lane
+        topic, partition = cast("tuple[str, int]", lane)
+        return TopicPartition(topic, partition)
+
+    def pause(self, lane: Hashable) -> None:
+        """Stop yielding records of partition ``lane`` until :meth:`resume` (idempotent).
+
+        Polls leave the partition out (``getmany(*other_partitions)``, public), so aiokafka
+        keeps at most the one fetch it had buffered for it. Records of it this consumer
+        had already taken are parked, not yielded, and come first after :meth:`resume`.
+        """
+        self._paused.add(self._tp(lane))
+
+    def resume(self, lane: Hashable) -> None:
+        """Yield records of partition ``lane`` again (idempotent)."""
+        tp = self._tp(lane)
+        if tp in self._paused:
+            self._paused.discard(tp)
+            self._wake.set()
+
+    def paused(self) -> frozenset[TopicPartition]:
+        """The partitions paused through :meth:`pause`."""
+        return frozenset(self._paused)
 
     # -- consuming -------------------------------------------------------------------
-    async def _fetch(self) -> dict[TopicPartition, list[Any]]:
-        raw = self.raw
-        assert raw is not None
-        try:
-            data: dict[TopicPartition, list[Any]] = await raw.getmany(
-                timeout_ms=0, max_records=self.max_records
-            )
-            if data:
-                return data
-            stop = self._stop_future
-            assert stop is not None
-            getter = asyncio.ensure_future(
-                raw.getmany(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records)
-            )
-            await asyncio.wait((getter, stop), return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                    await getter
-                return {}
-            return getter.result()  # type: ignore[no-any-return]
-        except ConsumerStoppedError:
-            self._running = False
-            return {}
+    def _take_parked(self) -> dict[TopicPartition, list[Any]]:
+        """Parked records of partitions no longer paused (yielded before new polls)."""
+        parked = self._parked
+        ready = {tp: parked.pop(tp) for tp in [tp for tp in parked if tp not in self._paused]}
+        return ready
 
-    def _state_for(self, tp: TopicPartition) -> PartitionOffsets | None:
+    async def _fetch(self, raw: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        parts: tuple[TopicPartition, ...] = ()
+        wake = self._wake
+        wake.clear()
+        if self._paused:
+            assigned = raw.assignment()
+            if self._paused & assigned:
+                parts = tuple(assigned - self._paused)
+                if not parts:  # every partition paused: wait for a resume
+                    stop = self._stop_future
+                    assert stop is not None
+                    waiter = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait(
+                        (waiter, stop), timeout=self.poll_timeout, return_when=FIRST_COMPLETED
+                    )
+                    waiter.cancel()
+                    return {}
+        data: dict[TopicPartition, list[Any]] = await raw.getmany(
+            *parts, timeout_ms=0, max_records=self.max_records
+        )
+        if data:
+            return data
+        stop = self._stop_future
+        assert stop is not None
+        getter = asyncio.ensure_future(
+            raw.getmany(
+                *parts, timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
+            )
+        )
+        waiter = asyncio.ensure_future(wake.wait())
+        await asyncio.wait((getter, stop, waiter), return_when=FIRST_COMPLETED)
+        waiter.cancel()
+        if not getter.done():
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await getter
+            return {}
+        return getter.result()  # type: ignore[no-any-return]
+
+    def _state_for(self, raw: AIOKafkaConsumer, tp: TopicPartition) -> PartitionOffsets | None:
         st = self._states.get(tp)
         if st is None:
-            assert self.raw is not None
-            if tp not in self.raw.assignment():
+            if tp not in raw.assignment():
                 return None
             st = self._states[tp] = PartitionOffsets(tp)
         if st.revoking or st.closed:
             return None
         return st
 
+    def _sync_assignment(self, raw: AIOKafkaConsumer) -> None:
+        """Without our rebalance listener (a client started by its user): forget the
+        partitions it no longer holds."""
+        assigned = raw.assignment()
+        for tp in [tp for tp in self._states if tp not in assigned]:
+            self._states.pop(tp).close()
+            self._parked.pop(tp, None)
+
+    def _seek_back(self, raw: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        """Records from ``offset`` on were fetched but not yielded: fetch them again."""
+        if _compat.client_closed(raw) or tp not in raw.assignment():
+            return
+        with contextlib.suppress(IllegalStateError, AssertionError):
+            raw.seek(tp, offset)
+
     async def listen(self) -> AsyncIterator[Message]:
         """Yield records as :class:`KafkaMessage` until :meth:`stop`.
 
         ``Message.route`` is the topic; ``metadata`` holds ``topic``, ``partition``,
         ``offset`` and ``timestamp`` (ms); headers are decoded as UTF-8 when read.
+        Broker errors the client recovers from are retried with a backoff.
 
         Raises:
             NotStartedError: Before :meth:`start`.
+            ConsumerClosedError: The client was stopped under this consumer, or the
+                group refuses it for good (authorization).
         """
         if not self._started or self._closed:
             raise NotStartedError("The Kafka consumer is not started; call start() first.")
+        raw = self.raw
+        assert raw is not None
         ordered = self.ordered
+        paused = self._paused
+        backoff = Backoff(initial=0.1, factor=2.0, cap=5.0, jitter=0.2)
         while self._running:
+            batches = self._take_parked() if self._parked else None
             try:
-                batches = await self._fetch()
+                if not self._hooked:
+                    self._sync_assignment(raw)
+                if not batches:
+                    batches = await self._fetch(raw)
+            except ConsumerStoppedError:
+                if not self._running:
+                    return
+                raise ConsumerClosedError(
+                    "The AIOKafkaConsumer was stopped while Dispytch was consuming it.\n"
+                    "Stop the dispatcher before stopping your client, or let Dispytch own "
+                    "it: KafkaConsumer.from_url."
+                ) from None
+            except _FATAL as exc:
+                raise ConsumerClosedError(
+                    f"Kafka refused this consumer for good: {exc!r}.\n"
+                    "Grant the group and topics to this client's principal."
+                ) from exc
             except KafkaError as exc:
-                if not getattr(exc, "retriable", False):
-                    raise
-                log.warning("Kafka fetch failed, retrying: %r", exc)
-                await asyncio.sleep(0.5)
+                delay = backoff.next()
+                log.warning("Kafka fetch failed, retrying in %.1f s: %r", delay, exc)
+                assert self._stop_future is not None
+                await asyncio.wait((self._stop_future,), timeout=delay)
                 continue
+            if _compat.client_closed(raw) and self._running:
+                raise ConsumerClosedError(
+                    "The AIOKafkaConsumer was stopped while Dispytch was consuming it.\n"
+                    "Stop the dispatcher before stopping your client, or let Dispytch own "
+                    "it: KafkaConsumer.from_url."
+                )
+            backoff.reset()
             for tp, records in batches.items():
-                st = self._state_for(tp)
+                st = self._state_for(raw, tp)
                 if st is None:
                     continue
                 epoch = st.epoch
-                lane = (tp.topic, tp.partition) if ordered else None
+                lane = tp if ordered else None
                 receive = st.receive
-                for rec in records:
-                    if st.epoch != epoch or st.revoking or st.closed or not self._running:
-                        break  # rewound, revoked or stopping: these are fetched again
+                for i, rec in enumerate(records):
+                    if st.epoch != epoch:
+                        break  # rewound by a nack: the seek already moved the position
+                    if paused and tp in paused:
+                        self._parked[tp] = records[i:]  # yielded after resume()
+                        break
+                    if st.revoking or st.closed or not self._running:
+                        # revoked or stopping: fetch the rest again later
+                        if not (st.revoking or st.closed):
+                            self._seek_back(raw, tp, records[i].offset)
+                        break
                     headers = rec.headers
                     yield KafkaMessage(
                         rec,
-                        EncodedHeaders(headers) if headers else _NO_HEADERS,
+                        EncodedHeaders(headers) if headers else NO_HEADERS,
                         lane,
                         receive(rec.offset),
                     )
@@ -598,9 +564,10 @@ class KafkaConsumer:
     async def ack(self, message: Message) -> None:
         """The record was handled (or filtered, or dead-lettered): it may be committed."""
         delivery: Delivery = message.token
-        if delivery.partition.finish(delivery) and not self._dirty:
-            self._dirty = True
-            self._schedule_commit()
+        if delivery.partition.finish(delivery):
+            commits = self._commits
+            if not commits.dirty:
+                commits.due()
 
     async def nack(self, message: Message, *, requeue: bool) -> None:
         """Hand the record back (``requeue=True``) or give up on it (``requeue=False``).
@@ -613,73 +580,13 @@ class KafkaConsumer:
         delivery: Delivery = message.token
         st = delivery.partition
         if not requeue:
-            if st.finish(delivery) and not self._dirty:
-                self._dirty = True
-                self._schedule_commit()
+            if st.finish(delivery):
+                self._commits.due()
             return
-        if st.rewind(delivery) and self.raw is not None and self._running:
-            try:
-                self.raw.seek(st.key, delivery.offset)
-            except (IllegalStateError, ConsumerStoppedError, AssertionError):
-                pass  # no longer ours: the new owner starts from the committed offset
-
-    # -- committing ------------------------------------------------------------------
-    def _schedule_commit(self) -> None:
-        """Commit what became due within ``commit_interval`` (one timer, not per ack)."""
-        if self._commit_timer is not None or self._closed or self.raw is None:
-            return
-        task = self._commit_task
-        if task is not None and not task.done():
-            return  # its done-callback reschedules
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, self._last_commit + self.commit_interval - loop.time())
-        self._commit_timer = loop.call_later(delay, self._start_commit)
-
-    def _start_commit(self) -> None:
-        self._commit_timer = None
-        if not self._dirty or self._closed or self.raw is None:
-            return
-        self._dirty = False
-        loop = asyncio.get_running_loop()
-        self._last_commit = loop.time()
-        task = loop.create_task(self._commit(list(self._states.values())))
-        task.add_done_callback(self._commit_done)
-        self._commit_task = task
-
-    def _commit_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("Kafka commit failed: %r", task.exception())
-            self._dirty = True
-        if self._dirty:
-            self._schedule_commit()
-
-    async def _commit(self, states: list[PartitionOffsets]) -> None:
         raw = self.raw
-        if raw is None:
-            return
-        offsets: dict[TopicPartition, int] = {}
-        assigned = raw.assignment()
-        for st in states:
-            due = st.due
-            if due is not None and st.key in assigned:
-                offsets[st.key] = due
-        if not offsets:
-            return
-        try:
-            await raw.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced under us: the partitions' new owner continues from
-            # the last successful commit (at-least-once: some records come again).
-            log.warning("Kafka commit of %s skipped: %s", offsets, exc)
-            return
-        except KafkaError as exc:
-            self._dirty = True
-            log.warning("Kafka commit of %s failed, will retry: %r", offsets, exc)
-            return
-        for st in states:
-            off = offsets.get(st.key)
-            if off is not None and (st.committed is None or off > st.committed):
-                st.committed = off
+        if st.rewind(delivery) and raw is not None and not self._closed:
+            self._parked.pop(st.key, None)  # fetched again from the rewound offset
+            self._seek_back(raw, st.key, delivery.offset)
 
     # -- rebalancing -----------------------------------------------------------------
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -702,9 +609,10 @@ class KafkaConsumer:
                     left,
                     self.revoke_timeout,
                 )
-        await self._commit(states)
+        await self._commits.commit(states)
         for st in states:
             st.close()
+            self._parked.pop(st.key, None)
             if self._states.get(st.key) is st:
                 del self._states[st.key]
 
@@ -725,7 +633,7 @@ class KafkaConsumer:
         return sum(st.in_flight for st in self._states.values())
 
     def __repr__(self) -> str:
-        owner = "owned" if self._owned else "wrapped"
+        owner = "owned" if self.owns_client else "wrapped"
         return f"<KafkaConsumer {owner} group={self.group_id!r} ordered={self.ordered}>"
 
 

@@ -55,6 +55,7 @@ class PartitionOffsets:
         committed: The offset last committed to the broker by this tracker.
         epoch: Raised on every rewind, so a fetch loop can drop records it fetched
             before the rewind.
+        first: The offset of the first record received, or ``None``.
         closed: The partition was revoked or the consumer closed; nothing counts any more.
     """
 
@@ -66,6 +67,7 @@ class PartitionOffsets:
         "committable",
         "committed",
         "epoch",
+        "first",
         "key",
         "revoking",
     )
@@ -78,6 +80,7 @@ class PartitionOffsets:
         self.committable: int | None = None
         self.committed: int | None = None
         self.epoch = 0
+        self.first: int | None = None
         self.closed = False
         self.revoking = False
 
@@ -85,6 +88,8 @@ class PartitionOffsets:
     def receive(self, offset: int) -> Delivery:
         """Track a record as it is handed to the dispatcher."""
         attempt = self._attempts.pop(offset, 0) + 1 if self._attempts else 1
+        if self.first is None:
+            self.first = offset
         delivery = Delivery(self, offset, attempt)
         self._pending.append(delivery)
         return delivery
@@ -142,6 +147,13 @@ class PartitionOffsets:
         if c is None or c == self.committed or self.closed:
             return None
         return c
+
+    @property
+    def restart_offset(self) -> int | None:
+        """Where a new reader of this partition must begin so that nothing received and
+        unreleased is skipped: the commit point, else the first offset received (``None``
+        when nothing was received)."""
+        return self.committable if self.committable is not None else self.first
 
     async def drained(self) -> None:
         """Wait until every received delivery was released (or dropped)."""

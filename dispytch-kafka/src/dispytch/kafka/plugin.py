@@ -25,6 +25,7 @@ def _consumer(url: str, **options: Any) -> Any:
 @hookimpl
 def dispytch_transports() -> list[TransportSpec]:
     """The Kafka transport (aiokafka), at-least-once with ordered per-partition commits."""
+    from dispytch.kafka.config import CAPABILITIES, KafkaOptions
     from dispytch.kafka.routes import KafkaEventRoute, KafkaEventSubscription
 
     return [
@@ -39,5 +40,7 @@ def dispytch_transports() -> list[TransportSpec]:
             ),
             route_types=(KafkaEventRoute,),
             subscription_types=(KafkaEventSubscription,),
+            capabilities=CAPABILITIES,
+            options_model=KafkaOptions,
         )
     ]

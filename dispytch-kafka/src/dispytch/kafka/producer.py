@@ -1,46 +1,71 @@
-"""The Kafka producer: wraps an ``AIOKafkaProducer`` or builds and owns one."""
+"""The Kafka producer: wraps an ``AIOKafkaProducer`` (yours, or one it builds and owns)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
+    ClusterAuthorizationFailedError,
+    CorruptRecordException,
+    InvalidTopicError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
     RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
 )
-from dispytch.errors import EmitError, EmitTimeoutError, NotStartedError
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
+from dispytch.kafka import _compat
+from dispytch.kafka._stopping import stop_within
 from dispytch.kafka.config import (
-    coerce_options,
-    drop_other_side,
+    DEFAULT_BATCH_BYTES,
+    PRODUCER_CLOSE_TIMEOUT,
+    KafkaConfigError,
+    KafkaOptions,
     ensure_ssl_context,
-    parse_kafka_url,
+    options_from_url,
 )
 from dispytch.routes import EventRoute
 from dispytch.transport import OutgoingMessage
+
+__all__ = ["DEFAULT_BATCH_BYTES", "KafkaProducer", "producer_from_url"]
 
 log = logging.getLogger("dispytch.kafka")
 
 _TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError, asyncio.TimeoutError)
 
-#: Default size of the record batches ``send_batch`` packs (bytes). aiokafka sends one
-#: batch per partition per produce request and keeps one request in flight per broker,
-#: so a partition's rate is bound by batch size / round trip: with aiokafka's 16 KiB
-#: default (about 40 of the benchmark's events with their headers) publishing 20,000
-#: events took 1,060 requests. Well below Kafka's default ``message.max.bytes`` (1 MiB).
-DEFAULT_BATCH_BYTES = 256 * 1024
+#: Failures that sending the same record again will not fix.
+_PERMANENT = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    PolicyViolationError,
+    CorruptRecordException,
+    UnsupportedForMessageFormatError,
+)
+
+_PARTITIONER = DefaultPartitioner()
+
+#: aiokafka's default ``max_batch_size``: records larger than this (in a client you built
+#: yourself, whose setting is not public) go through ``send()``, which checks their size.
+_AIOKAFKA_BATCH_SIZE = 16384
 
 
 def _address(route: EventRoute) -> tuple[str, int | None]:
     topic = getattr(route, "topic", None)
     if not isinstance(topic, str) or not topic:
-        raise EmitError(
-            f"The Kafka transport publishes to topics; {route!r} has none. "
+        raise EmitRejectedError(
+            f"The Kafka transport publishes to topics; {route!r} has none.\n"
             "Use KafkaEventRoute(topic=...) or TopicRoute(topic=...)."
         )
     return topic, getattr(route, "partition", None)
@@ -51,125 +76,166 @@ def _headers(message: OutgoingMessage) -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in message.headers.items()]
 
 
+def _refused(what: str, exc: BaseException) -> EmitError:
+    """``EmitRejectedError`` for a permanent failure, else a (transient) ``EmitError``."""
+    if isinstance(exc, _PERMANENT):
+        hint = (
+            "\nLower batch_bytes, or raise the topic's max.message.bytes."
+            if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError)
+            else ""
+        )
+        return EmitRejectedError(f"Kafka rejected {what}: {exc!r}.{hint}")
+    return EmitError(f"Kafka failed to store {what}: {exc!r}")
+
+
 class KafkaProducer:
     """Publishes Dispytch events to Kafka through aiokafka.
 
     Two ways to build one::
 
         raw = AIOKafkaProducer(bootstrap_servers="localhost:9092")
-        await raw.start()                      # you own it: start and stop it yourself
-        producer = KafkaProducer(raw)
+        await raw.start()                      # yours: start and stop it yourself
+        producer = KafkaProducer(raw)          # usable at once, no emitter.start()
 
         producer = KafkaProducer.from_url("kafka://localhost:9092?acks=all")
         # owns its client: EventEmitter.start()/stop() (or `async with`) run it
 
-    Unlike older Dispytch releases, sending through a client that was not started (or was
-    stopped) raises :class:`~dispytch.errors.NotStartedError` instead of losing the event.
+    Whether a client you pass is usable is read from the client: sending through one
+    that was never started, or was stopped, raises
+    :class:`~dispytch.errors.NotStartedError` instead of losing the event.
 
     Args:
-        producer: An ``AIOKafkaProducer`` you manage.
-        delivery_timeout: Seconds to wait for the broker to confirm one ``send`` (and a
-            whole ``send_batch``) before raising
-            :class:`~dispytch.errors.EmitTimeoutError`. ``None`` relies on aiokafka's
-            ``request_timeout_ms`` alone.
-        batch_bytes: Largest record batch ``send_batch`` packs for one partition
-            (default 256 KiB; never below the client's ``max_batch_size``, never above
-            its ``max_request_size``). Bigger batches mean fewer produce requests; keep
-            it below the topic's ``max.message.bytes``. ``send`` is not affected.
+        client: An ``AIOKafkaProducer``, or a callable returning a new unstarted one
+            (called in :meth:`start`, where aiokafka needs the running loop).
+        owns_client: Whether :meth:`start`/:meth:`stop` start and stop the client.
+            Default: ``False`` for a client, ``True`` for a factory.
+        options: Validated options (what :meth:`from_url` passes).
+        **settings: ``delivery_timeout``: seconds to wait for the broker to confirm one
+            ``send`` (and a whole ``send_batch``) before
+            :class:`~dispytch.errors.EmitTimeoutError` (default: aiokafka's
+            ``request_timeout_ms`` alone). ``send_batch`` packs record batches of the
+            client's ``max_batch_size`` (``from_url`` sets it from ``batch_bytes``,
+            default 256 KiB; for a client you build, pass ``max_batch_size`` to it).
+            ``close_timeout``: longest wait of :meth:`stop` for an owned client's flush
+            and disconnect (default 5 s; past it, it goes on in the background).
     """
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        client: AIOKafkaProducer | Callable[[], AIOKafkaProducer],
         *,
-        delivery_timeout: float | None = None,
-        batch_bytes: int | None = None,
+        owns_client: bool | None = None,
+        options: KafkaOptions | None = None,
+        **settings: Any,
     ) -> None:
-        if not isinstance(producer, AIOKafkaProducer):
+        if isinstance(client, AIOKafkaProducer):
+            self._factory: Callable[[], AIOKafkaProducer] | None = None
+            self.raw: AIOKafkaProducer | None = client
+            owns = bool(owns_client)
+        elif callable(client):
+            self._factory = client
+            self.raw = None
+            owns = True if owns_client is None else owns_client
+        else:
             raise TypeError(
-                f"KafkaProducer wraps an aiokafka.AIOKafkaProducer, not {type(producer).__name__}. "
-                "To build one from a URL use KafkaProducer.from_url('kafka://host:9092')."
+                f"KafkaProducer wraps an aiokafka.AIOKafkaProducer (or a factory of one), "
+                f"not {type(client).__name__}.\nTo build one from a URL use "
+                "KafkaProducer.from_url('kafka://host:9092')."
             )
-        self.raw = producer
-        self.delivery_timeout = delivery_timeout
-        self.batch_bytes = batch_bytes
-        self._owned = False
-        self._started = True  # a wrapped client is usable as soon as the user started it
+        if settings:
+            base = {} if options is None else options.model_dump(exclude_unset=True)
+            options = KafkaOptions.parse(**{**base, **settings})
+        opts = options if options is not None else KafkaOptions()
+        given = [*opts.client_options_set(), *(["batch_bytes"] if opts.batch_bytes else [])]
+        if self._factory is None and given:
+            raise KafkaConfigError(
+                f"{', '.join(given)} configure a client Dispytch builds; the "
+                "AIOKafkaProducer you pass keeps its own settings.\n"
+                "Pass them (batch_bytes as max_batch_size) to AIOKafkaProducer(...), or use "
+                "KafkaProducer.from_url."
+            )
+        self.options = opts
+        #: What ``from_url`` builds its client with (for inspection).
+        self._client_kwargs: dict[str, Any] = {}
+        self.owns_client = owns
+        self.delivery_timeout = opts.delivery_timeout
+        self.batch_bytes = opts.batch_bytes
+        self.close_timeout = (
+            PRODUCER_CLOSE_TIMEOUT if opts.close_timeout is None else opts.close_timeout
+        )
         self._stopped = False
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        delivery_timeout: float | None = None,
-        batch_bytes: int | None = None,
-        **options: Any,
-    ) -> KafkaProducer:
+    def from_url(cls, url: str, **options: Any) -> KafkaProducer:
         """Build a producer that owns its ``AIOKafkaProducer``.
 
         Args:
             url: ``kafka://host:port[,host2:port][?option=value...]``; query options are
-                ``AIOKafkaProducer`` keyword arguments (``acks=all``, ``linger_ms=5``,
-                ``security_protocol=SASL_SSL``...). ``user:password@`` becomes SASL PLAIN.
-            delivery_timeout: See the class (also ``?delivery_timeout=`` in the URL).
-            batch_bytes: See the class (also ``?batch_bytes=`` in the URL).
-            **options: More ``AIOKafkaProducer`` keyword arguments; objects such as an
-                ``ssl_context`` go here.
+                :class:`~dispytch.kafka.config.KafkaOptions` (``acks=all``,
+                ``linger_ms=5``, ``delivery_timeout=3``, ``batch_bytes=65536``...).
+                ``user:password@`` becomes SASL PLAIN. Consumer options in the query are
+                left for the consumer.
+            **options: The same options as Python values (an ``ssl_context``...); they
+                win over the query.
+
+        Raises:
+            ConfigError: On an unknown or invalid option.
         """
-        servers, url_options = parse_kafka_url(url)
-        if "delivery_timeout" in url_options:
-            delivery_timeout = float(url_options.pop("delivery_timeout"))
-        if "batch_bytes" in url_options:
-            batch_bytes = int(url_options.pop("batch_bytes"))
-        from aiokafka import AIOKafkaConsumer
-        from dispytch.kafka.consumer import _OUR_OPTIONS as consumer_own
+        servers, opts = options_from_url(url, "producer", options)
+        kwargs = opts.client_kwargs("producer")
+        kwargs.setdefault("bootstrap_servers", servers)
+        if "max_batch_size" not in kwargs:
+            kwargs["max_batch_size"] = opts.batch_bytes or DEFAULT_BATCH_BYTES
+        limit = kwargs.get("max_request_size", 1024 * 1024)
+        if kwargs["max_batch_size"] > limit:
+            raise KafkaConfigError(
+                f"batch_bytes={kwargs['max_batch_size']} is above max_request_size={limit}.\n"
+                "Lower batch_bytes or raise max_request_size."
+            )
+        ensure_ssl_context(kwargs)
 
-        drop_other_side(url_options, AIOKafkaProducer, AIOKafkaConsumer, consumer_own)
-        merged = coerce_options(AIOKafkaProducer, {**url_options, **options})
-        merged.setdefault("bootstrap_servers", servers)
-        ensure_ssl_context(merged)
-        self = cls.__new__(cls)
-        self._init_owned(merged, delivery_timeout, batch_bytes)
+        def build() -> AIOKafkaProducer:
+            return AIOKafkaProducer(**kwargs)
+
+        self = cls(build, owns_client=True, options=opts)
+        self._client_kwargs = kwargs
         return self
-
-    def _init_owned(
-        self, options: dict[str, Any], delivery_timeout: float | None, batch_bytes: int | None
-    ) -> None:
-        self._options = options
-        self.raw = None  # made in start(): it needs the running loop
-        self.delivery_timeout = delivery_timeout
-        self.batch_bytes = batch_bytes
-        self._owned = True
-        self._started = False
-        self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the owned client (a wrapped client is left to its owner)."""
-        if self._owned and not self._started:
-            raw = AIOKafkaProducer(**self._options)
+        """Start the client if this producer owns it (a client you pass is yours)."""
+        self._stopped = False
+        raw = self.raw
+        if raw is None or (self.owns_client and _compat.client_closed(raw)):
+            if self._factory is None:
+                return  # a closed client of yours: send() says so
+            raw = self._factory()
+            if not isinstance(raw, AIOKafkaProducer):
+                raise TypeError(
+                    f"The KafkaProducer factory returned {type(raw).__name__}, not an "
+                    "AIOKafkaProducer.\nReturn a new, unstarted AIOKafkaProducer."
+                )
+            self.raw = raw
+        if self.owns_client and not _compat.producer_started(raw):
             try:
                 await raw.start()
             except BaseException:
                 await raw.stop()
                 raise
-            self.raw = raw
-        self._started = True
-        self._stopped = False
 
     async def stop(self) -> None:
-        """Flush what is pending; stop the client only if this producer owns it."""
-        if self._stopped or self.raw is None:
-            self._stopped = True
-            return
+        """Flush what is pending; stop the client only if this producer owns it (within
+        ``close_timeout``: a broker that is down must not hang a stop)."""
         self._stopped = True
-        if self._owned:
-            self._started = False
-            raw, self.raw = self.raw, None
-            await raw.stop()
-        elif not self._raw_closed():
-            await self.raw.flush()
+        raw = self.raw
+        if raw is None or _compat.client_closed(raw):
+            return
+        if self.owns_client:
+            if self._factory is not None:
+                self.raw = None
+            await stop_within(raw, self.close_timeout, "Kafka producer")
+        elif _compat.producer_started(raw):
+            await raw.flush()
 
     async def __aenter__(self) -> KafkaProducer:
         await self.start()
@@ -178,27 +244,24 @@ class KafkaProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _raw_closed(self) -> bool:
-        return bool(getattr(self.raw, "_closed", False))
-
     def _check_running(self) -> AIOKafkaProducer:
         raw = self.raw
-        if self._stopped or not self._started or raw is None:
+        if self.owns_client and (self._stopped or raw is None):
             raise NotStartedError(
-                "The Kafka producer is not started (or was stopped). Call "
-                "`await emitter.start()` or use `async with emitter:` before emitting."
+                "The Kafka producer is not started (or was stopped).\n"
+                "Call `await emitter.start()` or use `async with emitter:` before emitting."
             )
-        if self._raw_closed():
+        if raw is None or _compat.client_closed(raw):
             raise NotStartedError(
                 "The AIOKafkaProducer passed to KafkaProducer was stopped; events sent "
-                "through it would be lost. Start a new AIOKafkaProducer and wrap it."
+                "through it would be lost.\nStart a new AIOKafkaProducer and wrap it, or "
+                "let Dispytch own one: KafkaProducer.from_url('kafka://...')."
             )
-        sender = getattr(raw, "_sender", None)
-        if sender is not None and getattr(sender, "sender_task", True) is None:
+        if not _compat.producer_started(raw):
             raise NotStartedError(
-                "The AIOKafkaProducer passed to KafkaProducer was not started. Call "
-                "`await raw_producer.start()` before emitting (Dispytch does not start a "
-                "client you created), or use KafkaProducer.from_url(...) to let it."
+                "The AIOKafkaProducer passed to KafkaProducer was not started.\n"
+                "Call `await raw_producer.start()` before emitting (Dispytch does not start "
+                "a client you created), or use KafkaProducer.from_url(...) to let it."
             )
         return raw
 
@@ -217,16 +280,21 @@ class KafkaProducer:
             )
         except _TIMEOUTS as exc:
             raise EmitTimeoutError(
-                f"Kafka did not accept the event for topic {topic!r} in time ({exc}). "
+                f"Kafka did not accept the event for topic {topic!r} in time ({exc}).\n"
                 "Check that the broker is reachable and the topic exists (or auto-creation "
                 "is on); raise request_timeout_ms for slow clusters."
             ) from exc
         except KafkaError as exc:
-            raise EmitError(f"Kafka refused the event for topic {topic!r}: {exc!r}") from exc
+            raise _refused(f"the event for topic {topic!r}", exc) from exc
+        except (TypeError, ValueError) as exc:  # not bytes (a serializer on your client?)
+            raise EmitRejectedError(
+                f"Kafka could not serialise the event for topic {topic!r}: {exc}.\n"
+                "Do not set key_serializer/value_serializer on the AIOKafkaProducer."
+            ) from exc
         except AssertionError as exc:  # aiokafka asserts on an unknown partition
-            raise EmitError(
+            raise EmitRejectedError(
                 f"Kafka refused the event for topic {topic!r}, partition {partition}: "
-                f"{exc or 'no such partition'}."
+                f"{exc or 'no such partition'}.\nRoute it to an existing partition."
             ) from exc
 
     async def send(self, message: OutgoingMessage) -> None:
@@ -235,7 +303,9 @@ class KafkaProducer:
         Raises:
             NotStartedError: The client is not running.
             EmitTimeoutError: The broker did not confirm within the delivery timeout.
-            EmitError: Kafka refused the message.
+            EmitRejectedError: Kafka refused the message for good (too large, no such
+                topic, not authorised).
+            EmitError: Kafka failed to store it (maybe transient).
         """
         raw = self._check_running()
         if self.delivery_timeout is None:
@@ -262,26 +332,27 @@ class KafkaProducer:
                 f"Kafka did not confirm the event for {message.route.address!r} in time ({exc!r})."
             ) from exc
         except KafkaError as exc:
-            raise EmitError(
-                f"Kafka failed to store the event for {message.route.address!r}: {exc!r}"
-            ) from exc
+            raise _refused(f"the event for {message.route.address!r}", exc) from exc
 
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish many messages without waiting for each, then wait for all confirmations.
 
         The records are packed straight into full per-partition record batches (aiokafka's
-        ``create_batch``/``send_batch``), one delivery future per batch instead of one per
-        record: fewer produce requests, and far less per-record overhead than ``send()``
-        in a loop. Keyed records go to the partition the producer's partitioner picks
-        (the same one :meth:`send` would use, so per-key order holds across both); records
+        public ``create_batch``/``send_batch``), one delivery future per batch instead of
+        one per record: fewer produce requests, and far less per-record overhead than
+        ``send()`` in a loop. Keyed records go to the partition Kafka's default
+        partitioner (murmur2 of the key, as ``send`` uses unless you gave your client
+        another ``partitioner``) picks, so per-key order holds across both; records
         without key or partition stick to one partition per topic within a call, as
-        Kafka's sticky partitioner does. Every message is attempted; the first failure is
-        raised afterwards.
+        Kafka's sticky partitioner does. A record as large as a whole batch goes through
+        ``send`` after the packed ones (so it may land after records that followed it).
+        Every message is attempted; the first failure is raised afterwards.
 
         Raises:
             NotStartedError: The client is not running (nothing was sent).
             EmitTimeoutError: Some delivery was not confirmed in time.
-            EmitError: Kafka refused some message.
+            EmitRejectedError: Kafka refused some message for good.
+            EmitError: Kafka failed to store some message.
         """
         raw = self._check_running()
         if not messages:
@@ -297,38 +368,13 @@ class KafkaProducer:
         if first_error is not None:
             raise first_error
 
-    def _batch_maker(self, raw: AIOKafkaProducer) -> Any:
-        """``raw.create_batch``, with batches of ``batch_bytes`` instead of aiokafka's
-        ``max_batch_size`` (everything else -- compression, transactions, serializers --
-        as ``create_batch`` sets it up)."""
-        acc: Any = getattr(raw, "_message_accumulator", None)
-        client_size = getattr(acc, "_batch_size", None)
-        if not isinstance(client_size, int):
-            return raw.create_batch  # an aiokafka without the knob: its own size
-        size = DEFAULT_BATCH_BYTES if self.batch_bytes is None else self.batch_bytes
-        limit = getattr(raw, "_max_request_size", None)
-        if isinstance(limit, int):
-            size = min(size, limit)
-        if size <= client_size:
-            return raw.create_batch
-
-        def create_batch() -> Any:
-            # create_batch reads the size from the accumulator; nothing else runs
-            # between setting and restoring it (no await).
-            acc._batch_size = size
-            try:
-                return raw.create_batch()
-            finally:
-                acc._batch_size = client_size
-
-        return create_batch
-
     async def _send_packed(
         self, raw: AIOKafkaProducer, messages: Sequence[OutgoingMessage]
     ) -> BaseException | None:
-        create_batch = self._batch_maker(raw)
+        create_batch = raw.create_batch
+        big = self._client_kwargs.get("max_batch_size", _AIOKAFKA_BATCH_SIZE)
         first_error: BaseException | None = None
-        known: set[str] = set()
+        partitions_of: dict[str, list[int]] = {}
         sticky: dict[str, int] = {}
         open_batches: dict[tuple[str, int], Any] = {}
         full: list[tuple[Any, str, int, int]] = []
@@ -347,19 +393,17 @@ class KafkaProducer:
             else:
                 try:
                     topic, address_partition = _address(route)
-                    if topic not in known:
-                        await self._metadata(raw, topic)
-                        known.add(topic)
+                    known = partitions_of.get(topic)
+                    if known is None:
+                        known = partitions_of[topic] = await self._partitions(raw, topic)
                     if address_partition is not None:
                         partition = address_partition
                     elif key is None:
                         partition = sticky.get(topic)  # type: ignore[assignment]
                         if partition is None:
-                            partition = sticky[topic] = raw._partition(
-                                topic, None, None, None, None, None
-                            )
+                            partition = sticky[topic] = _PARTITIONER(None, known, known)
                     else:
-                        partition = raw._partition(topic, None, key, None, key, None)
+                        partition = _PARTITIONER(key, known, known)
                 except EmitError as exc:
                     first_error = first_error or exc
                     last_route = None
@@ -369,6 +413,11 @@ class KafkaProducer:
                     last_route, last_slot = route, slot
                 else:
                     last_route = None
+            if len(message.payload) > big:
+                # As large as a whole batch: send() checks it against max_request_size
+                # (a batch would carry it to the broker whatever its size).
+                singles.append(message)
+                continue
             hdrs = message.headers
             # The emitter already merged the route's static headers into the message's.
             headers = [(k, v.encode()) for k, v in hdrs.items()] if hdrs else None
@@ -391,23 +440,27 @@ class KafkaProducer:
         for slot, batch in open_batches.items():
             if counts[slot]:
                 full.append((batch, slot[0], slot[1], counts[slot]))
-        futures: list[tuple[asyncio.Future[Any], str, int]] = []
+        futures: list[tuple[asyncio.Future[Any], str, int, int]] = []
         for batch, topic, partition, count in full:
             try:
                 fut = await raw.send_batch(batch, topic, partition=partition)
-            except (KafkaError, AssertionError) as exc:
-                first_error = first_error or EmitError(
-                    f"Kafka refused {count} events for {topic!r} partition {partition}: {exc!r}"
+            except KafkaError as exc:
+                first_error = first_error or _refused(f"{count} events for {topic!r}", exc)
+                continue
+            except AssertionError as exc:
+                first_error = first_error or EmitRejectedError(
+                    f"Kafka refused {count} events for {topic!r} partition {partition}: "
+                    f"{exc or 'no such partition'}.\nRoute them to an existing partition."
                 )
                 continue
-            futures.append((fut, topic, count))
+            futures.append((fut, topic, partition, count))
         single_futures = []
         for message in singles:
             try:
                 single_futures.append((await self._enqueue(raw, message), message))
             except EmitError as exc:
                 first_error = first_error or exc
-        for fut, topic, count in futures:
+        for fut, topic, partition, count in futures:
             try:
                 await fut
             except _TIMEOUTS as exc:
@@ -415,14 +468,8 @@ class KafkaProducer:
                     f"Kafka did not confirm {count} events for {topic!r} in time ({exc!r})."
                 )
             except KafkaError as exc:
-                hint = (
-                    " The record batch is larger than the topic allows: lower batch_bytes "
-                    "(KafkaProducer(..., batch_bytes=...) or ?batch_bytes= in the URL)."
-                    if isinstance(exc, MessageSizeTooLargeError)
-                    else ""
-                )
-                first_error = first_error or EmitError(
-                    f"Kafka failed to store {count} events for {topic!r}: {exc!r}.{hint}"
+                first_error = first_error or _refused(
+                    f"{count} events for {topic!r} partition {partition}", exc
                 )
         for fut, message in single_futures:
             try:
@@ -432,20 +479,25 @@ class KafkaProducer:
         return first_error
 
     @staticmethod
-    async def _metadata(raw: AIOKafkaProducer, topic: str) -> None:
+    async def _partitions(raw: AIOKafkaProducer, topic: str) -> list[int]:
         try:
-            await raw.partitions_for(topic)
+            found = await raw.partitions_for(topic)
         except _TIMEOUTS as exc:
             raise EmitTimeoutError(
-                f"Kafka has no metadata for topic {topic!r} ({exc}). Check that the topic "
+                f"Kafka has no metadata for topic {topic!r} ({exc}).\nCheck that the topic "
                 "exists (or auto-creation is on) and the broker is reachable."
             ) from exc
         except KafkaError as exc:
-            raise EmitError(f"Kafka refused topic {topic!r}: {exc!r}") from exc
+            raise _refused(f"topic {topic!r}", exc) from exc
+        if not found:
+            raise EmitError(
+                f"Kafka reports no partitions for topic {topic!r}.\nCreate the topic first."
+            )
+        return sorted(found)
 
     def __repr__(self) -> str:
-        owner = "owned" if self._owned else "wrapped"
-        return f"<KafkaProducer {owner} started={self._started and not self._stopped}>"
+        owner = "owned" if self.owns_client else "wrapped"
+        return f"<KafkaProducer {owner}>"
 
 
 def producer_from_url(url: str, **options: Any) -> KafkaProducer:
