@@ -232,11 +232,10 @@ def test_request_expiration_is_the_deadline_plus_the_grace() -> None:
 def test_a_dead_letter_of_undecodable_header_values_can_be_encoded() -> None:
     """Long strings that are not UTF-8 arrive as ``bytes`` (pamqp cannot encode those):
     the dead-letter copy carries the same bytes as AMQP byte arrays, nested ones too."""
+    from dispytch.rabbitmq import _codec
     from pamqp import commands as pcommands
     from pamqp import frame as pframe
     from pamqp import header as pheader
-
-    from dispytch.rabbitmq import _codec
 
     bad = b"\xff\xfe-not-utf8"
     original = pcommands.Basic.Properties(
