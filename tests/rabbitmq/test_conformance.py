@@ -1,6 +1,8 @@
 """The transport conformance suite against a real RabbitMQ broker, in both construction
 modes: ``url`` (the transport owns its connections) and ``client`` (the test connects
-with aio-pika itself and wraps its own exchange and queue objects, the seed's way)."""
+with aio-pika itself and wraps its own exchange and queue objects, the seed's way), each
+with ordered consumers (``ordered=True``: a lane per queue, so the lane cases run) and
+unordered ones (the default; the lane cases skip, naming ``ordered_lanes``)."""
 
 from __future__ import annotations
 
@@ -265,9 +267,17 @@ def _original_route(headers: Mapping[str, Any]) -> str | None:
 class TestRabbitMQTransport(TransportConformance):
     timeout = 15.0
 
-    @pytest.fixture(params=["url", "client"])
+    @pytest.fixture(
+        params=[
+            pytest.param(("url", True), id="url-ordered"),
+            pytest.param(("client", True), id="client-ordered"),
+            pytest.param(("url", False), id="url-unordered"),
+            pytest.param(("client", False), id="client-unordered"),
+        ]
+    )
     async def harness(self, request: pytest.FixtureRequest) -> AsyncIterator[RabbitMQHarness]:
-        h = RabbitMQHarness(request.param)
+        mode, ordered = request.param
+        h = RabbitMQHarness(mode, ordered=ordered)
         await h.open()
         yield h
         await h.cleanup()
