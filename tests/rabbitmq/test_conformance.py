@@ -7,6 +7,7 @@ unordered ones (the default; the lane cases skip, naming ``ordered_lanes``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -34,6 +35,7 @@ from dispytch.testing.harness import Lane, Mode
 from dispytch.transport import HEADER_ORIGINAL_ROUTE, Consumer, Producer
 
 from .conftest import AMQP_URL
+from .proxy import Proxy
 from .rawamqp import RawPublisher
 
 pytestmark = pytest.mark.broker
@@ -74,6 +76,8 @@ class RabbitMQHarness(TransportHarness):
         self._user_queues: dict[str, dict[str, AbstractQueue]] = {}
         self._user_exchange: AbstractExchange | None = None
         self._dead: dict[str, list[tuple[str | None, bytes]]] = {}
+        self._proxy: Proxy | None = None
+        self._proxied: AbstractRobustConnection | None = None
 
     def queue_name(self, group: str) -> str:
         name = f"conf.{group}.{self.exchange[-10:]}"
@@ -182,6 +186,22 @@ class RabbitMQHarness(TransportHarness):
         await ch.close()
         return RabbitMQProducer([exchange], timeout=10)
 
+    async def unconfirmed_producer(self) -> Producer | None:
+        """A started producer (timeout 0.5 s) connected through a loopback proxy that is
+        then frozen: the broker is reachable, its confirms never arrive."""
+        self._proxy = proxy = Proxy()
+        await proxy.__aenter__()
+        producer: Producer
+        if self.mode == "url":
+            producer = RabbitMQProducer.from_url(proxy.url, timeout=0.5)
+            await producer.start()
+        else:
+            self._proxied = await aio_pika.connect_robust(proxy.url)
+            channel = await self._proxied.channel()
+            producer = RabbitMQProducer([await channel.get_exchange(self.exchange)], timeout=0.5)
+        proxy.frozen.set()
+        return producer
+
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "url":
             return self.consumer(group=group)
@@ -229,6 +249,11 @@ class RabbitMQHarness(TransportHarness):
         return [body for route, body in seen if route is None or pattern.match(route) is not None]
 
     async def cleanup(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.kill()
+        if self._proxied is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._proxied.close(), 5)
         for ch in self._channels:
             if not ch.is_closed:
                 await ch.close()
