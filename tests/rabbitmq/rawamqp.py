@@ -35,6 +35,7 @@ class RawPublisher:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tag = 0
+        self._frame_max = 131072
 
     async def __aenter__(self) -> RawPublisher:
         await asyncio.wait_for(self._open(), 10)
@@ -71,7 +72,9 @@ class RawPublisher:
             if isinstance(value, kind):
                 return value
             if isinstance(value, (commands.Connection.Close, commands.Channel.Close)):
-                raise ConnectionError(f"RabbitMQ closed the raw connection: {value!r}")
+                raise ConnectionError(
+                    f"RabbitMQ closed the raw connection: {value.reply_code} {value.reply_text}"
+                )
 
     async def _open(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -87,6 +90,8 @@ class RawPublisher:
             ),
         )
         tune = await self._expect(commands.Connection.Tune)
+        if tune.frame_max:
+            self._frame_max = tune.frame_max
         self._send(
             0,
             commands.Connection.TuneOk(
@@ -149,7 +154,11 @@ class RawPublisher:
         self._send(1, commands.Basic.Publish(exchange=exchange, routing_key=routing_key))
         assert self._writer is not None
         self._writer.write(wire)
-        self._send(1, pbody.ContentBody(body))
+        # The body in frames of at most frame_max (the frame's own 8 bytes included);
+        # an empty body is sent as no body frame at all.
+        step = self._frame_max - 8
+        for start in range(0, len(body), step):
+            self._send(1, pbody.ContentBody(body[start : start + step]))
         self._tag += 1
         ack = await asyncio.wait_for(self._expect(commands.Basic.Ack), 10)
         assert ack.delivery_tag == self._tag

@@ -18,7 +18,8 @@ from dispytch.transport import (
     HEADER_ORIGINAL_ROUTE,
 )
 
-from .conftest import Names, wait_until
+from .conftest import AMQP_URL, Names, wait_until
+from .rawamqp import RawPublisher
 
 pytestmark = pytest.mark.broker
 
@@ -109,3 +110,35 @@ async def test_a_missing_dead_letter_exchange_falls_back_to_basic_reject(
     await asyncio.sleep(0)
     declared = await queue.channel.declare_queue(queue.name, passive=True)
     assert declared.declaration_result.message_count == 0  # rejected, not requeued
+
+
+async def test_header_values_that_are_not_utf8_travel_to_the_dead_letter(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    """A delivery another client sent with a header value that is not UTF-8 is
+    dead-lettered with its error and those very bytes (pamqp cannot re-encode them as
+    the long string they came as: they go as a byte array)."""
+    exchange, queue, dlq = await _setup(amqp, names, dlx_exists=True)
+    bad = b"\xff\xfe-not-utf8"
+    dispatcher, handled = await _run(exchange, queue, [])
+    try:
+        async with RawPublisher(AMQP_URL) as raw:
+            await raw.publish(
+                "order.new",
+                Order(n=-5).model_dump_json().encode(),
+                exchange=exchange.name,
+                properties={"content_type": "application/json", "message_type": "order"},
+                headers={"tenant": bad},
+            )
+        await wait_until(lambda: dispatcher.stats["rejected"] == 1)
+    finally:
+        await dispatcher.stop(timeout=5)
+    dead = await dlq.get(fail=False, timeout=5)
+    assert dead is not None
+    await dead.ack()
+    assert Order.model_validate_json(dead.body).n == -5
+    assert bytes(dead.headers["tenant"]) == bad  # type: ignore[arg-type]
+    assert dead.headers[HEADER_ERROR_TYPE] == "builtins.ValueError"
+    assert dead.headers[HEADER_ERROR_MESSAGE] == "order -5 cannot be priced"
+    assert await dlq.get(fail=False, timeout=1) is None  # one dead letter, not two
+    assert handled == []

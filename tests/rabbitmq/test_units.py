@@ -227,3 +227,28 @@ def test_request_expiration_is_the_deadline_plus_the_grace() -> None:
     assert _expiration(f"{time.time() - 3600:.6f}") == "1"  # long past: dropped at once
     assert _expiration(None) is None
     assert _expiration("not a number") is None
+
+
+def test_a_dead_letter_of_undecodable_header_values_can_be_encoded() -> None:
+    """Long strings that are not UTF-8 arrive as ``bytes`` (pamqp cannot encode those):
+    the dead-letter copy carries the same bytes as AMQP byte arrays, nested ones too."""
+    from dispytch.rabbitmq import _codec
+    from pamqp import commands as pcommands
+    from pamqp import frame as pframe
+    from pamqp import header as pheader
+
+    bad = b"\xff\xfe-not-utf8"
+    original = pcommands.Basic.Properties(
+        headers={"tenant": bad, "nested": {"deep": [bad, "ok"]}, "plain": "text"}
+    )
+    props = _codec.dead_letter_properties(
+        original, ValueError("boom"), route="r.1", queue="q", exchange="ex"
+    )
+    headers = props.headers
+    assert headers is not None
+    assert headers["tenant"] == bytearray(bad)
+    assert headers["nested"] == {"deep": [bytearray(bad), "ok"]}
+    assert headers["plain"] == "text"
+    assert headers["dispytch-error-message"] == "boom"
+    wire = pframe.marshal(pheader.ContentHeader(0, 3, props), 1)  # encodes, no TypeError
+    assert bad in wire

@@ -92,7 +92,7 @@ def dead_letter_properties(
     not imitated. ``user_id`` is dropped, since the broker checks it against the
     publishing connection's user.
     """
-    headers: dict[str, Any] = dict(original.headers or {})
+    headers: dict[str, Any] = _encodable(dict(original.headers or {}))
     headers.setdefault("x-first-death-reason", "rejected")
     headers.setdefault("x-first-death-queue", queue)
     headers.setdefault("x-first-death-exchange", exchange)
@@ -113,6 +113,19 @@ def dead_letter_properties(
         message_type=original.message_type,
         app_id=original.app_id,
     )
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every ``bytes`` (a long string that is not UTF-8, as pamqp decodes
+    it) turned into a ``bytearray`` (an AMQP byte array), in nested tables and arrays too,
+    so that pamqp can encode it again."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
 
 
 def text_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:

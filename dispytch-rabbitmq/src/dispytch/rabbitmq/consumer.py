@@ -847,11 +847,15 @@ class RabbitMQConsumer:
 #: How long a dead-letter publish may wait for its confirm before the delivery is
 #: rejected the broker's way instead.
 _DEAD_LETTER_TIMEOUT = 5.0
-#: What a dead-letter publish may raise that sends the delivery the broker's way instead.
+#: What a dead-letter publish may raise that sends the delivery the broker's way instead
+#: (``TypeError``/``ValueError``: pamqp could not encode the copy's properties; nothing was
+#: sent then, and the broker's own copy keeps the delivery as it came).
 _DEAD_LETTER_ERRORS: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     aiormq.exceptions.AMQPError,
     TimeoutError,
+    TypeError,
+    ValueError,
 )
 
 

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from dispytch.plugins import MiddlewareSpec, SerializerSpec, TransportSpec, hookimpl
+from dispytch.transport import Capabilities
 
 log = logging.getLogger("dispytch_sample")
 
@@ -52,6 +53,9 @@ def dispytch_transports() -> list[TransportSpec]:
             description="one file per message in a spool directory; at-least-once",
             route_types=(SampleEventRoute,),
             subscription_types=(SampleEventSubscription,),
+            # What its consumers offer at most (ordered_lanes with ?ordered=1); the same
+            # as SpoolConsumer.capabilities, written out so discovery imports no transport.
+            capabilities=Capabilities(ordered_lanes=True, requeue=True),
         )
     ]
 

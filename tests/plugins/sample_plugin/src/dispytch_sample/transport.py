@@ -50,7 +50,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from dispytch.errors import EmitError, NotStartedError
 from dispytch.patterns import RoutePattern
 from dispytch.routes import EventSubscription
-from dispytch.transport import Message, OutgoingMessage
+from dispytch.transport import Capabilities, Message, OutgoingMessage
 
 log = logging.getLogger("dispytch_sample")
 
@@ -58,6 +58,21 @@ _PARKED = "_parked"
 _REGISTRY = "_groups"
 _RESERVED = {"tmp", _PARKED}
 _seq = itertools.count()
+
+
+def capabilities(*, ordered: bool) -> Capabilities:
+    """What a spool consumer offers: redelivery of what was not acknowledged (a file
+    given back), ``nack(requeue=True)``, and with ``ordered=True`` one lane per topic. It
+    cannot pause a lane, delay a requeue, extend a claim or answer requests."""
+    return Capabilities(
+        delivery="at-least-once",
+        ordered_lanes=ordered,
+        requeue=True,
+        delayed_requeue=False,
+        pause_lanes=False,
+        lease_extension=False,
+        request_reply=False,
+    )
 
 
 def spool_dir_from_url(url: str) -> tuple[Path, dict[str, str]]:
@@ -271,6 +286,8 @@ class SpoolConsumer:
         self.group = group
         self.poll_interval = poll_interval
         self.ordered = ordered
+        #: What this consumer offers (read by ``dispytch.transport.capabilities_of``).
+        self.capabilities = capabilities(ordered=ordered)
         self.owner = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self._patterns: list[RoutePattern] = []
         self._claimed: dict[Path, Path] = {}  # cur path -> its group directory
