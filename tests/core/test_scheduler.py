@@ -292,3 +292,21 @@ async def test_dispatcher_sizes_the_consumers_read_ahead_before_start() -> None:
     async with d:
         pass
     assert consumer.events == ["configure 12", "start"]
+
+
+async def test_under_manual_the_read_ahead_covers_the_held_messages() -> None:
+    # A broker window (RabbitMQ's prefetch) sized to max_in_flight alone would stop
+    # deliveries before max_unsettled messages are held, and settling them in a batch
+    # at the bound would never happen.
+    consumer = ReadAheadConsumer(LaneSource({"a": 0}))
+    d = EventDispatcher(
+        consumer, max_in_flight=4, max_unsettled=10, ack_policy="manual", stop_timeout=1
+    )
+
+    @d.handler(topic="a")
+    async def work(event: Event[Job]) -> None: ...
+
+    assert d.read_ahead == 13
+    async with d:
+        pass
+    assert consumer.events == ["configure 13", "start"]

@@ -303,8 +303,11 @@ class EventDispatcher:
             log.warning("Dispatcher %r starts with no handlers registered.", self.name)
         self.consumer.subscribe(self.subscriptions)
         if isinstance(self.consumer, ReadAhead):
-            # What the consumer buffers follows max_in_flight (prefetch, COUNT, max_records).
-            self.consumer.configure(max_in_flight=self.max_in_flight)
+            # What the consumer buffers follows what this dispatcher may hold taken and
+            # unsettled (prefetch, COUNT, max_records): max_in_flight, and under MANUAL the
+            # held messages too, or a broker window (RabbitMQ's prefetch) would stop
+            # deliveries before max_unsettled is reached and settling in batches would stall.
+            self.consumer.configure(max_in_flight=self.read_ahead)
         await self.consumer.start()
         self._running = True
         self._stopping = False
@@ -334,6 +337,15 @@ class EventDispatcher:
             self.name,
         )
         return None
+
+    @property
+    def read_ahead(self) -> int:
+        """How many messages this dispatcher may hold taken and not yet settled:
+        ``max_in_flight``, or under ``AckPolicy.MANUAL`` ``max_unsettled - 1 +
+        max_in_flight`` (what a :class:`~dispytch.transport.ReadAhead` consumer is told)."""
+        if self.ack_policy is AckPolicy.MANUAL:
+            return self.max_unsettled - 1 + self.max_in_flight
+        return self.max_in_flight
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: stop fetching, let in-flight work finish (up to ``timeout``,

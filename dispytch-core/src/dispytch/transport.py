@@ -260,10 +260,12 @@ class ReadAhead(Protocol):
     """A consumer that sizes what it takes from the broker ahead of handling.
 
     The dispatcher calls :meth:`configure` (when the consumer has it) once, after
-    ``subscribe`` and before ``start``, so that what the consumer buffers follows the
-    dispatcher's ``max_in_flight`` (RabbitMQ prefetch, Redis Streams ``COUNT``, Kafka
-    ``max_records``) unless the user set it explicitly; a disagreeing explicit setting is
-    logged once.
+    ``subscribe`` and before ``start``, so that what the consumer buffers follows what the
+    dispatcher may hold taken and unsettled (RabbitMQ prefetch, Redis Streams ``COUNT``,
+    Kafka ``max_records``) unless the user set it explicitly; a disagreeing explicit
+    setting is logged once. That number is the dispatcher's ``max_in_flight``, and under
+    ``AckPolicy.MANUAL`` ``max_unsettled - 1 + max_in_flight``
+    (:attr:`EventDispatcher.read_ahead <dispytch.EventDispatcher.read_ahead>`).
     """
 
     def configure(self, *, max_in_flight: int) -> None:
