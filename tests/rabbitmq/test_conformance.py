@@ -33,6 +33,7 @@ from dispytch.testing import TransportHarness
 from dispytch.testing.conformance import TransportConformance
 from dispytch.testing.harness import Lane, Mode
 from dispytch.transport import HEADER_ORIGINAL_ROUTE, Consumer, Producer
+from yarl import URL
 
 from .conftest import AMQP_URL
 from .proxy import Proxy
@@ -185,6 +186,12 @@ class RabbitMQHarness(TransportHarness):
         exchange = await ch.get_exchange(self.exchange)
         await ch.close()
         return RabbitMQProducer([exchange], timeout=10)
+
+    async def unstarted_producer(self) -> Producer | None:
+        if self.mode == "url":
+            return self.producer()  # never started
+        # The user made a connection and never opened it.
+        return RabbitMQProducer(aio_pika.RobustConnection(URL(AMQP_URL)), timeout=10)
 
     async def unconfirmed_producer(self) -> Producer | None:
         """A started producer (timeout 0.5 s) connected through a loopback proxy that is

@@ -5,15 +5,13 @@ pausing a lane stops the broker sending that queue."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator
 
 import aio_pika
-import dispytch.dispatcher as dispatcher_module
 import pytest
 from dispytch import Event, EventBase, EventEmitter
 from dispytch.dispatcher import EventDispatcher
-from dispytch.errors import ConsumerClosedError
+from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.rabbitmq import (
     RabbitMQConsumer,
     RabbitMQEventRoute,
@@ -21,17 +19,12 @@ from dispytch.rabbitmq import (
     RabbitMQProducer,
 )
 from dispytch.transport import LanePausing, OutgoingMessage, ReadAhead
+from yarl import URL
 
 from .conftest import AMQP_URL, Names, ready_count, wait_until
 from .proxy import Proxy
 
 pytestmark = pytest.mark.broker
-
-_CORE = inspect.getsource(dispatcher_module)
-#: Whether the core dispatcher on this branch already implements its side of the
-#: contracts (the core helper's work): these cases are expected to fail before it lands.
-CORE_STOPS_ON_CLOSED = "ConsumerClosedError" in _CORE
-CORE_CONFIGURES = ".configure(" in _CORE
 
 
 class Item(EventBase):
@@ -54,11 +47,6 @@ async def publish(queue: str, n: int) -> None:
 
 
 # --------------------------------------------------------------- dead consumers
-@pytest.mark.xfail(
-    not CORE_STOPS_ON_CLOSED,
-    reason="the core dispatcher does not stop on ConsumerClosedError yet",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["channel closed", "queue deleted"])
 async def test_a_dead_consumer_stops_the_dispatcher(names: Names, how: str) -> None:
     conn = await aio_pika.connect(AMQP_URL)
@@ -116,8 +104,6 @@ async def test_taken_but_unhandled_stays_bounded_by_the_prefetch(names: Names) -
         await publish(q_name, 200)
         consumer = RabbitMQConsumer(queue)
         dispatcher = EventDispatcher(consumer, max_in_flight=8)
-        if not CORE_CONFIGURES:
-            consumer.configure(max_in_flight=8)  # what the dispatcher does once it lands
         done: list[int] = []
 
         @dispatcher.handler(RabbitMQEventSubscription(queue=q_name))
@@ -138,9 +124,6 @@ async def test_taken_but_unhandled_stays_bounded_by_the_prefetch(names: Names) -
         await conn.close()
 
 
-@pytest.mark.xfail(
-    not CORE_CONFIGURES, reason="the core dispatcher does not call configure() yet", strict=True
-)
 async def test_the_dispatcher_sizes_the_prefetch(names: Names) -> None:
     q_name = names.queue("sized")
     consumer = RabbitMQConsumer.from_url(AMQP_URL, queue=q_name)
@@ -242,3 +225,12 @@ async def test_pausing_a_lane_stops_the_broker_sending_that_queue(names: Names) 
             assert [m.lane for m in got[3:]] == [a, a, a]
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("robust", [False, True], ids=["plain", "robust"])
+async def test_a_connection_never_opened_is_not_started(robust: bool) -> None:
+    cls = aio_pika.RobustConnection if robust else aio_pika.Connection
+    connection = cls(URL(AMQP_URL))  # made, never connected
+    emitter = EventEmitter(RabbitMQProducer(connection))
+    with pytest.raises(NotStartedError, match=r"cannot open a channel(?s:.*)connect\(\)"):
+        await emitter.emit(Item(i=1), route=RabbitMQEventRoute(routing_key="never.delivered"))

@@ -226,6 +226,16 @@ class RabbitMQProducer:
                         publisher_confirms=True, on_return_raises=True
                     )
                     self._own_channel = True
+                except RuntimeError as exc:
+                    # aio-pika's answer for a connection that was never opened.
+                    await self._release()
+                    raise NotStartedError(
+                        "The aio-pika connection given to RabbitMQProducer is not started: "
+                        f"it cannot open a channel ({exc}).\nOpen it first "
+                        "(`await connection.connect()`, or make it with "
+                        "aio_pika.connect/connect_robust), or use "
+                        "RabbitMQProducer.from_url(...)."
+                    ) from exc
                 except BaseException:
                     await self._release()
                     raise
