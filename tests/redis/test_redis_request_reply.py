@@ -8,9 +8,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aredis
 from dispytch import EventEmitter
 from dispytch.cqrs import NoRouteError
 from dispytch.cqrs.wire import HEADER_REPLY_TO
+from dispytch.errors import NotStartedError
 from dispytch.message import Message
 from dispytch.redis import (
     RedisConsumer,
@@ -20,6 +22,7 @@ from dispytch.redis import (
     RedisStreamProducer,
     RedisStreamRoute,
 )
+from dispytch.redis.envelope import unpack
 from dispytch.testing.harness import Mode
 from dispytch.testing.request_reply import RequestReplyConformance
 from dispytch.transport import Consumer, OutgoingMessage
@@ -132,7 +135,42 @@ async def test_emitter_request_before_start_is_refused() -> None:
     emitter = EventEmitter(RedisProducer.from_url(REDIS_URL))
     producer = emitter.producer
     assert isinstance(producer, RedisProducer)
-    from dispytch.errors import NotStartedError
-
     with pytest.raises(NotStartedError):
         await producer.open_replies(_ignore)
+
+
+async def test_reply_to_a_gone_requester_is_best_effort(caplog: pytest.LogCaptureFixture) -> None:
+    """A reply to a channel nobody listens on, or to an unreachable Redis, is dropped and
+    logged; send_reply never raises. A request without a reply channel gets none."""
+    gone = Message(
+        b"{}", route="x", headers={HEADER_REPLY_TO: f"dispytch.reply.{uuid.uuid4().hex}"}
+    )
+    consumer = RedisConsumer.from_url(REDIS_URL)
+    watcher = aredis.Redis.from_url(REDIS_URL)
+    ps = watcher.pubsub()
+    try:
+        assert consumer.reply_address(Message(b"", route="x", headers={})) is None
+        await consumer.send_reply(gone, b"1", {"dispytch-reply-status": "ok"})
+        # A listener on the channel receives the reply in the Pub/Sub envelope.
+        channel = gone.headers[HEADER_REPLY_TO]
+        await ps.subscribe(channel)
+        assert (await ps.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+        await consumer.send_reply(gone, b"42", {"dispytch-correlation-id": "c1"})
+        got = None
+        for _ in range(50):
+            got = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if got is not None:
+                break
+        assert got is not None
+        assert unpack(got["data"]) == (b"42", {"dispytch-correlation-id": "c1"}, None)
+    finally:
+        await ps.aclose()
+        await watcher.aclose()
+        await consumer.close()
+    unreachable = RedisStreamConsumer(
+        aredis.Redis.from_url("redis://127.0.0.1:1/0", retry=None), group="g"
+    )
+    with caplog.at_level("WARNING", logger="dispytch.redis"):
+        await unreachable.send_reply(gone, b"1", {})
+    assert "will time out" in caplog.text
+    await unreachable.redis.aclose()
