@@ -378,6 +378,16 @@ class RedisProducer:
         headers = dict(message.headers)
         headers[HEADER_REPLY_TO] = self._reply_channel
         request = OutgoingMessage(message.route, message.payload, headers, message.key)
+        # The send runs in a task of its own: cancelling the caller is local (the
+        # request still goes out, whole), and never interrupts a round trip half-way.
+        sending = asyncio.ensure_future(self._send_in_turn(client, request))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            sending.add_done_callback(_retrieved)
+            raise
+
+    async def _send_in_turn(self, client: aredis.Redis, request: OutgoingMessage) -> None:
         if self._request_slots is None:
             self._request_slots = asyncio.Semaphore(REQUEST_CONNECTIONS)
         async with self._request_slots:
@@ -450,10 +460,14 @@ class RedisProducer:
                     f"{where(client)} ({type(exc).__name__}: {exc}).\n"
                     "Is Redis reachable? The request was not sent."
                 ) from exc
+            except BaseException:
+                await ps.aclose()  # cancelled while subscribing: nothing is left open
+                raise
             self._reply_pubsub = ps
             self._reply_reader = asyncio.get_running_loop().create_task(
                 self._read_replies(ps), name="dispytch-redis-replies"
             )
+            self._reply_reader.add_done_callback(_reader_failed)
 
     async def _read_replies(self, ps: PubSub) -> None:
         """Hand every reply on the reply channel to the requester until stopped."""
@@ -694,6 +708,25 @@ class RedisProducer:
             f"The {type(self).__name__} {state}: the event was not sent.\n"
             "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
             "new producer."
+        )
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark the outcome of a request whose caller was cancelled as seen (logged)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("A request whose caller was cancelled failed to send: %s", exc)
+
+
+def _reader_failed(task: asyncio.Task[None]) -> None:
+    """Log a reply reader that ended with an unexpected error (the next request
+    subscribes again; replies to the requests outstanding then are lost)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(
+            "The Redis reply reader failed (%s: %s); the next request subscribes again, "
+            "and the requests waiting now will time out.",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
         )
 
 
