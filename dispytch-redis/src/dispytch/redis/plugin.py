@@ -20,7 +20,9 @@ from dispytch.plugins.records import TransportSpec
 from dispytch.transport import Capabilities
 
 #: What the Pub/Sub consumer offers: nothing is kept, so nothing can be redelivered.
-PUBSUB_CAPABILITIES = Capabilities(delivery="at-most-once", ordered_lanes=True, requeue=False)
+PUBSUB_CAPABILITIES = Capabilities(
+    delivery="at-most-once", ordered_lanes=True, requeue=False, request_reply=True
+)
 #: What the Streams consumer offers (ordered lanes when ``ordered=true``; lane = stream).
 STREAMS_CAPABILITIES = Capabilities(
     delivery="at-least-once",
@@ -29,6 +31,7 @@ STREAMS_CAPABILITIES = Capabilities(
     delayed_requeue=True,
     pause_lanes=True,
     lease_extension=True,
+    request_reply=True,
 )
 
 

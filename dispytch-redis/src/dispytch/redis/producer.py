@@ -23,6 +23,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from dispytch.backoff import Backoff
+from dispytch.cqrs.errors import NoRouteError
+from dispytch.cqrs.wire import HEADER_REPLY_TO, ReplyHandler
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.redis._client import check_async_client, client_from_url, where
 from dispytch.redis._options import (
@@ -32,13 +35,15 @@ from dispytch.redis._options import (
     fields_of,
     split_url,
 )
-from dispytch.redis.envelope import pack, stream_fields
+from dispytch.redis._replies import new_reply_channel
+from dispytch.redis.envelope import pack, stream_fields, unpack
 from dispytch.redis.routes import RedisEventRoute, RedisStreamRoute
 from dispytch.routes import EventRoute, TopicRoute
-from dispytch.transport import OutgoingMessage
+from dispytch.transport import Message, OutgoingMessage
 from hiredis import pack_command
 
 import redis.asyncio as aredis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,6 +61,10 @@ ClientFactory = Callable[[], aredis.Redis]
 
 #: Commands per pipeline round trip in :meth:`RedisProducer.send_batch`.
 PIPELINE_SIZE = 1000
+#: Pooled connections requests use at once (the rest wait their turn): 100 concurrent
+#: requests must not exhaust the client's pool (redis-py's default is 100 connections,
+#: and the reply subscription holds one).
+REQUEST_CONNECTIONS = 16
 #: Seconds between two "no receivers" warnings for one channel (the rest are counted).
 WARN_INTERVAL = 5.0
 #: Error replies that say "try again later" rather than "this command is wrong".
@@ -181,6 +190,14 @@ class RedisProducer:
         self._warned: dict[str, tuple[float, int]] = {}
         self._names: dict[str, bytes] = {}
         self._stopped = False
+        # Request/reply: the requester's callback, this producer's one reply channel and
+        # the PubSub (its own connection from the client's pool) subscribed to it.
+        self._deliver_reply: ReplyHandler | None = None
+        self._reply_channel = new_reply_channel()
+        self._reply_pubsub: PubSub | None = None
+        self._reply_reader: asyncio.Task[None] | None = None
+        self._reply_lock: asyncio.Lock | None = None
+        self._request_slots: asyncio.Semaphore | None = None
 
     #: The options model ``from_url`` reads (with :data:`PRODUCER_FIELDS` taken from it).
     options_model: type[TransportOptions] = RedisOptions
@@ -227,8 +244,10 @@ class RedisProducer:
         self._stopped = False
 
     async def stop(self) -> None:
-        """Refuse further sends; close the client only if this producer owns it."""
+        """Refuse further sends; end the reply subscription; close the client only if
+        this producer owns it."""
         self._stopped = True
+        await self._close_replies()
         if self.owns_client and self._redis is not None:
             client = self._redis
             if self._factory is not None:
@@ -311,6 +330,187 @@ class RedisProducer:
         if refused is not None:
             raise refused
         return out
+
+    # ----------------------------------------------------------------- request/reply
+    @property
+    def reply_channel(self) -> str:
+        """This producer's reply channel (``dispytch.reply.<uuid>``): one per producer,
+        whatever the number of outstanding requests."""
+        return self._reply_channel
+
+    async def open_replies(self, deliver: ReplyHandler) -> None:
+        """Request/reply: replies for this producer go to ``deliver``.
+
+        ``SUBSCRIBE`` to this producer's reply channel on a PubSub of its client (a
+        connection of its own, so reading replies never holds up a publish), and wait
+        until Redis confirmed it: a reply published after this returns is received.
+        redis-py resubscribes when that connection drops; replies published while it is
+        down are lost (their callers time out).
+
+        Raises:
+            NotStartedError: The producer is not started.
+            EmitError: Redis did not confirm the subscription.
+        """
+        self._deliver_reply = deliver
+        await self._ensure_replies()
+
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """Publish one request with this producer's reply channel in ``dispytch-reply-to``.
+
+        A Pub/Sub request (``PUBLISH``) that reached no subscriber raises
+        :class:`~dispytch.cqrs.errors.NoRouteError`. ``XADD`` cannot tell whether anyone
+        reads a stream, so a stream request is preceded by ``XINFO GROUPS``: a stream
+        that does not exist or has no consumer group raises ``NoRouteError`` (nothing is
+        appended). A group means a service created it, not that a consumer of it is
+        running now: such a request waits in the stream and its caller times out; a
+        consumer that reads it after its deadline answers ``expired``.
+
+        Raises:
+            NoRouteError: Nothing can receive the request; raised at once.
+            NotStartedError, EmitTimeoutError, EmitRejectedError, EmitError: As ``send``.
+        """
+        if self._deliver_reply is None:
+            raise NotStartedError("open_replies() was not called before send_request().")
+        client = self._redis
+        if self._stopped or client is None:
+            raise NotStartedError(self._not_started())
+        await self._ensure_replies()
+        headers = dict(message.headers)
+        headers[HEADER_REPLY_TO] = self._reply_channel
+        request = OutgoingMessage(message.route, message.payload, headers, message.key)
+        # The send runs in a task of its own: cancelling the caller is local (the
+        # request still goes out, whole), and never interrupts a round trip half-way.
+        sending = asyncio.ensure_future(self._send_in_turn(client, request))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            sending.add_done_callback(_retrieved)
+            raise
+
+    async def _send_in_turn(self, client: aredis.Redis, request: OutgoingMessage) -> None:
+        if self._request_slots is None:
+            self._request_slots = asyncio.Semaphore(REQUEST_CONNECTIONS)
+        async with self._request_slots:
+            await self._send_request(client, request)
+
+    async def _send_request(self, client: aredis.Redis, request: OutgoingMessage) -> None:
+        command = self._command(request)
+        if command[0] == b"XADD":
+            await self._check_groups(client, request, command[1])
+        try:
+            (reply,) = await self._round_trip(client, [command])
+        except _RoundTripFailed as failed:
+            raise self._partial(failed, [request], 0, 1, 0) from failed.cause
+        if isinstance(reply, ResponseError):
+            raise self._refused(request, reply)
+        if command[0] == b"PUBLISH" and not reply:
+            raise NoRouteError(
+                f"No client is subscribed to Redis channel {command[1].decode()!r}, so the "
+                "request cannot be received.\nStart a dispatcher with a handler for it "
+                "(subscribed to that channel) first."
+            )
+
+    async def _check_groups(
+        self, client: aredis.Redis, request: OutgoingMessage, stream: bytes
+    ) -> None:
+        """Raise NoRouteError when ``stream`` has no consumer group (or does not exist)."""
+        try:
+            (groups,) = await self._round_trip(client, [(b"XINFO", b"GROUPS", stream)])
+        except _RoundTripFailed as failed:
+            raise self._partial(failed, [request], 0, 1, 0) from failed.cause
+        missing = isinstance(groups, ResponseError) and "no such key" in str(groups).lower()
+        if isinstance(groups, ResponseError) and not missing:
+            raise self._refused(request, groups)
+        if missing or not groups:
+            raise NoRouteError(
+                f"Redis stream {stream.decode()!r} "
+                + ("does not exist" if missing else "has no consumer group")
+                + ", so the request cannot be received.\nStart a dispatcher with a "
+                "handler for it (its consumer group on that stream) first."
+            )
+
+    async def _ensure_replies(self) -> None:
+        """Subscribe to the reply channel once (again after :meth:`stop` and
+        :meth:`start`); concurrent first requests share one subscription."""
+        reader = self._reply_reader
+        if reader is not None and not reader.done():
+            return
+        if self._reply_lock is None:
+            self._reply_lock = asyncio.Lock()
+        async with self._reply_lock:
+            reader = self._reply_reader
+            if reader is not None and not reader.done():
+                return
+            client = self._redis
+            if self._stopped or client is None:
+                raise NotStartedError(self._not_started())
+            await self._close_replies()
+            ps = client.pubsub()
+            try:
+                async with asyncio.timeout(self.delivery_timeout or 10.0):
+                    await ps.subscribe(self._reply_channel)
+                    while True:
+                        confirm = await ps.get_message(timeout=1.0)
+                        if confirm is not None and confirm["type"] == "subscribe":
+                            break
+            except (RedisError, OSError, TimeoutError) as exc:
+                await ps.aclose()
+                raise EmitError(
+                    f"Could not subscribe to the reply channel {self._reply_channel!r} at "
+                    f"{where(client)} ({type(exc).__name__}: {exc}).\n"
+                    "Is Redis reachable? The request was not sent."
+                ) from exc
+            except BaseException:
+                await ps.aclose()  # cancelled while subscribing: nothing is left open
+                raise
+            self._reply_pubsub = ps
+            self._reply_reader = asyncio.get_running_loop().create_task(
+                self._read_replies(ps), name="dispytch-redis-replies"
+            )
+            self._reply_reader.add_done_callback(_reader_failed)
+
+    async def _read_replies(self, ps: PubSub) -> None:
+        """Hand every reply on the reply channel to the requester until stopped."""
+        backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
+        while True:
+            try:
+                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                delay = backoff.next()
+                log.warning(
+                    "Redis reply subscription failed (%s: %s); resubscribing in %.1fs. "
+                    "Replies published meanwhile are lost (their callers time out).",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if msg is None or msg.get("type") != "message" or type(msg["data"]) is not bytes:
+                continue
+            try:
+                payload, headers, _ = unpack(msg["data"])
+            except ValueError as exc:
+                log.error("Dropped a malformed reply on %r: %s", self._reply_channel, exc)
+                continue
+            deliver = self._deliver_reply
+            if deliver is not None:
+                deliver(Message(payload, route=self._reply_channel, headers=headers))
+
+    async def _close_replies(self) -> None:
+        reader, self._reply_reader = self._reply_reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        ps, self._reply_pubsub = self._reply_pubsub, None
+        if ps is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await ps.aclose()
+            except (RedisError, OSError, TimeoutError):
+                if ps.connection is not None:
+                    await ps.connection.disconnect(nowait=True)
 
     def _command(self, message: OutgoingMessage) -> tuple[Any, ...]:
         route = message.route
@@ -508,6 +708,25 @@ class RedisProducer:
             f"The {type(self).__name__} {state}: the event was not sent.\n"
             "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
             "new producer."
+        )
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark the outcome of a request whose caller was cancelled as seen (logged)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("A request whose caller was cancelled failed to send: %s", exc)
+
+
+def _reader_failed(task: asyncio.Task[None]) -> None:
+    """Log a reply reader that ended with an unexpected error (the next request
+    subscribes again; replies to the requests outstanding then are lost)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(
+            "The Redis reply reader failed (%s: %s); the next request subscribes again, "
+            "and the requests waiting now will time out.",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
         )
 
 

@@ -26,6 +26,7 @@ from dispytch.redis._client import (
 )
 from dispytch.redis._inbox import Inbox, close_on_failure
 from dispytch.redis._options import PUBSUB_CONSUMER_FIELDS, RedisOptions, fields_of, split_url
+from dispytch.redis._replies import ReplyPublisher, reply_address
 from dispytch.redis.envelope import unpack
 from dispytch.redis.routes import RedisEventSubscription, RedisStreamSubscription
 from dispytch.routes import EventSubscription, TopicSubscription
@@ -54,6 +55,9 @@ ClientFactory = Callable[[], aredis.Redis]
 
 class RedisConsumer:
     """Receives Redis Pub/Sub messages: ``SUBSCRIBE`` for names, ``PSUBSCRIBE`` for patterns.
+
+    It answers requests (``request_reply``): the reply is published to the requester's
+    reply channel (see :meth:`send_reply`).
 
     **At-most-once.** Redis delivers a message only to clients subscribed when it was
     published and keeps no copy, so:
@@ -121,14 +125,16 @@ class RedisConsumer:
         self._subscribe_timeout = subscribe_timeout
         self.close_timeout = close_timeout
         self.capabilities = Capabilities(
-            delivery="at-most-once", ordered_lanes=ordered, requeue=False
+            delivery="at-most-once", ordered_lanes=ordered, requeue=False, request_reply=True
         )
+        self._replies = ReplyPublisher()
         self._inbox: Inbox[Message] = Inbox(max_buffered)
         self._channels: dict[str, None] = {}
         self._patterns: dict[str, None] = {}
         self._names: dict[bytes, str] = {}
         self._meta: dict[bytes | None, Mapping[str, Any]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._reply_client: aredis.Redis | None = None
         self._running = False
         self._started = False
 
@@ -354,6 +360,27 @@ class RedisConsumer:
                 "and is gone (at-most-once). Use Redis Streams for redelivery.",
                 message.route,
             )
+
+    # ----------------------------------------------------------------- request/reply
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the requester's reply channel (the ``dispytch-reply-to`` header)."""
+        return reply_address(request)
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """``PUBLISH`` a reply to the requester's channel (best effort: a requester that
+        is gone loses it). Sent through the consumer's client, or, for a PubSub you
+        passed, a client over that PubSub's connection pool (never its subscribed
+        connection)."""
+        client = self._client
+        if client is None:
+            client = self._reply_client
+            if client is None:
+                client = self._reply_client = aredis.Redis(
+                    connection_pool=self.pubsub.connection_pool
+                )
+        await self._replies.publish(client, request, payload, headers)
 
     async def stop(self) -> None:
         """Stop reading; ``listen`` ends now. Buffered messages are dropped (and counted)."""

@@ -31,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispytch.errors import NotStartedError
@@ -44,6 +44,7 @@ from dispytch.redis._options import (
     fields_of,
     split_url,
 )
+from dispytch.redis._replies import ReplyPublisher, reply_address
 from dispytch.redis.envelope import FIELD_HEADERS, FIELD_KEY, FIELD_PAYLOAD, unpack_fields
 from dispytch.redis.routes import RedisEventSubscription, RedisStreamSubscription
 from dispytch.redis.streams.reader import StreamReader
@@ -184,7 +185,9 @@ class RedisStreamConsumer:
             delayed_requeue=True,
             pause_lanes=True,
             lease_extension=True,
+            request_reply=True,
         )
+        self._replies = ReplyPublisher()
         self._inbox: Inbox[Message] = Inbox(self._limit)
         self._inbox.on_wait = self._notify
         # (stream, group) -> member name
@@ -485,6 +488,20 @@ class RedisStreamConsumer:
                     self._inbox.put(msg)
         else:
             self._inbox.put_many(messages)
+
+    # ----------------------------------------------------------------- request/reply
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the requester's reply channel (the ``dispytch-reply-to`` field
+        of the entry's headers)."""
+        return reply_address(request)
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """``PUBLISH`` a reply to the requester's channel through this consumer's client
+        (best effort: a requester that is gone loses it). The request entry itself is
+        acknowledged by the dispatcher once answered, like any handled entry."""
+        await self._replies.publish(self.redis, request, payload, headers)
 
     async def stop(self) -> None:
         """Stop reading; ``listen`` ends now (a blocked read ends within ``block_ms``)."""

@@ -1,0 +1,176 @@
+"""Request/reply conformance over Redis Pub/Sub and Redis Streams, in both construction
+modes, on the transport suite's harnesses (replies by PUBLISH to one reply channel per
+producer)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aredis
+from dispytch import EventEmitter
+from dispytch.cqrs import NoRouteError
+from dispytch.cqrs.wire import HEADER_REPLY_TO
+from dispytch.errors import NotStartedError
+from dispytch.message import Message
+from dispytch.redis import (
+    RedisConsumer,
+    RedisEventRoute,
+    RedisProducer,
+    RedisStreamConsumer,
+    RedisStreamProducer,
+    RedisStreamRoute,
+)
+from dispytch.redis.envelope import unpack
+from dispytch.testing.harness import Mode
+from dispytch.testing.request_reply import RequestReplyConformance
+from dispytch.transport import Consumer, OutgoingMessage
+
+from tests.redis.redis_support import (
+    REDIS_URL,
+    STREAMS_URL,
+    RedisPubSubHarness,
+    RedisStreamsHarness,
+)
+
+pytestmark = pytest.mark.broker
+
+MODES: list[Mode] = ["url", "client"]
+
+
+class PubSubRequestHarness(RedisPubSubHarness):
+    """The suite's Pub/Sub harness with unordered consumers: requests on one channel are
+    handled side by side (an ordered consumer runs one channel's messages in turn)."""
+
+    def consumer(self, *, group: str) -> Consumer:
+        if self.mode == "client":
+            return RedisConsumer(self.client().pubsub())
+        return RedisConsumer.from_url(REDIS_URL)
+
+
+class StreamsRequestHarness(RedisStreamsHarness):
+    """The suite's Streams harness with unordered consumers (see above)."""
+
+    def _options(self, group: str) -> dict[str, object]:
+        return {**super()._options(group), "ordered": False}
+
+    def consumer(self, *, group: str) -> Consumer:
+        if self.mode == "client":
+            return RedisStreamConsumer(self.client(), **self._options(group))  # type: ignore[arg-type]
+        return RedisStreamConsumer.from_url(STREAMS_URL, **self._options(group))
+
+
+class TestRedisPubSubRequestReply(RequestReplyConformance):
+    timeout = 15.0
+
+    @pytest.fixture(params=MODES)
+    async def harness(self, request: pytest.FixtureRequest) -> AsyncIterator[PubSubRequestHarness]:
+        h = PubSubRequestHarness(request.param)
+        yield h
+        await h.cleanup()
+
+
+class TestRedisStreamsRequestReply(RequestReplyConformance):
+    timeout = 15.0
+
+    @pytest.fixture(params=MODES)
+    async def harness(self, request: pytest.FixtureRequest) -> AsyncIterator[StreamsRequestHarness]:
+        h = StreamsRequestHarness(request.param)
+        yield h
+        await h.cleanup()
+
+
+def _ignore(_: Message) -> None:
+    return None
+
+
+async def test_stream_with_no_group_is_not_appended_to() -> None:
+    """Streams: a request to a stream that exists but has no consumer group fails at once
+    and appends nothing (XINFO GROUPS is checked before XADD)."""
+    stream = f"rr.nogroup.{uuid.uuid4().hex[:10]}"
+    producer = RedisStreamProducer.from_url(STREAMS_URL)
+    await producer.start()
+    admin = producer.redis
+    try:
+        await admin.xadd(stream, {b"payload": b"seed"})
+        await producer.open_replies(_ignore)
+        request = OutgoingMessage(RedisStreamRoute(stream=stream), b"{}", {"a": "b"})
+        with pytest.raises(NoRouteError, match="has no consumer group"):
+            await producer.send_request(request)
+        assert await admin.xlen(stream) == 1
+        assert HEADER_REPLY_TO not in request.headers  # the caller's headers are untouched
+    finally:
+        await admin.delete(stream)
+        await producer.stop()
+
+
+async def test_one_reply_channel_per_producer_and_reopened_after_restart() -> None:
+    """One SUBSCRIBE per producer, whatever the number of requests; stop ends it and a
+    request after start() subscribes again to the same channel."""
+    producer = RedisProducer.from_url(REDIS_URL)
+    await producer.start()
+    try:
+        await producer.open_replies(_ignore)
+        await producer.open_replies(_ignore)  # idempotent
+        channel = producer.reply_channel
+        assert channel.startswith("dispytch.reply.")
+        watcher = producer.redis
+        assert await watcher.pubsub_numsub(channel) == [(channel.encode(), 1)]
+        await producer.stop()
+        await producer.start()
+        watcher = producer.redis
+        assert await watcher.pubsub_numsub(channel) == [(channel.encode(), 0)]
+        with pytest.raises(NoRouteError, match="No client is subscribed"):
+            await producer.send_request(
+                OutgoingMessage(RedisEventRoute(channel=f"rr.none.{uuid.uuid4().hex}"), b"", {})
+            )
+        assert producer.reply_channel == channel
+        assert await watcher.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    finally:
+        await producer.stop()
+
+
+async def test_emitter_request_before_start_is_refused() -> None:
+    emitter = EventEmitter(RedisProducer.from_url(REDIS_URL))
+    producer = emitter.producer
+    assert isinstance(producer, RedisProducer)
+    with pytest.raises(NotStartedError):
+        await producer.open_replies(_ignore)
+
+
+async def test_reply_to_a_gone_requester_is_best_effort(caplog: pytest.LogCaptureFixture) -> None:
+    """A reply to a channel nobody listens on, or to an unreachable Redis, is dropped and
+    logged; send_reply never raises. A request without a reply channel gets none."""
+    gone = Message(
+        b"{}", route="x", headers={HEADER_REPLY_TO: f"dispytch.reply.{uuid.uuid4().hex}"}
+    )
+    consumer = RedisConsumer.from_url(REDIS_URL)
+    watcher = aredis.Redis.from_url(REDIS_URL)
+    ps = watcher.pubsub()
+    try:
+        assert consumer.reply_address(Message(b"", route="x", headers={})) is None
+        await consumer.send_reply(gone, b"1", {"dispytch-reply-status": "ok"})
+        # A listener on the channel receives the reply in the Pub/Sub envelope.
+        channel = gone.headers[HEADER_REPLY_TO]
+        await ps.subscribe(channel)
+        assert (await ps.get_message(timeout=5))["type"] == "subscribe"  # type: ignore[index]
+        await consumer.send_reply(gone, b"42", {"dispytch-correlation-id": "c1"})
+        got = None
+        for _ in range(50):
+            got = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if got is not None:
+                break
+        assert got is not None
+        assert unpack(got["data"]) == (b"42", {"dispytch-correlation-id": "c1"}, None)
+    finally:
+        await ps.aclose()
+        await watcher.aclose()
+        await consumer.close()
+    unreachable = RedisStreamConsumer(
+        aredis.Redis.from_url("redis://127.0.0.1:1/0", retry=None), group="g"
+    )
+    with caplog.at_level("WARNING", logger="dispytch.redis"):
+        await unreachable.send_reply(gone, b"1", {})
+    assert "will time out" in caplog.text
+    await unreachable.redis.aclose()
