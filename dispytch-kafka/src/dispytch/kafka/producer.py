@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from dispytch.cqrs.errors import NoRouteError
-from dispytch.cqrs.wire import HEADER_REPLY_TO, ReplyHandler
+from dispytch.cqrs.wire import HEADER_DEADLINE, HEADER_REPLY_TO, ReplyHandler
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.kafka import _compat
 from dispytch.kafka._stopping import stop_within
@@ -558,6 +559,11 @@ class KafkaProducer:
             )
         assert replies.address is not None
         headers = dict(message.headers)
+        try:
+            deadline = float(headers.get(HEADER_DEADLINE, ""))
+        except ValueError:
+            deadline = time.time() + 60.0
+        replies.expect(deadline)
         headers[HEADER_REPLY_TO] = replies.address
         await self.send(
             OutgoingMessage(

@@ -10,7 +10,9 @@ The layout (documented in the README's "Request/reply" section):
   group**: the partition is assigned, not subscribed (no join, no rebalance), and the
   reader starts at the partition's end, fixed before the first request goes out. Its
   ``fetch_max_wait_ms`` is 10 ms, so a reply is fetched as soon as it is stored (a broker
-  such as Tansu holds an empty fetch for the whole wait).
+  such as Tansu holds an empty fetch for the whole wait). It fetches only while a reply
+  may come (until 10 s after the latest request, or 2 s past its deadline if later), and
+  pauses its partition otherwise: an idle process sends no fetches.
 * A request carries ``dispytch-reply-to: "<topic>:<partition>"``; the responder produces
   the reply to that partition with ``dispytch-correlation-id``. Producers that picked the
   same partition read each other's replies and drop them (they match no pending request).
@@ -43,6 +45,11 @@ log = logging.getLogger("dispytch.kafka")
 
 #: ``fetch_max_wait_ms`` of the reply reader: how long the broker may hold an empty fetch.
 REPLY_FETCH_WAIT_MS = 10
+#: Seconds past the latest deadline sent that the reader keeps fetching replies.
+REPLY_GRACE = 2.0
+#: Seconds after any request that the reader keeps fetching (a forwarded deadline may
+#: already have passed: its "expired" reply still comes back).
+REPLY_MIN_AWAKE = 10.0
 #: Seconds a topic found to exist is not looked up again before a request to it.
 KNOWN_TOPIC_TTL = 5.0
 #: Seconds to wait for the admin client (create, list) before giving up.
@@ -82,7 +89,13 @@ class ReplyReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._known: dict[str, float] = {}
+        self._listing: asyncio.Future[set[str]] | None = None
         self._opening: asyncio.Lock = asyncio.Lock()
+        # The reader fetches only while a request may still be answered: until the
+        # latest deadline sent plus a grace; then it pauses its partition (no fetches
+        # from an idle process) until the next request.
+        self._awake_until = 0.0
+        self._wake = asyncio.Event()
 
     async def open(self, deliver: ReplyHandler) -> str:
         """Start reading this producer's reply partition; returns its address (idempotent)."""
@@ -110,7 +123,9 @@ class ReplyReader:
                 await consumer.stop()
                 raise
             self._consumer = consumer
-            self._task = asyncio.create_task(self._read(consumer, deliver), name="kafka-replies")
+            self._task = asyncio.create_task(
+                self._read(consumer, tp, deliver), name="kafka-replies"
+            )
             self.address = f"{tp.topic}:{tp.partition}"
             return self.address
 
@@ -133,11 +148,25 @@ class ReplyReader:
             await asyncio.sleep(0.1)
         raise KafkaError(f"reply topic {self.topic!r} has no partitions after creating it")
 
-    async def _read(self, consumer: AIOKafkaConsumer, deliver: ReplyHandler) -> None:
+    def expect(self, deadline: float) -> None:
+        """A request with this deadline (epoch seconds) is going out: read until then."""
+        self._awake_until = max(
+            self._awake_until, deadline + REPLY_GRACE, time.time() + REPLY_MIN_AWAKE
+        )
+        self._wake.set()
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, deliver: ReplyHandler
+    ) -> None:
         backoff = Backoff(initial=0.1, cap=5.0)
         while True:
+            if time.time() > self._awake_until:
+                consumer.pause(tp)  # the position stays: nothing sent meanwhile is missed
+                self._wake.clear()
+                await self._wake.wait()
+                consumer.resume(tp)
             try:
-                batches = await consumer.getmany(timeout_ms=1000)
+                batches = await consumer.getmany(tp, timeout_ms=200)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -169,11 +198,19 @@ class ReplyReader:
         admin = self._admin
         if admin is None:
             return True  # not opened: send_request says so
-        names = await asyncio.wait_for(admin.list_topics(), ADMIN_TIMEOUT)
+        listing = self._listing
+        if listing is None or listing.done():
+            # Requests sent at the same moment share one listing.
+            listing = self._listing = asyncio.ensure_future(self._list_topics(admin))
+        names = await asyncio.shield(listing)
         if topic in names:
             self._known[topic] = now
             return True
         return False
+
+    @staticmethod
+    async def _list_topics(admin: AIOKafkaAdminClient) -> set[str]:
+        return set(await asyncio.wait_for(admin.list_topics(), ADMIN_TIMEOUT))
 
     async def close(self) -> None:
         """Stop the reader and its clients (replies still outstanding are lost)."""
