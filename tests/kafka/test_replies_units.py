@@ -43,3 +43,14 @@ async def test_a_reply_to_a_malformed_address_is_dropped_not_raised() -> None:
     req = Message(b"", route="t", headers={"dispytch-reply-to": "no-partition"})
     await consumer.send_reply(req, b"x", {"dispytch-correlation-id": "c"})  # no client built
     assert consumer._replies._producer is None
+
+
+async def test_a_failed_open_leaves_nothing_running() -> None:
+    from aiokafka.errors import KafkaError
+    from dispytch.kafka.replies import ReplyReader
+
+    reader = ReplyReader({"bootstrap_servers": "127.0.0.1:1"}, "dispytch.replies", 4)
+    with pytest.raises(KafkaError):
+        await reader.open(lambda message: None)
+    assert reader.address is None
+    assert (reader._admin, reader._consumer, reader._task) == (None, None, None)

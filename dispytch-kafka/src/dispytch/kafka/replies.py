@@ -103,31 +103,31 @@ class ReplyReader:
             if self.address is not None and self._task is not None and not self._task.done():
                 return self.address
             await self.close()
-            admin = AIOKafkaAdminClient(**self.connection)
-            await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT)
-            self._admin = admin
-            partitions = await self._ensure_topic(admin)
-            tp = TopicPartition(self.topic, random.choice(partitions))
-            consumer = AIOKafkaConsumer(
-                **self.connection,
-                group_id=None,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=REPLY_FETCH_WAIT_MS,
-            )
-            await consumer.start()
             try:
-                consumer.assign([tp])
-                await consumer.seek_to_end(tp)
-                await consumer.position(tp)  # the end is fixed before the first request
+                tp = await self._start(deliver)
             except BaseException:
-                await consumer.stop()
+                await self.close()  # whatever was started: nothing half-open is left
                 raise
-            self._consumer = consumer
-            self._task = asyncio.create_task(
-                self._read(consumer, tp, deliver), name="kafka-replies"
-            )
             self.address = f"{tp.topic}:{tp.partition}"
             return self.address
+
+    async def _start(self, deliver: ReplyHandler) -> TopicPartition:
+        admin = self._admin = AIOKafkaAdminClient(**self.connection)
+        await asyncio.wait_for(admin.start(), ADMIN_TIMEOUT)
+        partitions = await self._ensure_topic(admin)
+        tp = TopicPartition(self.topic, random.choice(partitions))
+        consumer = self._consumer = AIOKafkaConsumer(
+            **self.connection,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=REPLY_FETCH_WAIT_MS,
+        )
+        await consumer.start()
+        consumer.assign([tp])
+        await consumer.seek_to_end(tp)
+        await consumer.position(tp)  # the end is fixed before the first request
+        self._task = asyncio.create_task(self._read(consumer, tp, deliver), name="kafka-replies")
+        return tp
 
     async def _ensure_topic(self, admin: AIOKafkaAdminClient) -> list[int]:
         for _ in range(50):  # bounded: a topic just created may take a moment to show
