@@ -171,6 +171,8 @@ class KafkaProducer:
         #: Request/reply: the reader of this producer's reply partition (first request).
         self._replies: ReplyReader | None = None
         self._deliver_reply: ReplyHandler | None = None
+        #: Requests still being sent for callers that were cancelled meanwhile.
+        self._background: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaProducer:
@@ -541,12 +543,32 @@ class KafkaProducer:
                 that no consumer group reads is not detected).
             NotStartedError: The producer is not started, or ``open_replies`` was not
                 called.
+
+        A caller cancelled while this runs cancels only its wait: the request is still
+        sent (cancelling a request is local, as the contract says), failures then logged.
         """
         self._check_running()
         replies = self._replies
-        if replies is None or replies.address is None or self._deliver_reply is None:
+        deliver = self._deliver_reply
+        if replies is None or replies.address is None or deliver is None:
             raise NotStartedError("open_replies() was not called before send_request().")
-        await replies.open(self._deliver_reply)  # reopened if its reader stopped
+        sending = asyncio.ensure_future(self._send_request(replies, deliver, message))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            self._background.add(sending)
+            sending.add_done_callback(self._sent_in_background)
+            raise
+
+    def _sent_in_background(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("A request whose caller was cancelled failed: %r", task.exception())
+
+    async def _send_request(
+        self, replies: ReplyReader, deliver: ReplyHandler, message: OutgoingMessage
+    ) -> None:
+        await replies.open(deliver)  # reopened if its reader stopped
         topic, _ = _address(message.route)
         try:
             routable = await replies.routable(topic)
