@@ -59,8 +59,12 @@ class KafkaHarness(TransportHarness):
     #: At least once: a restart or a rebalance may hand a record out again.
     may_duplicate = True
 
-    def __init__(self, bootstrap: str, *, partitions: int = 1, mode: Mode = "url") -> None:
+    def __init__(
+        self, bootstrap: str, *, partitions: int = 1, mode: Mode = "url", ordered: bool = True
+    ) -> None:
         self.bootstrap = bootstrap
+        #: The consumers' ``ordered`` (request/reply runs one partition's requests at once).
+        self.ordered = ordered
         self.url = f"kafka://{bootstrap}"
         self.partitions = partitions
         self.mode = mode
@@ -128,7 +132,7 @@ class KafkaHarness(TransportHarness):
         return raw
 
     def _wrap(self, group: str, raw: AIOKafkaConsumer) -> KafkaConsumer:
-        wrapper = KafkaConsumer(raw, commit_interval=0.05)
+        wrapper = KafkaConsumer(raw, commit_interval=0.05, ordered=self.ordered)
         for handed, wrappers in self._handed.setdefault(group, []):
             if handed is raw:
                 wrappers.append(wrapper)
@@ -194,7 +198,11 @@ class KafkaHarness(TransportHarness):
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "url":
             return KafkaConsumer.from_url(
-                self.url, group_id=group, commit_interval=0.05, **FAST_GROUP
+                self.url,
+                group_id=group,
+                commit_interval=0.05,
+                ordered=self.ordered,
+                **FAST_GROUP,
             )
         # The user's own consumer. It is not started here (this method is synchronous):
         # KafkaConsumer subscribes it to the handlers' topics and starts it, and it stays

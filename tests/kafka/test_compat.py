@@ -86,3 +86,28 @@ async def test_consumer_started_is_read_from_the_client(kafka_bootstrap: str) ->
     finally:
         await raw.stop()
     assert _compat.client_closed(raw) is True
+
+
+async def test_connection_settings_of_both_clients() -> None:
+    ssl = None
+    producer = AIOKafkaProducer(
+        bootstrap_servers="127.0.0.1:1", client_id="me", sasl_plain_username="u"
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=["127.0.0.1:1", "127.0.0.1:2"], security_protocol="PLAINTEXT"
+    )
+    try:
+        got = _compat.connection_of(producer)
+        assert set(got) == set(_compat.CONNECTION_SETTINGS)
+        assert got["bootstrap_servers"] == "127.0.0.1:1"
+        assert got["client_id"] == "me" and got["sasl_plain_username"] == "u"
+        assert got["ssl_context"] is ssl
+        got = _compat.connection_of(consumer)
+        assert got["bootstrap_servers"] == ["127.0.0.1:1", "127.0.0.1:2"]
+        assert got["security_protocol"] == "PLAINTEXT"
+        # What it reads builds a client that reaches the same place.
+        again = AIOKafkaConsumer(**got)
+        await again.stop()
+    finally:
+        await producer.stop()
+        await consumer.stop()

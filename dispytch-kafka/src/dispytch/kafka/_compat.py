@@ -81,3 +81,32 @@ def subscription_of(raw: Any) -> SubscriptionView:
     topics = None if current is None else frozenset(current.topics)
     manual = current is not None and not state.partitions_auto_assigned()
     return SubscriptionView(topics, state.subscribed_pattern, manual, state.listener)
+
+
+#: The connection settings an ``AIOKafkaClient`` keeps (constructor names, with ``_``).
+CONNECTION_SETTINGS = (
+    "bootstrap_servers",
+    "client_id",
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_kerberos_service_name",
+    "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+)
+
+
+def connection_of(raw: Any) -> dict[str, Any]:
+    """The connection settings of an ``AIOKafkaProducer``/``AIOKafkaConsumer`` you built.
+
+    Request/reply opens small extra clients (the reply reader, the admin client, the
+    responder's reply producer) that must reach the same cluster the same way; aiokafka
+    keeps these settings on its ``AIOKafkaClient`` (``producer.client``,
+    ``consumer._client``) only as private attributes.
+    """
+    client = getattr(raw, "client", None)
+    if client is None:
+        client = _read(raw, "_client")
+    return {name: _read(client, f"_{name}") for name in CONNECTION_SETTINGS}

@@ -45,6 +45,7 @@ CAPABILITIES = Capabilities(
     delayed_requeue=False,
     pause_lanes=True,
     lease_extension=False,
+    request_reply=True,
 )
 
 
@@ -120,6 +121,20 @@ class KafkaOptions(TransportOptions):
         gt=0,
     )
     # -- Dispytch's producer -----------------------------------------------------------
+    reply_topic: str = _opt(
+        "dispytch.replies",
+        "producer",
+        "Request/reply: the topic replies come back on; each producer reads one of its "
+        "partitions (created with reply_partitions partitions when missing).",
+        min_length=1,
+    )
+    reply_partitions: int = _opt(
+        16,
+        "producer",
+        "Request/reply: partitions of reply_topic when the producer creates it (producers "
+        "sharing a partition read, and drop, each other's replies).",
+        ge=1,
+    )
     delivery_timeout: float | None = _opt(
         None,
         "producer",

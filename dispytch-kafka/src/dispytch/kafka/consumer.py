@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
@@ -41,6 +41,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     TopicAuthorizationFailedError,
 )
 from dispytch.backoff import Backoff
+from dispytch.cqrs.wire import HEADER_REPLY_TO
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.kafka import _compat
 from dispytch.kafka._stopping import stop_within
@@ -56,6 +57,7 @@ from dispytch.kafka.config import (
 )
 from dispytch.kafka.message import NO_HEADERS, KafkaMessage
 from dispytch.kafka.offsets import Delivery, PartitionOffsets
+from dispytch.kafka.replies import ReplyWriter
 from dispytch.kafka.subscribing import (
     RebalanceListener,
     check_started,
@@ -175,6 +177,8 @@ class KafkaConsumer:
         self._closed = False
         self._stop_future: asyncio.Future[None] | None = None
         self._commits = CommitScheduler(lambda: self.raw, self._states.values, opts.commit_interval)
+        #: Request/reply: the small producer replies go out through (first reply).
+        self._replies = ReplyWriter(self._connection)
 
     @staticmethod
     def _check_client(raw: AIOKafkaConsumer) -> None:
@@ -368,6 +372,7 @@ class KafkaConsumer:
         self._states.clear()
         self._paused.clear()
         self._parked.clear()
+        await self._replies.close()
         if self.owns_client and raw is not None:
             self.raw = None
             await self._stop_client(raw, max(0.1, deadline - loop.time()))
@@ -621,6 +626,28 @@ class KafkaConsumer:
             st = self._states.get(tp)
             if st is not None and (st.closed or st.revoking):
                 del self._states[tp]
+
+    # -- request/reply -----------------------------------------------------------------
+    def reply_address(self, request: Message) -> str | None:
+        """Request/reply: the requester's ``topic:partition`` from ``dispytch-reply-to``."""
+        return request.headers.get(HEADER_REPLY_TO) or None
+
+    async def send_reply(
+        self, request: Message, payload: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Produce a reply to the requester's reply partition (best effort: never raises).
+
+        Replies go through a small ``AIOKafkaProducer`` this consumer builds on its first
+        reply (same servers and security as its client) and stops in :meth:`close`.
+        """
+        await self._replies.send(request, payload, headers)
+
+    def _connection(self) -> dict[str, Any]:
+        if self._client_kwargs:
+            return dict(self._client_kwargs)
+        if self.raw is None:
+            raise NotStartedError("The Kafka consumer has no client to reply through.")
+        return _compat.connection_of(self.raw)
 
     # -- introspection ---------------------------------------------------------------
     def committed_offsets(self) -> dict[TopicPartition, int | None]:

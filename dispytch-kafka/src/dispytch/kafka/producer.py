@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     UnsupportedForMessageFormatError,
 )
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from dispytch.cqrs.errors import NoRouteError
+from dispytch.cqrs.wire import HEADER_DEADLINE, HEADER_REPLY_TO, ReplyHandler
 from dispytch.errors import EmitError, EmitRejectedError, EmitTimeoutError, NotStartedError
 from dispytch.kafka import _compat
 from dispytch.kafka._stopping import stop_within
@@ -33,6 +36,7 @@ from dispytch.kafka.config import (
     ensure_ssl_context,
     options_from_url,
 )
+from dispytch.kafka.replies import ReplyReader
 from dispytch.routes import EventRoute
 from dispytch.transport import OutgoingMessage
 
@@ -164,6 +168,11 @@ class KafkaProducer:
             PRODUCER_CLOSE_TIMEOUT if opts.close_timeout is None else opts.close_timeout
         )
         self._stopped = False
+        #: Request/reply: the reader of this producer's reply partition (first request).
+        self._replies: ReplyReader | None = None
+        self._deliver_reply: ReplyHandler | None = None
+        #: Requests still being sent for callers that were cancelled meanwhile.
+        self._background: set[asyncio.Future[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaProducer:
@@ -227,6 +236,9 @@ class KafkaProducer:
         """Flush what is pending; stop the client only if this producer owns it (within
         ``close_timeout``: a broker that is down must not hang a stop)."""
         self._stopped = True
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            await replies.close()
         raw = self.raw
         if raw is None or _compat.client_closed(raw):
             return
@@ -494,6 +506,92 @@ class KafkaProducer:
                 f"Kafka reports no partitions for topic {topic!r}.\nCreate the topic first."
             )
         return sorted(found)
+
+    # -- request/reply -----------------------------------------------------------------
+    async def open_replies(self, deliver: ReplyHandler) -> None:
+        """Request/reply: start reading this producer's reply partition (idempotent).
+
+        Replies come back on one partition of ``reply_topic`` (created with
+        ``reply_partitions`` partitions when missing), read by a small
+        ``AIOKafkaConsumer`` this producer owns, without a consumer group (assigned, so
+        no rebalance), from the partition's end as it is now.
+        """
+        raw = self._check_running()
+        self._deliver_reply = deliver
+        if self._replies is None:
+            self._replies = ReplyReader(
+                self._connection(raw), self.options.reply_topic, self.options.reply_partitions
+            )
+        try:
+            await self._replies.open(deliver)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise EmitError(
+                f"Kafka could not open the reply topic {self.options.reply_topic!r}: {exc!r}.\n"
+                "Check that the broker is reachable and allows creating it (or create it)."
+            ) from exc
+
+    def _connection(self, raw: AIOKafkaProducer) -> dict[str, Any]:
+        if self._client_kwargs:
+            return dict(self._client_kwargs)
+        return _compat.connection_of(raw)
+
+    async def send_request(self, message: OutgoingMessage) -> None:
+        """Publish a request with ``dispytch-reply-to: <reply topic>:<partition>``.
+
+        Raises:
+            NoRouteError: Its topic does not exist (at once; a topic that exists but
+                that no consumer group reads is not detected).
+            NotStartedError: The producer is not started, or ``open_replies`` was not
+                called.
+
+        A caller cancelled while this runs cancels only its wait: the request is still
+        sent (cancelling a request is local, as the contract says), failures then logged.
+        """
+        self._check_running()
+        replies = self._replies
+        deliver = self._deliver_reply
+        if replies is None or replies.address is None or deliver is None:
+            raise NotStartedError("open_replies() was not called before send_request().")
+        sending = asyncio.ensure_future(self._send_request(replies, deliver, message))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            self._background.add(sending)
+            sending.add_done_callback(self._sent_in_background)
+            raise
+
+    def _sent_in_background(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("A request whose caller was cancelled failed: %r", task.exception())
+
+    async def _send_request(
+        self, replies: ReplyReader, deliver: ReplyHandler, message: OutgoingMessage
+    ) -> None:
+        await replies.open(deliver)  # reopened if its reader stopped
+        topic, _ = _address(message.route)
+        try:
+            routable = await replies.routable(topic)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise EmitError(f"Kafka could not list topics for a request: {exc!r}") from exc
+        if not routable:
+            raise NoRouteError(
+                f"Kafka has no topic {topic!r}, so nothing can receive the request.\n"
+                "Start a dispatcher with a handler for it (or create the topic)."
+            )
+        assert replies.address is not None
+        headers = dict(message.headers)
+        try:
+            deadline = float(headers.get(HEADER_DEADLINE, ""))
+        except ValueError:
+            deadline = time.time() + 60.0
+        replies.expect(deadline)
+        headers[HEADER_REPLY_TO] = replies.address
+        await self.send(
+            OutgoingMessage(
+                payload=message.payload, route=message.route, headers=headers, key=message.key
+            )
+        )
 
     def __repr__(self) -> str:
         owner = "owned" if self.owns_client else "wrapped"
