@@ -21,7 +21,7 @@ from dispytch.plugins import transport_for_url
 from dispytch.routes import EventRoute, TopicRoute
 from dispytch.testing.conformance import TransportConformance
 from dispytch.testing.harness import TransportHarness
-from dispytch.transport import Consumer, Producer
+from dispytch.transport import Consumer, Producer, capabilities_of
 
 #: Consumer options transports use for the consumer group, tried in this order.
 GROUP_OPTIONS = ("group", "group_id")
@@ -41,14 +41,17 @@ class UrlHarness(TransportHarness):
         self.url = url
         self.spec = transport_for_url(url)
         self.name = self.spec.name
-        self.capabilities = self.spec.capabilities
-        self.at_least_once = self.spec.capabilities.delivery == "at-least-once"
         self._group_option: str | None = None
         fields = getattr(self.spec.options_model, "model_fields", {})
         for option in GROUP_OPTIONS:
             if option in fields:
                 self._group_option = option
                 break
+        # What a consumer built from this URL declares (the spec says what the
+        # transport offers at most: an unordered consumer has no ordered lanes).
+        # Built, never started: it holds no connection.
+        self.capabilities = capabilities_of(self.consumer(group="dispytch-conformance-probe"))
+        self.at_least_once = self.capabilities.delivery == "at-least-once"
 
     def route(self, name: str) -> EventRoute:
         return TopicRoute(topic=name)
