@@ -13,7 +13,7 @@ import pytest
 from dispytch import Event, EventBase, EventDispatcher, EventEmitter
 from pydantic import Field
 
-from .conftest import until
+from ..format_kit import until
 from .models import Everything, everything
 
 pytestmark = pytest.mark.broker

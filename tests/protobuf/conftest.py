@@ -9,26 +9,21 @@ formats test uses it).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dispytch import EventDispatcher, EventEmitter
-from dispytch.memory import MemoryBroker, MemoryConsumer, MemoryProducer
 
 from .. import tansu
+from ..format_kit import Kit
 
 PROTOS = Path(__file__).parent / "protos"
 kafka_bootstrap = tansu.kafka_bootstrap  # the Kafka round trip's broker (tests/tansu.py)
-WAIT = 10.0
 
 
 def _generate() -> Path:
@@ -47,47 +42,9 @@ GENERATED = _generate()
 sys.path.insert(0, str(GENERATED))
 
 
-async def until(pred: Callable[[], Any], what: str = "a condition", timeout: float = WAIT) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.002)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
-
-
-class Kit:
-    """A private memory broker; emitters (one per serializer) and dispatchers on it."""
-
-    def __init__(self) -> None:
-        self.broker = MemoryBroker(uuid.uuid4().hex)
-        self.emitters: list[EventEmitter] = []
-        self.dispatchers: list[EventDispatcher] = []
-
-    until = staticmethod(until)
-
-    async def emitter(self, serializer: Any = "protobuf") -> EventEmitter:
-        e = EventEmitter(MemoryProducer(self.broker), serializer=serializer)
-        await e.start()
-        self.emitters.append(e)
-        return e
-
-    def dispatcher(self, group: str = "g") -> EventDispatcher:
-        d = EventDispatcher(MemoryConsumer(self.broker, group=group), stop_timeout=2.0)
-        self.dispatchers.append(d)
-        return d
-
-    async def aclose(self) -> None:
-        for d in self.dispatchers:
-            if d._reader is not None:
-                await asyncio.wait_for(d.stop(timeout=1.0), WAIT)
-        for e in self.emitters:
-            await e.stop()
-
-
 @pytest.fixture
 async def kit() -> AsyncIterator[Kit]:
-    k = Kit()
+    k = Kit("protobuf")
     yield k
     await k.aclose()
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from dispytch import Event, EventDispatcher, EventEmitter
 
-from .conftest import until
+from ..format_kit import until
 from .models import Everything, everything
 
 pytestmark = pytest.mark.broker
