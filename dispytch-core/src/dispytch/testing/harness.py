@@ -90,6 +90,13 @@ class TransportHarness:
             carry them, e.g. in a JSON header block, and rejects the message as invalid:
             logged, and ending where rejected messages end). The hostile-input case
             expects one or the other accordingly.
+        lease_seconds: The lease this harness's consumers are built with: how long a
+            message may be held, unsettled, before the broker would hand it to another
+            consumer of the group (Redis Streams: ``min_idle_time``; Kafka:
+            ``max_poll_interval_ms``). ``None`` where the transport has no such lease or
+            cannot keep one (the lease case is then skipped, by name). A consumer that
+            declares ``lease_extension`` must keep a handler that runs several leases
+            long from being redelivered: the lease case checks it with a short lease.
     """
 
     name = "transport"
@@ -102,6 +109,7 @@ class TransportHarness:
     redelivery_window = 2.0
     may_duplicate = False
     undecodable_headers: Literal["replace", "reject"] = "replace"
+    lease_seconds: float | None = None
 
     def unique_name(self, prefix: str = "conf") -> str:
         """A topic/queue/stream name no other case uses (dots included on purpose)."""
