@@ -42,11 +42,16 @@ from dispytch.durable.errors import (
     IdempotencyConflictError,
     LeaseLostError,
     NonDeterminismError,
+    RunCancelledError,
     RunFailedError,
     UnencodableError,
 )
 from dispytch.durable.store import (
+    FINAL_STATUSES,
+    RETRYABLE_STATUSES,
+    STATUSES,
     ChildOutcome,
+    CompletionFeed,
     Journal,
     JournalStore,
     NewRun,
@@ -59,9 +64,13 @@ from dispytch.durable.stores import journal_store_for_url
 any = any_success  # dispatch-py's name; shadows the builtin only here
 
 __all__ = [
+    "FINAL_STATUSES",
+    "RETRYABLE_STATUSES",
+    "STATUSES",
     "AnyFailedError",
     "Call",
     "ChildOutcome",
+    "CompletionFeed",
     "Durable",
     "DurableError",
     "DurableFunction",
@@ -72,6 +81,7 @@ __all__ = [
     "LeaseLostError",
     "NewRun",
     "NonDeterminismError",
+    "RunCancelledError",
     "RunFailedError",
     "RunHandle",
     "RunRecord",

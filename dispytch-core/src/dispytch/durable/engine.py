@@ -20,7 +20,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -34,8 +34,10 @@ from dispytch.durable.errors import (
     IdempotencyConflictError,
     LeaseLostError,
     NonDeterminismError,
+    RunCancelledError,
 )
 from dispytch.durable.store import (
+    RETRYABLE_STATUSES,
     ChildOutcome,
     Journal,
     JournalStore,
@@ -101,6 +103,14 @@ class _Suspend(BaseException):
 
 
 @dataclass
+class _Lease:
+    """The attempt's hold on its run; ``lost`` once a renewal was refused (taken over
+    or cancelled): no further step starts."""
+
+    lost: bool = False
+
+
+@dataclass
 class _RunState:
     durable: Durable
     run_id: str
@@ -108,13 +118,24 @@ class _RunState:
     journal: Journal
     prefix: str = ""
     counter: int = 0
+    lease: _Lease = field(default_factory=_Lease)
 
     def next_position(self) -> str:
         self.counter += 1
         return f"{self.prefix}{self.counter}"
 
     def nested(self, position: str) -> _RunState:
-        return _RunState(self.durable, self.run_id, self.token, self.journal, f"{position}.")
+        return _RunState(
+            self.durable, self.run_id, self.token, self.journal, f"{position}.", lease=self.lease
+        )
+
+    def check(self) -> None:
+        """At a step boundary: raise when the lease is known lost (a cancel, a takeover)."""
+        if self.lease.lost:
+            raise LeaseLostError(
+                f"Run {self.run_id}: the lease of token {self.token} is lost (the run was "
+                "cancelled or taken over); no further step starts here."
+            )
 
 
 _current: ContextVar[_RunState | None] = ContextVar("dispytch_durable_run", default=None)
@@ -222,6 +243,10 @@ class RunHandle(Generic[R]):
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r}, {self.function.name})"
+
+    async def cancel(self, *, reason: str = "cancelled") -> list[str]:
+        """Cancel this run (see :meth:`Durable.cancel`)."""
+        return await self.durable.cancel(self.id, reason=reason)
 
     async def status(self) -> RunRecord:
         """The run's row: status, attempts, outcome text."""
@@ -350,6 +375,7 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, asyncio.Event] = {}
+        self.register_error(RunCancelledError)
 
     def __repr__(self) -> str:
         return f"Durable({self.transport!r}, store={self.store!r}, topic={self.topic!r})"
@@ -516,6 +542,93 @@ class Durable:
         """The handle of an existing run, by id (from any process)."""
         return RunHandle(self, run_id, function)
 
+    # -- operations -----------------------------------------------------------------
+    async def list_runs(
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        function: str | DurableFunction[..., Any] | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs in the store, newest first.
+
+        Args:
+            status: Only runs in this status (or these), e.g. ``"failed"`` or
+                ``{"failed", "dead"}`` (see :data:`~dispytch.durable.store.STATUSES`).
+            function: Only runs of this function (a durable function or its name).
+            limit: At most this many.
+        """
+        await self.store.open()
+        statuses = [status] if isinstance(status, str) else status
+        name = function.name if isinstance(function, DurableFunction) else function
+        return await self.store.list_runs(status=statuses, function=name, limit=limit)
+
+    async def show_run(self, run_id: str) -> Journal:
+        """A run with its steps (results and errors as stored JSON text, each with its
+        time) and its children's outcomes: ``journal.run.status``, ``.attempts``,
+        ``.created``, ``.updated``, ``journal.steps[position]``.
+
+        Raises:
+            DurableError: No such run.
+        """
+        await self.store.open()
+        journal = await self.store.load(run_id)
+        if journal is None:
+            raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+        return journal
+
+    async def retry(self, run_id: str) -> RunRecord:
+        """Start a failed, dead or cancelled run over: its attempt budget anew, its failed
+        steps (and failed or cancelled children) run again, its finished steps not.
+
+        Returns:
+            The run's row, now ``pending``; a worker picks it up.
+
+        Raises:
+            DurableError: No such run, or it is not failed, dead or cancelled.
+        """
+        await self.connect()
+        if not await self.store.retry_run(run_id):
+            record = await self.store.get_run(run_id)
+            if record is None:
+                raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+            raise DurableError(
+                f"Run {run_id!r} is {record.status}; only a failed, dead or cancelled run "
+                f"is retried ({', '.join(sorted(RETRYABLE_STATUSES))})."
+            )
+        await self._send_tick(run_id)
+        record = await self.store.get_run(run_id)
+        assert record is not None
+        return record
+
+    async def cancel(self, run_id: str, *, reason: str = "cancelled") -> list[str]:
+        """Cancel a run that is not over, and its unfinished children.
+
+        A pending, retrying, sleeping or waiting run is cancelled at once; a running one
+        stops at its next step boundary (the step in flight finishes, its result is not
+        journalled, no further step starts). Its status is ``cancelled`` and
+        ``await call.result()`` raises :class:`~dispytch.durable.errors.RunCancelledError`.
+
+        Returns:
+            The ids cancelled: the run and its descendants (empty when it was over).
+
+        Raises:
+            DurableError: No such run.
+        """
+        await self.connect()
+        error = RunCancelledError(f"Run {run_id} was cancelled: {reason}.")
+        ids = await self.store.cancel_run(run_id, encode_error(error, retryable=False))
+        if not ids:
+            if await self.store.get_run(run_id) is None:
+                raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+            return []
+        for rid in ids:
+            self._wake(rid)
+        # One tick settles it: a worker sees the run final, tells its parent (if any),
+        # and acknowledges. Descendants' pending ticks are acknowledged the same way.
+        await self._send_tick(run_id)
+        return ids
+
     # -- dispatching ----------------------------------------------------------------
     async def _dispatch(self, call: Call[R], run_id: str | None) -> RunHandle[R]:
         await self.connect()
@@ -616,7 +729,7 @@ class Durable:
         """One replay of the run; True when the tick is settled (done or suspended)."""
         run = journal.run
         state = _RunState(self, run.id, token, journal)
-        beat = asyncio.create_task(self._heartbeat(run.id, token))
+        beat = asyncio.create_task(self._heartbeat(run.id, token, state.lease))
         try:
             reset = _current.set(state)
             try:
@@ -669,7 +782,7 @@ class Durable:
             await self._finished(run, "error", error)
         return True
 
-    async def _heartbeat(self, run_id: str, token: int) -> None:
+    async def _heartbeat(self, run_id: str, token: int, lease: _Lease) -> None:
         interval = self.settings.lease_ttl / 3
         while True:
             await asyncio.sleep(interval)
@@ -679,7 +792,12 @@ class Durable:
                 log.warning("Run %s: renewing the lease failed: %s", run_id, exc)
                 continue
             if not renewed:
-                log.warning("Run %s: the lease was taken over; this attempt's writes fail.", run_id)
+                lease.lost = True
+                log.warning(
+                    "Run %s: the lease was taken over or the run cancelled; this attempt "
+                    "stops at its next step.",
+                    run_id,
+                )
                 return
 
     def _wake(self, run_id: str) -> None:
@@ -723,6 +841,7 @@ class Durable:
                 result: R = fn.codec.decode_result(record.outcome)
                 return result
             raise decode_error(state.run_id, record.outcome, self.settings.registered)
+        state.check()
         reset = _current.set(state.nested(position))
         try:
             value = await fn.invoke(call.args, call.kwargs)
@@ -789,7 +908,14 @@ class Durable:
             decision = journal.steps.get(decision_pos)
             winner: int | None = None
             if decision is not None:
-                winner = int(decision.outcome)
+                # After an operator's retry the decided child may run again: wait for it
+                # (and for "all failed", for every child, then the lowest success).
+                decided = int(decision.outcome)
+                if decided in done:
+                    winner = decided
+                elif decided == -1 and len(done) >= count:
+                    ok = [i for i, c in done.items() if c.status == "ok"]
+                    winner = min(ok) if ok else -1
             elif mode == "race" and done:
                 winner = min(done)
             elif mode == "any":
@@ -816,6 +942,7 @@ class Durable:
             if mode == "gather":
                 return []
             raise ValueError(f"{mode}() needs at least one call.")
+        state.check()
         wake = count if mode == "gather" else 1  # any/race: every completion wakes it
         for index, call in enumerate(calls):
             if index in done:
