@@ -123,7 +123,7 @@ def function(func: Callable[P, R]) -> DurableFunction[P, R]: ...
 
 @overload
 def function(
-    *, name: str | None = None, max_attempts: int | None = None
+    *, name: str | None = None, max_attempts: int | None = None, concurrency: int | None = None
 ) -> Callable[[Callable[..., Any]], DurableFunction[..., Any]]: ...
 
 
@@ -132,9 +132,10 @@ def function(
     *,
     name: str | None = None,
     max_attempts: int | None = None,
+    concurrency: int | None = None,
 ) -> Any:
     """Register a function on the default Durable (see :meth:`Durable.function`)."""
-    register = default().function(name=name, max_attempts=max_attempts)
+    register = default().function(name=name, max_attempts=max_attempts, concurrency=concurrency)
     return register if func is None else register(func)
 
 

@@ -74,6 +74,22 @@ DEFAULT_STORE = "sqlite:///.dispytch/journal.sqlite3"
 DEFAULT_TOPIC = "dispytch.durable.runs"
 
 
+#: Waits up to this long (lease contention) happen in the handler; longer ones park the tick.
+_INLINE_WAIT = 0.05
+
+
+def _now() -> float:
+    """Wall-clock now, following the running loop's clock: ``time.time()`` under a normal
+    loop (whose ``time()`` is ``time.monotonic()``), moved on by the jumps of a virtual
+    clock (:mod:`dispytch.testing.clock`), so due times of retries and durable sleeps
+    are reached when the loop's timers say so."""
+    try:
+        skew = asyncio.get_running_loop().time() - time.monotonic()
+    except RuntimeError:
+        skew = 0.0
+    return time.time() + skew
+
+
 class RunTick(EventBase):
     """The message that drives a run: its id, nothing else (the rest is in the journal)."""
 
@@ -200,12 +216,21 @@ class DurableFunction(Generic[P, R]):
     """
 
     def __init__(
-        self, durable: Durable, func: Callable[P, Any], name: str, *, max_attempts: int | None
+        self,
+        durable: Durable,
+        func: Callable[P, Any],
+        name: str,
+        *,
+        max_attempts: int | None,
+        concurrency: int | None = None,
     ) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency={concurrency!r}: give at least 1 (or None: no limit).")
         self.durable = durable
         self.func = func
         self.name = name
         self.max_attempts = max_attempts
+        self.concurrency = concurrency
         self.codec = FunctionCodec(func, name)
         self.is_async = inspect.iscoroutinefunction(func)
         self.__doc__ = func.__doc__
@@ -375,6 +400,9 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, asyncio.Event] = {}
+        self._parked: set[asyncio.Task[None]] = set()
+        self._limited: dict[str, Backoff] = {}
+        self._limit_cap = 1.0
         self.register_error(RunCancelledError)
 
     def __repr__(self) -> str:
@@ -389,7 +417,11 @@ class Durable:
 
     @overload
     def function(
-        self, *, name: str | None = None, max_attempts: int | None = None
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Callable[..., Any]], DurableFunction[..., Any]]: ...
 
     def function(
@@ -398,6 +430,7 @@ class Durable:
         *,
         name: str | None = None,
         max_attempts: int | None = None,
+        concurrency: int | None = None,
     ) -> Any:
         """Register a sync or async function as durable (usable bare or with options).
 
@@ -405,6 +438,14 @@ class Durable:
             name: Its name in the journal and on the wire (default ``module.qualname``):
                 workers find the function by it, so keep it when you move the code.
             max_attempts: This function's own attempt budget as a run.
+            concurrency: At most this many runs of the function execute at once,
+                **cluster-wide**: counted over the leases in the journal store, so every
+                worker process of the store shares the limit. A run over the limit has
+                status ``limited`` and its message comes back later (backing off up to
+                1 s); it is not lost and takes no worker slot while it waits (other
+                functions go on). A run waiting on children or sleeping holds no slot of
+                the limit. Steps (awaited inside another run) are not limited: they run
+                inside their caller's run.
 
         Raises:
             ValueError: Another function is registered under that name.
@@ -419,7 +460,7 @@ class Durable:
                     "Give one of them another name: @durable.function(name=...)."
                 )
             fn: DurableFunction[..., Any] = DurableFunction(
-                self, target, fname, max_attempts=max_attempts
+                self, target, fname, max_attempts=max_attempts, concurrency=concurrency
             )
             self._functions[fname] = fn
             return fn
@@ -498,6 +539,10 @@ class Durable:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop the worker (runs in flight are handed back), the emitter and the store."""
+        for timer in list(self._parked):  # their held ticks are handed back by the stop
+            timer.cancel()
+        if self._parked:
+            await asyncio.gather(*self._parked, return_exceptions=True)
         if self._dispatcher is not None:
             await self._dispatcher.stop(timeout)
             self._dispatcher = None
@@ -664,18 +709,51 @@ class Durable:
         except Exception:
             # The store or the broker failed: hand the tick back; the journal has the rest.
             log.exception("Run %s: the tick could not be handled; handing it back.", event.body.run)
-            if not await self._later(ack, message, 1.0) and ack.claim():
+            if not await self._later(ack, message, 1.0, event.body.run) and ack.claim():
                 await self.dispatcher.consumer.nack(message, requeue=True)
 
-    async def _later(self, ack: Acknowledger, message: Message, delay: float) -> bool:
-        """Redeliver the tick after ``delay`` where the consumer can; else False."""
+    async def _later(self, ack: Acknowledger, message: Message, delay: float, run_id: str) -> bool:
+        """Have the tick come back after ``delay``, without holding a worker slot where
+        possible; False when the caller should wait and go on itself (a short wait).
+
+        A consumer declaring ``delayed_requeue`` gets it back with ``nack(delay=)``. On
+        the others a wait of more than :data:`_INLINE_WAIT` *parks* the tick: the handler
+        returns with it unsettled (held by the dispatcher, not counted in
+        ``max_in_flight``), and a timer sends a fresh tick at the due time, then
+        acknowledges the held one. A crash meanwhile leaves the held tick unacknowledged,
+        so the broker delivers it again; a stop hands it back.
+        """
         consumer = self.dispatcher.consumer
         if capabilities_of(consumer).delayed_requeue:
             if ack.claim():
                 await consumer.nack(message, requeue=True, delay=delay)  # type: ignore[call-arg]
             return True
+        if delay <= _INLINE_WAIT:
+            await asyncio.sleep(max(delay, 0.0))
+            return False
+        timer = asyncio.get_running_loop().create_task(
+            self._unpark(run_id, ack, message, delay), name=f"dispytch-durable-park-{run_id}"
+        )
+        self._parked.add(timer)
+        timer.add_done_callback(self._parked.discard)
+        return True
+
+    async def _unpark(self, run_id: str, ack: Acknowledger, message: Message, delay: float) -> None:
         await asyncio.sleep(delay)
-        return False
+        if not ack.claim():  # settled meanwhile (a stop handed it back)
+            return
+        consumer = self.dispatcher.consumer
+        try:
+            await self._send_tick(run_id)
+        except Exception:
+            log.exception("Run %s: could not send its tick again; handing it back.", run_id)
+            with contextlib.suppress(Exception):
+                await consumer.nack(message, requeue=True)
+            return
+        try:
+            await consumer.ack(message)
+        except Exception:  # the fresh tick is out; a duplicate tick is harmless
+            log.warning("Run %s: acknowledging its parked tick failed.", run_id, exc_info=True)
 
     async def _execute(self, run_id: str, ack: Acknowledger, message: Message) -> None:
         contention = Backoff(initial=0.01, factor=2.0, cap=min(1.0, self.settings.lease_ttl))
@@ -692,19 +770,29 @@ class Durable:
                 self._wake(run_id)
                 await ack.ack()
                 return
-            now = time.time()
+            fn = self._functions.get(run.function)
+            now = _now()
             wait = run.due - now
             token: int | None = None
             if wait <= 0:
-                token = await self.store.acquire(run_id, self.settings.lease_ttl)
-                if token is None:  # another worker holds the run
-                    wait = min(max(run.lease_until - now, 0.0), contention.next())
-                    wait = max(wait, 0.005)
+                limit = fn.concurrency if fn is not None else None
+                token = await self.store.acquire(run_id, self.settings.lease_ttl, concurrency=limit)
+                if token is None:
+                    if limit is not None and run.lease_until < time.time():
+                        # over the function's limit: wait, backing off per run
+                        backoff = self._limited.setdefault(
+                            run_id, Backoff(initial=0.05, factor=1.5, cap=self._limit_cap)
+                        )
+                        wait = backoff.next()
+                    else:  # another worker holds the run
+                        wait = min(max(run.lease_until - time.time(), 0.0), contention.next())
+                        wait = max(wait, 0.005)
+                else:
+                    self._limited.pop(run_id, None)
             if token is None:
-                if await self._later(ack, message, wait):
+                if await self._later(ack, message, wait, run_id):
                     return
                 continue
-            fn = self._functions.get(run.function)
             if fn is None:
                 error = DurableError(
                     f"No durable function {run.function!r} is registered on this worker.\n"
@@ -766,7 +854,7 @@ class Durable:
         budget = fn.max_attempts or settings.max_attempts
         if transient and attempts < budget:
             delay = settings.backoff.delay(attempts)
-            await self.store.set_retry(run.id, token, attempts, time.time() + delay)
+            await self.store.set_retry(run.id, token, attempts, _now() + delay)
             log.warning(
                 "Run %s (%s) attempt %d/%d failed (%s: %s); retrying in %.3f s.",
                 run.id, fn.name, attempts, budget, type(exc).__name__, exc, delay,
