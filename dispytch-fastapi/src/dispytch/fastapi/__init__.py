@@ -245,7 +245,7 @@ class Dispytch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         lifespan(emitter, durable=durable, wrap=self._own, **options)  # bad options: now
-        app.router.lifespan_context = self.lifespan  # type: ignore[assignment]
+        app.router.lifespan_context = self.lifespan
         app.add_exception_handler(IdempotencyConflictError, idempotency_conflict_handler)
 
     @property
