@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from dispytch.durable import Durable
+from dispytch.durable import Durable, IdempotencyConflictError
 from dispytch.fastapi import Dispytch, Jobs, lifespan
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -298,3 +298,27 @@ async def test_app_functions_awaited_inside_a_durable_function_are_steps(
             ("1", "shop.reserve"),
             ("2", "shop.charge"),
         ]
+
+
+async def test_an_unawaited_dispatch_that_fails_is_logged(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, dispytch = durable_service.make_app(*urls, workers=False)
+    notify = dispytch.durable.functions["shop.notify"]
+    async with serve_asgi(app):
+        await dispytch.dispatch(notify("a"), id="n1")
+        dispytch.dispatch(notify("b"), id="n1")  # the same id, other arguments; not awaited
+
+        def logged() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "dispytch.fastapi"]
+
+        await until(logged, "the failure to be logged")
+    assert logged() == [
+        "Dispatching shop.notify (run n1) failed and nobody awaited it: "
+        "IdempotencyConflictError: Run 'n1' exists for shop.notify with other arguments.\n"
+        "Use a new id for a different call (an id names one call exactly)."
+    ]
+    with pytest.raises(IdempotencyConflictError, match="exists for shop.notify"):
+        await dispytch.dispatch(notify("c"), id="n1")  # awaited: raised, not logged
+    assert len(logged()) == 1
+    await dispytch.durable.stop()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Annotated, Any, Generic, ParamSpec, TypeVar, overload
@@ -77,6 +78,8 @@ T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+log = logging.getLogger("dispytch.fastapi")
+
 #: The lifespan-state name of the command/query bus.
 BUS = "dispytch_bus"
 #: The lifespan-state name of the (first) emitter.
@@ -87,6 +90,8 @@ EMITTERS = "dispytch_emitters"
 DISPATCHERS = "dispytch_dispatchers"
 #: The lifespan-state name of the :class:`~dispytch.durable.Durable` (durable functions).
 JOBS = "dispytch_jobs"
+#: Seconds the app's shutdown waits for ``dispatch()`` calls still under way.
+DRAIN_TIMEOUT = 30.0
 #: The longest Idempotency-Key accepted (the IETF draft leaves it open; 255 fits a
 #: database key and any durable run id).
 MAX_IDEMPOTENCY_KEY = 255
@@ -272,8 +277,23 @@ class Dispytch:
                 yield state or {}
             finally:
                 self._loop = None
-                while self._pending:  # bounded: a task leaves the set when it ends
-                    await asyncio.wait(list(self._pending))
+                await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for dispatches under way (bounded by :data:`DRAIN_TIMEOUT`)."""
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(list(self._pending), timeout=DRAIN_TIMEOUT)
+        for task in late:
+            task.cancel()
+        if late:
+            log.error(
+                "%d dispatch(es) were still under way %.0f s into the app's shutdown and were "
+                "cancelled; their runs may not have been created or sent.",
+                len(late),
+                DRAIN_TIMEOUT,
+            )
+            await asyncio.wait(late, timeout=1.0)
 
     @overload
     def function(self, func: Callable[P, Coroutine[Any, Any, R]]) -> AppFunction[P, R]: ...
@@ -328,9 +348,26 @@ class Dispytch:
             loop = None
         if loop is not None:
             task = loop.create_task(call.dispatch(id=run_id))
+            handle = Dispatched(function.durable, run_id, function, task)
             self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-            return Dispatched(function.durable, run_id, function, task)
+
+            def done(task: asyncio.Task[Any]) -> None:
+                self._pending.discard(task)
+                if task.cancelled() or handle.awaited:
+                    return
+                exc = task.exception()  # nobody awaits it: say so here, not at GC time
+                if exc is not None:
+                    log.error(
+                        "Dispatching %s (run %s) failed and nobody awaited it: %s: %s",
+                        function.name,
+                        run_id,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+
+            task.add_done_callback(done)
+            return handle
         app_loop = self._loop
         if app_loop is None:
             raise RuntimeError(
@@ -339,8 +376,8 @@ class Dispytch:
                 "or await fn.dispatch(...) in async code."
             )
         future = asyncio.run_coroutine_threadsafe(call.dispatch(id=run_id), app_loop)
-        handle = future.result()
-        return Dispatched(function.durable, handle.id, function, None)
+        made = future.result()
+        return Dispatched(function.durable, made.id, function, None)
 
 
 class Dispatched(RunHandle[R]):
@@ -348,7 +385,7 @@ class Dispatched(RunHandle[R]):
     (``id``, ``result()``, ``status()``) whose dispatch may still be under way;
     ``await``-ing it waits for the dispatch (not the run) and returns it."""
 
-    __slots__ = ("_task",)
+    __slots__ = ("_task", "awaited")
 
     def __init__(
         self,
@@ -359,12 +396,15 @@ class Dispatched(RunHandle[R]):
     ) -> None:
         super().__init__(durable, run_id, function)
         self._task = task
+        #: Whether someone awaits the dispatch (then its error is theirs, not logged).
+        self.awaited = task is None
 
     def __await__(self) -> Generator[Any, None, RunHandle[R]]:
         return self._dispatched().__await__()
 
     async def _dispatched(self) -> RunHandle[R]:
         if self._task is not None:
+            self.awaited = True
             await self._task
         return self
 
