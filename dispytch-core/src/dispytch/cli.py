@@ -888,9 +888,10 @@ async def _jobs(args: argparse.Namespace) -> tuple[int, Any, str]:
                     f"process. {instead}"
                 )
             record = await durable.retry(args.id)
+            # (A worker may have taken it already: the status read after is pending or later.)
             text = (
-                f"Run {record.id} is {record.status} again (was {before.status}); "
-                "a worker picks it up.\n"
+                f"Run {record.id} was {before.status}; it starts over (now {record.status}), "
+                "its message sent to the workers.\n"
             )
             return 0, {"run": _run_dict(record)}, text
         # cancel
