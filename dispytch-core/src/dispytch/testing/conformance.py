@@ -161,6 +161,8 @@ class TransportConformance:
         slow_seconds: How long a "slow" handler takes per event.
         requeue_delay: The delay of the delayed-requeue cases (the direct one waits
             longer than ``harness.lease_seconds`` where there is one).
+        stop_margin: How long after its ``timeout`` a ``stop`` may still return (a
+            generous bound: the cases check that a stop with a hanging handler ends).
     """
 
     timeout = 20.0
@@ -170,6 +172,7 @@ class TransportConformance:
     restart_events = 40
     slow_seconds = 0.01
     requeue_delay = 1.0
+    stop_margin = 5.0
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -241,6 +244,17 @@ class TransportConformance:
             yield emitter
         finally:
             await emitter.stop()
+
+    async def stops_within(self, dispatcher: EventDispatcher, timeout: float) -> None:
+        """``dispatcher.stop(timeout=timeout)``, failing the case unless it returns within
+        ``timeout`` plus :attr:`stop_margin` (the stop deadline is a deadline)."""
+        try:
+            async with asyncio.timeout(timeout + self.stop_margin):
+                await dispatcher.stop(timeout=timeout)
+        except TimeoutError:
+            pytest.fail(
+                f"stop(timeout={timeout}) still running after {timeout + self.stop_margin}s"
+            )
 
     async def publish_raw(self, harness: TransportHarness, name: str, raw: RawInput) -> None:
         """``harness.publish_raw``, skipping the case when the harness has none."""
@@ -497,6 +511,37 @@ class TransportConformance:
         assert sorted(placed_ids) == [1, 3]
         assert cancelled_ids == [2]
 
+    async def test_event_type_no_handler_takes_is_skipped(self, harness: TransportHarness) -> None:
+        """An event of a type no handler takes, on a route handlers take: counted as
+        skipped and acknowledged (not rejected, not delivered again); the loop goes on."""
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        got: list[int] = []
+        # The handler takes Placed ("order_placed") only: a Cancelled is of no handler's type.
+        async with (
+            self.running(harness, name, collect(got), group=group) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            other = em.build(
+                Cancelled(order_id=2, reason="changed mind"), route=harness.route(name)
+            )
+            await em.producer.send(other)
+            await eventually(lambda: dispatcher.stats["skipped"] >= 1, self.timeout, "skipped")
+            await em.emit(placed(3), route=harness.route(name))
+            await eventually(lambda: 3 in got, self.timeout, "an event after it")
+            assert dispatcher.running
+        assert got == [3]
+        assert dispatcher.stats["skipped"] == 1
+        assert dispatcher.stats["rejected"] == 0
+        rejected = await harness.rejected(name, group=group)
+        assert rejected is None or other.payload not in rejected
+        if harness.at_least_once:
+            # Acknowledged: the next consumer of the group does not get it again.
+            seen: list[Message] = []
+            async with self.running(harness, name, collect_messages(seen), group=group):
+                await asyncio.sleep(harness.redelivery_window)
+            assert other.payload not in [m.payload for m in seen]
+
     async def test_route_params_from_pattern(self, harness: TransportHarness) -> None:
         if not harness.supports_patterns:
             pytest.skip(f"{harness.name} does not support subscription patterns")
@@ -724,6 +769,41 @@ class TransportConformance:
             assert dispatcher.stats["requeued"] >= 1
         assert seen[:2] == [1, 2]
 
+    async def test_dead_letter_outage_ends_after_max_deliveries(
+        self, harness: TransportHarness
+    ) -> None:
+        """While the dead-letter target stays down the original is requeued, but only up
+        to ``DeadLetter(max_deliveries=...)``: at that delivery it is rejected through the
+        transport (ending where rejected messages end), never redelivered for ever."""
+        self.require_redelivery(harness)
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        seen: list[int] = []
+        dead_letter = DeadLetter(_Failing(), publish_attempts=1, max_deliveries=2)
+
+        def register(d: EventDispatcher, sub: Any) -> None:
+            @d.handler(sub, middlewares=[dead_letter])
+            async def on_placed(event: Event[Placed]) -> None:
+                seen.append(event.attempt)
+                raise ValueError("always fails")
+
+        async with (
+            self.running(harness, name, register, group=group) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            original = em.build(placed(1), route=harness.route(name))
+            await em.producer.send(original)
+            await eventually(
+                lambda: dispatcher.stats["rejected"] >= 1,
+                2 * harness.redelivery_timeout + self.timeout,
+                "the original rejected at its last delivery",
+            )
+            assert dispatcher.running
+        assert seen == [1, 2], f"attempts seen: {seen}"
+        assert dispatcher.stats["requeued"] == 1
+        assert dispatcher.stats["dead_lettered"] == 0
+        await self.assert_ended_rejected(harness, name, group, [original.payload])
+
     # -- redelivery ----------------------------------------------------------------------
     async def test_redelivery_of_unacknowledged(self, harness: TransportHarness) -> None:
         self.require_redelivery(harness)
@@ -807,7 +887,7 @@ class TransportConformance:
                 await em.emit(placed(9), route=harness.route(name))
             await asyncio.wait_for(started.wait(), self.timeout)
         finally:
-            await first.stop(timeout=0.2)
+            await self.stops_within(first, 0.2)
         async with self.running(harness, name, collect(second), group=group):
             await eventually(
                 lambda: 9 in second,
