@@ -53,6 +53,7 @@ from typing import Any
 
 import pytest
 
+from dispytch.context import MiddlewareLike
 from dispytch.dispatcher import AckPolicy, EventDispatcher
 from dispytch.emitter import EventEmitter
 from dispytch.errors import EmitTimeoutError, NotStartedError, RequeueMessage
@@ -131,6 +132,24 @@ def collect(into: list[int], *, pause: float = 0.0) -> _Register:
             if pause:
                 await asyncio.sleep(pause)
             into.append(event.body.order_id)
+
+    return register
+
+
+def failing(
+    record: Callable[[Event[Placed]], object],
+    error: type[Exception],
+    text: str,
+    middlewares: Sequence[MiddlewareLike] = (),
+) -> _Register:
+    """What to register for a handler of :class:`Placed` events that calls
+    ``record(event)`` and then raises ``error(text)``, every time, under ``middlewares``."""
+
+    def register(d: EventDispatcher, sub: Any) -> None:
+        @d.handler(sub, middlewares=middlewares)
+        async def on_placed(event: Event[Placed]) -> None:
+            record(event)
+            raise error(text)
 
     return register
 
@@ -612,13 +631,7 @@ class TransportConformance:
         name = harness.unique_name()
         group = f"g-{uuid.uuid4().hex[:8]}"
         calls: list[int] = []
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                calls.append(event.body.order_id)
-                raise RuntimeError("handler bug")
-
+        register = failing(lambda e: calls.append(e.body.order_id), RuntimeError, "handler bug")
         async with (
             self.running(harness, name, register, group=group) as dispatcher,
             self.emitter(harness) as em,
@@ -750,13 +763,9 @@ class TransportConformance:
         self.require_redelivery(harness)
         name = harness.unique_name()
         seen: list[int] = []
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub, middlewares=[DeadLetter(_Failing())])
-            async def on_placed(event: Event[Placed]) -> None:
-                seen.append(event.attempt)
-                raise ValueError("always fails")
-
+        register = failing(
+            lambda e: seen.append(e.attempt), ValueError, "always fails", [DeadLetter(_Failing())]
+        )
         async with self.running(harness, name, register) as dispatcher:
             async with self.emitter(harness) as em:
                 await em.emit(placed(1), route=harness.route(name))
@@ -780,13 +789,9 @@ class TransportConformance:
         group = f"g-{uuid.uuid4().hex[:8]}"
         seen: list[int] = []
         dead_letter = DeadLetter(_Failing(), publish_attempts=1, max_deliveries=2)
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub, middlewares=[dead_letter])
-            async def on_placed(event: Event[Placed]) -> None:
-                seen.append(event.attempt)
-                raise ValueError("always fails")
-
+        register = failing(
+            lambda e: seen.append(e.attempt), ValueError, "always fails", [dead_letter]
+        )
         async with (
             self.running(harness, name, register, group=group) as dispatcher,
             self.emitter(harness) as em,
