@@ -473,8 +473,21 @@ class RedisProducer:
         """Hand every reply on the reply channel to the requester until stopped."""
         backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
         while True:
+            conn = ps.connection
             try:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                # As the Pub/Sub consumer reads: the connection's public read_response
+                # while it is up (no get_message timer and retry wrapper per reply),
+                # PubSub.parse_response (which reconnects and resubscribes) otherwise.
+                if conn is not None and conn.is_connected and not conn.health_check_interval:
+                    try:
+                        response = await conn.read_response(
+                            timeout=math.inf, disconnect_on_error=False, push_request=True
+                        )
+                    except (RedisError, OSError):
+                        await conn.disconnect()
+                        raise
+                else:
+                    response = await ps.parse_response(block=True)
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
                 log.warning(
@@ -487,10 +500,15 @@ class RedisProducer:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            if msg is None or msg.get("type") != "message" or type(msg["data"]) is not bytes:
-                continue
+            if (
+                not isinstance(response, list)  # RESP3 push frames are a list subclass
+                or len(response) < 3
+                or response[0] != b"message"
+                or type(response[2]) is not bytes
+            ):
+                continue  # (un)subscribe confirmations, pongs, other push frames
             try:
-                payload, headers, _ = unpack(msg["data"])
+                payload, headers, _ = unpack(response[2])
             except ValueError as exc:
                 log.error("Dropped a malformed reply on %r: %s", self._reply_channel, exc)
                 continue
