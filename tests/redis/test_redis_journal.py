@@ -10,14 +10,9 @@ an evicting ``maxmemory-policy`` (refused).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pickle
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +25,7 @@ from dispytch.errors import ConfigError
 from dispytch.redis.journal import RedisJournalStore
 from dispytch.testing.journal import JournalStoreConformance
 
-from tests.redis.redis_support import REDIS_URL, STREAMS_URL
+from tests.redis.redis_support import REDIS_URL, STREAMS_URL, own_redis
 
 pytestmark = pytest.mark.broker
 
@@ -105,41 +100,8 @@ async def test_a_server_without_aof_is_refused_unless_allowed(client: aredis.Red
     await allowed.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _own_redis(tmp_path: Path, *args: str) -> Iterator[str]:
-    """A redis-server of the test's own on a free loopback port; stopped afterwards."""
-    binary = shutil.which("redis-server")
-    if binary is None:  # pragma: no cover - environment
-        pytest.fail("redis-server is not installed (needed for the persistence tests).")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--save", "", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        else:  # pragma: no cover - environment
-            pytest.fail(f"the test's own redis-server on port {port} did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def test_a_server_with_aof_opens_and_keeps_the_journal(tmp_path: Path) -> None:
-    with _own_redis(tmp_path, "--appendonly", "yes") as url:
+    with own_redis(tmp_path, "--appendonly", "yes") as url:
         store = journal_store_for_url(url)
         await store.open()
         try:
@@ -150,7 +112,7 @@ async def test_a_server_with_aof_opens_and_keeps_the_journal(tmp_path: Path) -> 
 
 
 async def test_an_evicting_server_is_refused(tmp_path: Path) -> None:
-    with _own_redis(
+    with own_redis(
         tmp_path, "--appendonly", "yes", "--maxmemory", "100mb",
         "--maxmemory-policy", "allkeys-lru",
     ) as url:  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
@@ -32,6 +33,7 @@ from tests.redis.redis_support import (
     STREAMS_URL,
     RedisPubSubHarness,
     RedisStreamsHarness,
+    own_redis,
 )
 
 pytestmark = pytest.mark.broker
@@ -87,7 +89,7 @@ def _ignore(_: Message) -> None:
 
 async def test_stream_with_no_group_is_not_appended_to() -> None:
     """Streams: a request to a stream that exists but has no consumer group fails at once
-    and appends nothing (XINFO GROUPS is checked before XADD)."""
+    and appends nothing (the group is checked in the script that appends)."""
     stream = f"rr.nogroup.{uuid.uuid4().hex[:10]}"
     producer = RedisStreamProducer.from_url(STREAMS_URL)
     await producer.start()
@@ -174,3 +176,31 @@ async def test_reply_to_a_gone_requester_is_best_effort(caplog: pytest.LogCaptur
         await unreachable.send_reply(gone, b"1", {})
     assert "will time out" in caplog.text
     await unreachable.redis.aclose()
+
+
+async def test_stream_requests_on_a_server_without_the_script_cached(tmp_path: Path) -> None:
+    """A stream request is one EVALSHA; a server that has not cached the script yet (a
+    new one, or after SCRIPT FLUSH) answers NOSCRIPT and the request goes once by EVAL:
+    appended exactly once, and the next one by EVALSHA."""
+    with own_redis(tmp_path) as url:
+        stream = "rr.fresh"
+        producer = RedisStreamProducer.from_url(url.replace("redis://", "redis+streams://"))
+        await producer.start()
+        admin = aredis.Redis.from_url(url)
+        try:
+            await producer.open_replies(_ignore)
+            missing = OutgoingMessage(RedisStreamRoute(stream="rr.missing"), b"{}", {})
+            with pytest.raises(NoRouteError, match="does not exist"):
+                await producer.send_request(missing)
+            await admin.script_flush()
+            await admin.xgroup_create(stream, "g", id="$", mkstream=True)
+            request = OutgoingMessage(RedisStreamRoute(stream=stream), b"{}", {"a": "b"})
+            await producer.send_request(request)
+            assert await admin.xlen(stream) == 1
+            await producer.send_request(request)
+            assert await admin.xlen(stream) == 2
+            [(_, fields)] = await admin.xrange(stream, count=1)
+            assert fields[b"payload"] == b"{}"
+        finally:
+            await producer.stop()
+            await admin.aclose()

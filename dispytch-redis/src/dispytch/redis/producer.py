@@ -16,6 +16,7 @@ re-emitting is the caller's decision.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import math
@@ -44,7 +45,7 @@ from hiredis import pack_command
 
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ PIPELINE_SIZE = 1000
 REQUEST_CONNECTIONS = 16
 #: Seconds between two "no receivers" warnings for one channel (the rest are counted).
 WARN_INTERVAL = 5.0
+#: A stream request in one round trip: ``XADD`` only when the stream exists and has a
+#: consumer group (-1: no such stream, -2: no group; nothing appended then).
+_STREAM_REQUEST = (
+    b"if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+    b"if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 0 then return -2 end "
+    b"return redis.call('XADD', KEYS[1], unpack(ARGV))"
+)
+_STREAM_REQUEST_SHA = hashlib.sha1(_STREAM_REQUEST).hexdigest().encode()
 #: Error replies that say "try again later" rather than "this command is wrong".
 _TRANSIENT_REPLIES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 
@@ -359,11 +368,12 @@ class RedisProducer:
 
         A Pub/Sub request (``PUBLISH``) that reached no subscriber raises
         :class:`~dispytch.cqrs.errors.NoRouteError`. ``XADD`` cannot tell whether anyone
-        reads a stream, so a stream request is preceded by ``XINFO GROUPS``: a stream
-        that does not exist or has no consumer group raises ``NoRouteError`` (nothing is
-        appended). A group means a service created it, not that a consumer of it is
-        running now: such a request waits in the stream and its caller times out; a
-        consumer that reads it after its deadline answers ``expired``.
+        reads a stream, so a stream request is a small Lua script (``EVALSHA``, one round
+        trip) that appends only to a stream with a consumer group: a stream that does not
+        exist or has no group raises ``NoRouteError`` (nothing is appended). A group means
+        a service created it, not that a consumer of it is running now: such a request
+        waits in the stream and its caller times out; a consumer that reads it after its
+        deadline answers ``expired``.
 
         Raises:
             NoRouteError: Nothing can receive the request; raised at once.
@@ -395,38 +405,33 @@ class RedisProducer:
 
     async def _send_request(self, client: aredis.Redis, request: OutgoingMessage) -> None:
         command = self._command(request)
-        if command[0] == b"XADD":
-            await self._check_groups(client, request, command[1])
+        stream = command[0] == b"XADD"
+        if stream:
+            # EVALSHA stream_request 1 <stream> <XADD arguments after the key>
+            command = (b"EVALSHA", _STREAM_REQUEST_SHA, b"1", *command[1:])
         try:
             (reply,) = await self._round_trip(client, [command])
+            if stream and isinstance(reply, NoScriptError):
+                # Not cached on this server yet (or flushed): EVAL sends it and caches it.
+                command = (b"EVAL", _STREAM_REQUEST, *command[2:])
+                (reply,) = await self._round_trip(client, [command])
         except _RoundTripFailed as failed:
             raise self._partial(failed, [request], 0, 1, 0) from failed.cause
         if isinstance(reply, ResponseError):
             raise self._refused(request, reply)
+        if stream and reply in (-1, -2):
+            name = command[3].decode("utf-8", "replace")
+            raise NoRouteError(
+                f"Redis stream {name!r} "
+                + ("does not exist" if reply == -1 else "has no consumer group")
+                + ", so the request cannot be received.\nStart a dispatcher with a "
+                "handler for it (its consumer group on that stream) first."
+            )
         if command[0] == b"PUBLISH" and not reply:
             raise NoRouteError(
                 f"No client is subscribed to Redis channel {command[1].decode()!r}, so the "
                 "request cannot be received.\nStart a dispatcher with a handler for it "
                 "(subscribed to that channel) first."
-            )
-
-    async def _check_groups(
-        self, client: aredis.Redis, request: OutgoingMessage, stream: bytes
-    ) -> None:
-        """Raise NoRouteError when ``stream`` has no consumer group (or does not exist)."""
-        try:
-            (groups,) = await self._round_trip(client, [(b"XINFO", b"GROUPS", stream)])
-        except _RoundTripFailed as failed:
-            raise self._partial(failed, [request], 0, 1, 0) from failed.cause
-        missing = isinstance(groups, ResponseError) and "no such key" in str(groups).lower()
-        if isinstance(groups, ResponseError) and not missing:
-            raise self._refused(request, groups)
-        if missing or not groups:
-            raise NoRouteError(
-                f"Redis stream {stream.decode()!r} "
-                + ("does not exist" if missing else "has no consumer group")
-                + ", so the request cannot be received.\nStart a dispatcher with a "
-                "handler for it (its consumer group on that stream) first."
             )
 
     async def _ensure_replies(self) -> None:
