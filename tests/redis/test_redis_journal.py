@@ -175,14 +175,14 @@ async def test_completion_is_published(
     token = await client_store.acquire(record.id, 30.0)
     assert token is not None
     pubsub = client.pubsub()
-    await pubsub.subscribe(client_store.done_channel(record.id))
+    await pubsub.subscribe(client_store.done_channel)
     try:
         assert await client_store.complete(record.id, token, "succeeded", "1")
         message = None
         async with asyncio.timeout(5):
             while message is None or message["type"] != "message":
                 message = await pubsub.get_message(timeout=1.0)
-        assert message["data"] == b"succeeded"
+        assert message["data"] == record.id.encode()
     finally:
         await pubsub.aclose()
 
@@ -241,3 +241,67 @@ async def test_durable_jobs_on_pubsub_are_refused(client: aredis.Redis) -> None:
     own = Durable(REDIS_URL, store=store, consumer=RedisConsumer(client.pubsub()))
     with pytest.raises(ConfigError, match=r"RedisConsumer delivers at-most-once"):
         own.worker()
+
+
+async def test_the_completion_feed_reports_finished_runs_from_any_client(
+    client: aredis.Redis, client_store: RedisJournalStore
+) -> None:
+    """watch_completions: ids of runs completed or cancelled through another client (as in
+    another process), and None after its connection was killed and resubscribed."""
+    name = f"dispytch-test-{uuid.uuid4().hex[:8]}"
+    own = aredis.Redis.from_url(REDIS_URL, client_name=name)
+    watcher = RedisJournalStore(own, prefix=client_store.prefix, allow_volatile=True)
+    seen: list[str | None] = []
+    stop = await watcher.watch_completions(seen.append)
+    try:
+        done, _ = await client_store.create_run(NewRun("r-" + uuid.uuid4().hex, "m.f", "{}", "h"))
+        token = await client_store.acquire(done.id, 30.0)
+        assert token is not None
+        assert await client_store.complete(done.id, token, "succeeded", "1")
+        gone, _ = await client_store.create_run(NewRun("r-" + uuid.uuid4().hex, "m.f", "{}", "h"))
+        assert await client_store.cancel_run(gone.id, "{}") == [gone.id]
+        async with asyncio.timeout(10):
+            while len(seen) < 2:
+                await asyncio.sleep(0.01)
+        assert seen == [done.id, gone.id]
+
+        killed = 0
+        for info in await client.client_list(_type="pubsub"):
+            if info.get("name") == name:
+                await client.client_kill_filter(_id=info["id"])
+                killed += 1
+        assert killed == 1
+        async with asyncio.timeout(10):
+            while None not in seen:
+                await asyncio.sleep(0.01)
+        later, _ = await client_store.create_run(NewRun("r-" + uuid.uuid4().hex, "m.f", "{}", "h"))
+        assert await client_store.cancel_run(later.id, "{}") == [later.id]
+        async with asyncio.timeout(10):
+            while later.id not in seen:
+                await asyncio.sleep(0.01)
+    finally:
+        await stop()
+        await own.aclose()
+
+
+async def test_no_notices_without_notify(client: aredis.Redis) -> None:
+    quiet = RedisJournalStore(client, prefix=_prefix(), allow_volatile=True, notify=False)
+    assert not journal_store_for_url(f"{REDIS_URL}?notify=false").notify  # type: ignore[attr-defined]
+    seen: list[str | None] = []
+    stop = await quiet.watch_completions(seen.append)
+    try:
+        record, _ = await quiet.create_run(NewRun("r-" + uuid.uuid4().hex, "m.f", "{}", "h"))
+        token = await quiet.acquire(record.id, 30.0)
+        assert token is not None
+        assert await quiet.complete(record.id, token, "succeeded", "1")
+        probe, _ = await RedisJournalStore(
+            client, prefix=quiet.prefix, allow_volatile=True
+        ).create_run(NewRun("probe-" + uuid.uuid4().hex, "m.f", "{}", "h"))
+        assert await RedisJournalStore(client, prefix=quiet.prefix).cancel_run(probe.id, "{}")
+        async with asyncio.timeout(10):  # the probe's notice arrives; the quiet one never did
+            while probe.id not in seen:
+                await asyncio.sleep(0.01)
+        assert seen == [probe.id]
+    finally:
+        await stop()
+        await _drop(client, quiet.prefix)
