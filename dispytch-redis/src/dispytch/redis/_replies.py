@@ -60,6 +60,7 @@ class ReplyPublisher:
         self.timeout = timeout
         self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
         self._names: dict[str, bytes] = {}
+        self._busy = False
         self._flusher: asyncio.Task[None] | None = None
 
     async def publish(
@@ -69,16 +70,41 @@ class ReplyPublisher:
         payload: bytes,
         headers: Mapping[str, str],
     ) -> None:
-        """Queue a reply to ``request``'s reply channel and wait until Redis took it."""
+        """Queue a reply to ``request``'s reply channel and wait until Redis took it.
+
+        The first caller while no flush runs sends the replies itself (no task of its
+        own: one wake-up less per reply), including those queued meanwhile; the others
+        wait for it. A flushing caller that is cancelled hands what is left, the round
+        trip it interrupted included, to a task: a reply sent twice is harmless (the
+        requester drops a correlation id it no longer waits for).
+        """
         channel = reply_address(request)
         if channel is None:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((channel, pack(payload, headers, None), done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(client), name="dispytch-redis-replies")
-        await asyncio.shield(done)
+        if self._busy:
+            await asyncio.shield(done)
+            return
+        self._busy = True
+        try:
+            await self._flush(client)
+        except asyncio.CancelledError:
+            self._flusher = loop.create_task(
+                self._flush_then_free(client), name="dispytch-redis-replies"
+            )
+            raise
+        except BaseException:
+            self._busy = False
+            raise
+        self._busy = False
+
+    async def _flush_then_free(self, client: aredis.Redis) -> None:
+        try:
+            await self._flush(client)
+        finally:
+            self._busy = False
 
     async def _flush(self, client: aredis.Redis) -> None:
         while self._pending:
@@ -89,6 +115,9 @@ class ReplyPublisher:
             try:
                 async with asyncio.timeout(self.timeout):
                     results = await self._publish(client, batch)
+            except asyncio.CancelledError:
+                self._pending[:0] = batch  # sent again by whoever flushes next
+                raise
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning(
                     "Could not send %d repl%s to Redis (%s: %s); %s caller%s will time out.",

@@ -390,18 +390,31 @@ class RedisProducer:
         request = OutgoingMessage(message.route, message.payload, headers, message.key)
         # The send runs in a task of its own: cancelling the caller is local (the
         # request still goes out, whole), and never interrupts a round trip half-way.
-        sending = asyncio.ensure_future(self._send_in_turn(client, request))
-        try:
-            await asyncio.shield(sending)
-        except asyncio.CancelledError:
-            sending.add_done_callback(_retrieved)
-            raise
+        # The task hands its outcome to ``sent`` itself (one wake-up less than shield()).
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+        loop.create_task(self._send_in_turn(client, request, sent))
+        await sent  # cancelling this cancels only ``sent``, never the task
 
-    async def _send_in_turn(self, client: aredis.Redis, request: OutgoingMessage) -> None:
+    async def _send_in_turn(
+        self, client: aredis.Redis, request: OutgoingMessage, sent: asyncio.Future[None]
+    ) -> None:
         if self._request_slots is None:
             self._request_slots = asyncio.Semaphore(REQUEST_CONNECTIONS)
-        async with self._request_slots:
-            await self._send_request(client, request)
+        try:
+            async with self._request_slots:
+                await self._send_request(client, request)
+        except asyncio.CancelledError:  # the loop is shutting down
+            sent.cancel()
+            raise
+        except BaseException as exc:
+            if sent.done():  # its caller was cancelled: nobody to tell but the log
+                log.debug("A request whose caller was cancelled failed to send: %s", exc)
+            else:
+                sent.set_exception(exc)
+            return
+        if not sent.done():
+            sent.set_result(None)
 
     async def _send_request(self, client: aredis.Redis, request: OutgoingMessage) -> None:
         command = self._command(request)
@@ -732,12 +745,6 @@ class RedisProducer:
             "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
             "new producer."
         )
-
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Mark the outcome of a request whose caller was cancelled as seen (logged)."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.debug("A request whose caller was cancelled failed to send: %s", exc)
 
 
 def _reader_failed(task: asyncio.Task[None]) -> None:
