@@ -207,6 +207,7 @@ class RedisProducer:
         self._reply_reader: asyncio.Task[None] | None = None
         self._reply_lock: asyncio.Lock | None = None
         self._request_slots: asyncio.Semaphore | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     #: The options model ``from_url`` reads (with :data:`PRODUCER_FIELDS` taken from it).
     options_model: type[TransportOptions] = RedisOptions
@@ -393,7 +394,9 @@ class RedisProducer:
         # The task hands its outcome to ``sent`` itself (one wake-up less than shield()).
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[None] = loop.create_future()
-        loop.create_task(self._send_in_turn(client, request, sent))
+        task = loop.create_task(self._send_in_turn(client, request, sent))
+        self._sending.add(task)  # a strong reference until it ends (the loop keeps weak)
+        task.add_done_callback(self._sending.discard)
         await sent  # cancelling this cancels only ``sent``, never the task
 
     async def _send_in_turn(
