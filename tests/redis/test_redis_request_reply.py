@@ -4,6 +4,8 @@ producer)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,3 +206,36 @@ async def test_stream_requests_on_a_server_without_the_script_cached(tmp_path: P
         finally:
             await producer.stop()
             await admin.aclose()
+
+
+@pytest.mark.parametrize("yields", [1, 2, 3, 4, 6, 10])
+async def test_a_cancelled_replier_does_not_lose_replies(
+    client: aredis.Redis, yields: int
+) -> None:
+    """The first replier flushes the queue itself; cancelled at any point once it
+    started (``yields`` steps in), what it had not finished goes out from a task (perhaps
+    twice: harmless), and the next reply is not held up."""
+    from dispytch.redis._replies import ReplyPublisher
+
+    channel = f"rr.replies.{uuid.uuid4().hex[:10]}"
+    ps = client.pubsub()
+    await ps.subscribe(channel)
+    publisher = ReplyPublisher(timeout=5.0)
+    request = Message(b"", route="r", headers={HEADER_REPLY_TO: channel})
+    try:
+        leader = asyncio.ensure_future(publisher.publish(client, request, b"first", {}))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        leader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leader
+        await asyncio.wait_for(publisher.publish(client, request, b"second", {}), 5)
+        got: list[bytes] = []
+        async with asyncio.timeout(5):
+            while b"second" not in got:
+                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    got.append(unpack(msg["data"])[0])
+        assert b"first" in got and set(got) == {b"first", b"second"}
+    finally:
+        await ps.aclose()
