@@ -241,6 +241,18 @@ async def test_durable_jobs_on_pubsub_are_refused(client: aredis.Redis) -> None:
     own = Durable(REDIS_URL, store=store, consumer=RedisConsumer(client.pubsub()))
     with pytest.raises(ConfigError, match=r"RedisConsumer delivers at-most-once"):
         own.worker()
+    # A process that only dispatches is refused too: nothing would ever run the run.
+    dispatcher_only = Durable(REDIS_URL, store=store)
+
+    @dispatcher_only.function
+    async def job(x: int) -> int:
+        return x
+
+    with pytest.raises(
+        ConfigError, match=r"'redis://.*' delivers at-most-once.*\n.*redis\+streams"
+    ):
+        await job.dispatch(1)
+    assert await store.list_runs() == []  # nothing was journalled
 
 
 async def test_the_completion_feed_reports_finished_runs_from_any_client(
