@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from dispytch.cqrs.wire import HEADER_REPLY_TO
 from dispytch.message import Message
+from dispytch.redis._client import packed_round_trip
 from dispytch.redis.envelope import pack
-from hiredis import pack_command
 
 import redis.asyncio as aredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 log = logging.getLogger("dispytch.redis")
 
@@ -141,34 +140,15 @@ class ReplyPublisher:
     async def _publish(
         self, client: aredis.Redis, batch: list[tuple[str, bytes, asyncio.Future[None]]]
     ) -> list[Any]:
-        """``PUBLISH`` each reply, written at once on one pooled connection (packed by
-        hiredis, as the producer does), and read one answer each: error replies come
-        back as :class:`ResponseError` values. Called under the flush's timeout."""
+        """``PUBLISH`` each reply in one packed round trip (called under the flush's
+        timeout)."""
         names = self._names
-        commands = []
+        commands: list[tuple[Any, ...]] = []
         for channel, data, _ in batch:
             raw = names.get(channel)
             if raw is None:
                 raw = channel.encode()
                 if len(names) < 10_000:
                     names[channel] = raw
-            command: tuple[Any, ...] = (b"PUBLISH", raw, data)
-            commands.append(pack_command(command))
-        pool = client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(b"".join(commands), check_health=False)
-            results: list[Any] = []
-            for _ in batch:
-                try:
-                    # The flush's timeout bounds the round trip: no timer per read.
-                    results.append(await conn.read_response(timeout=math.inf))
-                except ResponseError as exc:
-                    results.append(exc)
-            return results
-        except BaseException:
-            # Failed or cancelled (the timeout) mid-round-trip: its state is unknown.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
+            commands.append((b"PUBLISH", raw, data))
+        return await packed_round_trip(client, commands)
