@@ -209,9 +209,7 @@ async def test_stream_requests_on_a_server_without_the_script_cached(tmp_path: P
 
 
 @pytest.mark.parametrize("yields", [1, 2, 3, 4, 6, 10])
-async def test_a_cancelled_replier_does_not_lose_replies(
-    client: aredis.Redis, yields: int
-) -> None:
+async def test_a_cancelled_replier_does_not_lose_replies(client: aredis.Redis, yields: int) -> None:
     """The first replier flushes the queue itself; cancelled at any point once it
     started (``yields`` steps in), what it had not finished goes out from a task (perhaps
     twice: harmless), and the next reply is not held up."""
