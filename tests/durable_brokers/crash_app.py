@@ -39,7 +39,8 @@ else:  # RabbitMQ: a killed worker's channel closes and its unacked message is r
 
 durable = Durable(
     URL,
-    store=f"sqlite:///{DIR / 'journal.sqlite3'}",
+    # CRASH_STORE: another journal (tests/redis runs these cases on its Redis store)
+    store=os.environ.get("CRASH_STORE") or f"sqlite:///{DIR / 'journal.sqlite3'}",
     topic=os.environ["CRASH_STREAM"],
     consumer_options=options,
     lease_ttl=2.0,

@@ -526,6 +526,17 @@ class Durable:
         """Open the store and start the emitter: enough to dispatch and read results."""
         if self._connected:
             return
+        if self._given_emitter is None and self._given_consumer is None:
+            # Refused here too, not only when a worker is built: a process that only
+            # dispatches would otherwise leave runs pending that no worker ever hears.
+            delivery = transport_for_url(self.transport).capabilities.delivery
+            if delivery != "at-least-once":
+                raise ConfigError(
+                    f"{self.transport!r} delivers {delivery}: a run dispatched over it is "
+                    "lost when no worker hears it, and a worker killed mid-run would lose "
+                    "the run.\nUse an at-least-once transport for durable functions (Redis "
+                    "Streams: redis+streams://, RabbitMQ, Kafka, memory)."
+                )
         await self.store.open()
         if self._given_emitter is None and not self._emitter_started:
             await self.emitter.start()
