@@ -62,6 +62,7 @@ __all__ = [
     "any_success",
     "gather",
     "race",
+    "sleep",
 ]
 
 log = logging.getLogger("dispytch.durable")
@@ -116,6 +117,22 @@ def default_transient(exc: BaseException) -> bool:
 
 class _Suspend(BaseException):
     """Unwinds a run waiting on children (not an Exception: user code does not catch it)."""
+
+
+class _Sleep(BaseException):
+    """Unwinds a run in a durable sleep until ``wake`` (epoch seconds, journalled)."""
+
+    def __init__(self, wake: float) -> None:
+        super().__init__(wake)
+        self.wake = wake
+
+
+#: The journal's function name of a durable sleep step.
+SLEEP_STEP = "dispytch.durable.sleep"
+
+#: A durable sleep up to this long waits in place (the run keeps its lease); a longer one
+#: suspends the run: lease given up, message back at the wake-up time.
+_HOLD_SLEEP = 1.0
 
 
 @dataclass
@@ -829,6 +846,11 @@ class Durable:
         except _Suspend:
             await self.store.release(run.id, token, "waiting")
             return True
+        except _Sleep as sleeping:
+            # The wake-up time is journalled (the step and the run's due): the tick comes
+            # back then, on whichever worker; nobody holds the run meanwhile.
+            await self.store.release(run.id, token, "sleeping", due=sleeping.wake)
+            return False
         except asyncio.CancelledError:
             # Stopping: the tick goes back to the broker; give the lease up so that the
             # next worker need not wait for it to expire.
@@ -952,6 +974,33 @@ class Durable:
         decoded: R = fn.codec.decode_result(text)
         return decoded
 
+    async def _sleep(self, state: _RunState, seconds: float) -> None:
+        position = state.next_position()
+        record = state.journal.steps.get(position)
+        if record is not None:
+            if record.function != SLEEP_STEP:
+                raise NonDeterminismError(
+                    f"Run {state.run_id}, step {position}: the journal has "
+                    f"{record.function}(args {record.args_hash[:12]}), the code now calls "
+                    f"sleep({seconds!r}).\nThe code changed incompatibly; restore the old "
+                    "step order or start a new run."
+                )
+            wake = float(record.outcome)  # the journalled wake-up time wins
+        else:
+            state.check()
+            wake = _now() + max(0.0, float(seconds))
+            digest = hashlib.sha256(canonical(float(seconds)).encode()).hexdigest()[:32]
+            step = StepRecord(position, SLEEP_STEP, digest, "ok", repr(wake))
+            await self.store.put_step(state.run_id, state.token, step)
+            state.journal.steps[position] = step
+        left = wake - _now()
+        if left <= 0:
+            return
+        if left <= _HOLD_SLEEP:
+            await asyncio.sleep(left)
+            return
+        raise _Sleep(wake)
+
     async def _fan(self, state: _RunState, calls: Sequence[Call[Any]], mode: str) -> Any:
         """``gather`` / ``any`` / ``race``: children as runs, their outcomes in the slot."""
         position = state.next_position()
@@ -1050,6 +1099,24 @@ class Durable:
             else:
                 await self._send_tick(child_id)
         raise _Suspend
+
+
+async def sleep(seconds: float) -> None:
+    """Sleep durably: inside a durable function, a step that journals its wake-up time.
+
+    A sleep of more than a second suspends the run: its lease is given up, its status is
+    ``sleeping`` with ``due`` the wake-up time, and its message comes back then (with a
+    delayed redelivery where the transport declares ``delayed_requeue``, else parked by
+    the worker without holding a slot). A crash meanwhile changes nothing: whichever
+    worker gets the message next waits for the journalled time, and the replay returns
+    at once from a sleep already over. Shorter sleeps wait in place. Outside a durable
+    function it is ``asyncio.sleep``.
+    """
+    state = _current.get()
+    if state is None:
+        await asyncio.sleep(seconds)
+        return
+    await state.durable._sleep(state, seconds)
 
 
 async def gather(*calls: Call[Any]) -> list[Any]:
