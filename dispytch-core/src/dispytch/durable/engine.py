@@ -135,11 +135,18 @@ SLEEP_STEP = "dispytch.durable.sleep"
 _HOLD_SLEEP = 1.0
 
 
+#: A step starting this long (seconds) after the run's last confirmed journal write first
+#: confirms the lease (one renew), so a cancel is seen before the step starts.
+_CONFIRM_WINDOW = 0.05
+
+
 @dataclass
 class _Lease:
-    """The attempt's hold on its run; ``lost`` once a renewal was refused (taken over
-    or cancelled): no further step starts."""
+    """The attempt's hold on its run: ``confirmed`` when a write last proved it held
+    (``time.monotonic()``), ``lost`` once a renewal was refused (taken over or
+    cancelled): no further step starts."""
 
+    confirmed: float = field(default_factory=time.monotonic)
     lost: bool = False
 
 
@@ -162,9 +169,22 @@ class _RunState:
             self.durable, self.run_id, self.token, self.journal, f"{position}.", lease=self.lease
         )
 
-    def check(self) -> None:
-        """At a step boundary: raise when the lease is known lost (a cancel, a takeover)."""
-        if self.lease.lost:
+    def confirmed(self) -> None:
+        """A fenced write just succeeded: the lease is held now."""
+        self.lease.confirmed = time.monotonic()
+
+    async def check(self) -> None:
+        """At a step boundary, before a new step starts: raise when the lease is lost (a
+        cancel, a takeover). Free right after a journal write; after a longer gap, one
+        renew asks the store."""
+        lease = self.lease
+        if not lease.lost and time.monotonic() - lease.confirmed > _CONFIRM_WINDOW:
+            durable = self.durable
+            if await durable.store.renew(self.run_id, self.token, durable.settings.lease_ttl):
+                self.confirmed()
+            else:
+                lease.lost = True
+        if lease.lost:
             raise LeaseLostError(
                 f"Run {self.run_id}: the lease of token {self.token} is lost (the run was "
                 "cancelled or taken over); no further step starts here."
@@ -951,7 +971,7 @@ class Durable:
                 result: R = fn.codec.decode_result(record.outcome)
                 return result
             raise decode_error(state.run_id, record.outcome, self.settings.registered)
-        state.check()
+        await state.check()
         reset = _current.set(state.nested(position))
         try:
             value = await fn.invoke(call.args, call.kwargs)
@@ -963,6 +983,7 @@ class Durable:
                 error = encode_error(exc, retryable=False)
                 step = StepRecord(position, fn.name, call.args_hash, "error", error)
                 await self.store.put_step(state.run_id, state.token, step)
+                state.confirmed()
                 journal.steps[position] = step
             raise
         finally:
@@ -970,9 +991,28 @@ class Durable:
         text = fn.codec.encode_result(value)
         step = StepRecord(position, fn.name, call.args_hash, "ok", text)
         await self.store.put_step(state.run_id, state.token, step)
+        state.confirmed()
         journal.steps[position] = step
         decoded: R = fn.codec.decode_result(text)
         return decoded
+
+    async def _cancel_loser(self, state: _RunState, position: str, index: int, mode: str) -> None:
+        child_id = f"{state.run_id}/{position}.{index}"
+        error = encode_error(
+            RunCancelledError(
+                f"Run {child_id} was cancelled: it lost the {mode}() of run {state.run_id}, "
+                f"step {position}."
+            ),
+            retryable=False,
+        )
+        cancelled = await self.store.cancel_run(child_id, error)
+        for rid in cancelled:
+            self._wake(rid)
+        if child_id in cancelled:
+            # Its outcome in the slot now; the child's own late completion is a no-op there.
+            outcome = ChildOutcome("error", error)
+            await self.store.complete_child(state.run_id, position, index, outcome)
+            state.journal.children.setdefault(position, {})[index] = outcome
 
     async def _sleep(self, state: _RunState, seconds: float) -> None:
         position = state.next_position()
@@ -987,7 +1027,7 @@ class Durable:
                 )
             wake = float(record.outcome)  # the journalled wake-up time wins
         else:
-            state.check()
+            await state.check()
             wake = _now() + max(0.0, float(seconds))
             digest = hashlib.sha256(canonical(float(seconds)).encode()).hexdigest()[:32]
             step = StepRecord(position, SLEEP_STEP, digest, "ok", repr(wake))
@@ -1066,6 +1106,11 @@ class Durable:
                     step = StepRecord(decision_pos, mode, digest, "ok", str(winner))
                     await self.store.put_step(state.run_id, state.token, step)
                     journal.steps[decision_pos] = step
+                # The losers still out are cancelled (each recorded in the slot, so a
+                # replay finds nothing left to cancel).
+                for index in range(count):
+                    if index != winner and index not in done:
+                        await self._cancel_loser(state, position, index, mode)
                 if winner == -1:
                     raise AnyFailedError(
                         f"Run {state.run_id}, step {position}: all {count} calls of any() "
@@ -1079,7 +1124,7 @@ class Durable:
             if mode == "gather":
                 return []
             raise ValueError(f"{mode}() needs at least one call.")
-        state.check()
+        await state.check()
         wake = count if mode == "gather" else 1  # any/race: every completion wakes it
         for index, call in enumerate(calls):
             if index in done:
@@ -1140,33 +1185,59 @@ async def any_success(*calls: Call[Any]) -> Any:
     Inside a durable function: each call a run of its own; the parent wakes on each
     completion and returns the lowest-index success it sees; when every call failed it
     raises :class:`~dispytch.durable.errors.AnyFailedError` holding each error. The choice
-    is journalled, so a replay returns the same. Calls still running go on (they are not
-    cancelled). Outside a durable function: dispatched and awaited.
+    is journalled, so a replay returns the same. The calls still out are cancelled: their
+    runs are marked ``cancelled``, running ones stop at their next step (see
+    :meth:`Durable.cancel`). Outside a durable function: dispatched and awaited, the
+    losers cancelled the same way.
     """
     state = _current.get()
     if state is None:
+        if not calls:
+            raise ValueError("any() needs at least one call.")
         handles = [await c.dispatch() for c in calls]
-        errors: list[BaseException] = []
-        for fut in asyncio.as_completed([h.result() for h in handles]):
-            try:
-                return await fut
-            except Exception as exc:
-                errors.append(exc)
-        raise AnyFailedError(f"All {len(calls)} calls of any() failed.", errors)
+        return await _first(handles, "any")
     return await state.durable._fan(state, calls, "any")
+
+
+async def _first(handles: Sequence[RunHandle[Any]], mode: str) -> Any:
+    """Outside a durable function: the first success (``any``) or outcome (``race``) of
+    runs already dispatched; the others cancelled."""
+    tasks = {asyncio.ensure_future(h.result()): i for i, h in enumerate(handles)}
+    pending = set(tasks)
+    errors: dict[int, BaseException] = {}
+    try:
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(finished, key=tasks.__getitem__):  # lowest index first
+                exc = task.exception()
+                if exc is None or mode == "race":
+                    return task.result()
+                errors[tasks[task]] = exc
+        raise AnyFailedError(
+            f"All {len(handles)} calls of any() failed.",
+            [errors[i] for i in range(len(handles))],
+        )
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            handle = handles[tasks[task]]
+            with contextlib.suppress(Exception):
+                await handle.durable.cancel(handle.id, reason=f"it lost a {mode}()")
 
 
 async def race(*calls: Call[Any]) -> Any:
     """The first call to finish, value or error.
 
     Inside a durable function: the lowest-index finished call the parent sees when a
-    completion wakes it; journalled, so a replay returns the same. Calls still running go
-    on. Outside a durable function: dispatched and awaited.
+    completion wakes it; journalled, so a replay returns the same. The calls still out
+    are cancelled (runs marked ``cancelled``, running ones stop at their next step).
+    Outside a durable function: dispatched and awaited, the losers cancelled the same way.
     """
     state = _current.get()
     if state is None:
+        if not calls:
+            raise ValueError("race() needs at least one call.")
         handles = [await c.dispatch() for c in calls]
-        for fut in asyncio.as_completed([h.result() for h in handles]):
-            return await fut
-        raise ValueError("race() needs at least one call.")
+        return await _first(handles, "race")
     return await state.durable._fan(state, calls, "race")
