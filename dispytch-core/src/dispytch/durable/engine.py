@@ -20,7 +20,15 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -39,6 +47,7 @@ from dispytch.durable.errors import (
 from dispytch.durable.store import (
     RETRYABLE_STATUSES,
     ChildOutcome,
+    CompletionFeed,
     Journal,
     JournalStore,
     NewRun,
@@ -330,19 +339,32 @@ class RunHandle(Generic[R]):
         durable = self.durable
         await durable.connect()
         async with asyncio.timeout(timeout):
+            # Pushed: woken by this process's worker, or by the store's completion feed
+            # (another process finished it): one read per wake-up, no poll. A store with
+            # no feed (SQLite): woken the same way in this process, else a bounded poll
+            # backing off from 2 ms to 200 ms.
+            pushed = durable._feed_stop is not None
             backoff = Backoff(initial=0.002, factor=1.5, cap=0.2)
-            event = durable._waiters.setdefault(self.id, asyncio.Event())
+            event = asyncio.Event()
+            waiters = durable._waiters.setdefault(self.id, set())
+            waiters.add(event)
             try:
                 while True:
+                    event.clear()
                     record = await durable.store.get_run(self.id)
                     if record is None:
                         raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
                     if record.final:
                         return durable._outcome(record, self.function)  # type: ignore[no-any-return]
+                    if pushed:
+                        await event.wait()
+                        continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), backoff.next())
             finally:
-                durable._waiters.pop(self.id, None)
+                waiters.discard(event)
+                if not waiters and durable._waiters.get(self.id) is waiters:
+                    del durable._waiters[self.id]
 
 
 @dataclass
@@ -436,7 +458,8 @@ class Durable:
         self._route = TopicRoute(topic=topic)
         self._connected = False
         self._emitter_started = False
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._feed_stop: Callable[[], Awaitable[None]] | None = None
         self._parked: set[asyncio.Task[None]] = set()
         self._limited: dict[str, Backoff] = {}
         self._limit_cap = 1.0
@@ -564,6 +587,8 @@ class Durable:
         if self._connected:
             return
         await self.store.open()
+        if isinstance(self.store, CompletionFeed) and self._feed_stop is None:
+            self._feed_stop = await self.store.watch_completions(self._wake)
         if self._given_emitter is None and not self._emitter_started:
             await self.emitter.start()
             self._emitter_started = True
@@ -587,6 +612,9 @@ class Durable:
             await self._emitter.stop()
             self._emitter = None
             self._emitter_started = False
+        feed_stop, self._feed_stop = self._feed_stop, None
+        if feed_stop is not None:
+            await feed_stop()
         await self.store.close()
         self._connected = False
 
@@ -930,10 +958,17 @@ class Durable:
                 )
                 return
 
-    def _wake(self, run_id: str) -> None:
-        event = self._waiters.get(run_id)
-        if event is not None:
-            event.set()
+    def _wake(self, run_id: str | None) -> None:
+        """Wake the waiters of a run (None: every waiter, to read again)."""
+        if run_id is None:
+            for every in self._waiters.values():
+                for event in every:
+                    event.set()
+            return
+        waiters = self._waiters.get(run_id)
+        if waiters:
+            for event in waiters:
+                event.set()
 
     async def _finished(self, run: RunRecord, status: str, outcome: str) -> None:
         self._wake(run.id)

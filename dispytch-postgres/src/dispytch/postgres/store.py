@@ -11,8 +11,11 @@ WHERE holds the fence (a second read only when it changed nothing).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Collection
+import logging
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -28,6 +31,8 @@ from dispytch.durable.store import (
 from dispytch.errors import ConfigError
 
 __all__ = ["PostgresJournalStore"]
+
+log = logging.getLogger("dispytch.postgres")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}runs (
@@ -113,6 +118,11 @@ class PostgresJournalStore:
         table_prefix: Prefix of the three tables (default ``dispytch_``).
         min_size: Connections the pool keeps open.
         max_size: Connections the pool opens at most.
+        notify: Send a notice (``NOTIFY <prefix>runs_done``) with each run that reaches a
+            final status, in the same statement, so ``await call.result()`` in any
+            process is pushed the completion (:meth:`watch_completions`) instead of
+            reading the run again and again. ``False`` saves the notice when no process
+            waits for results; waiters then poll with backoff.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class PostgresJournalStore:
         table_prefix: str = "dispytch_",
         min_size: int = 1,
         max_size: int = 10,
+        notify: bool = True,
     ) -> None:
         if not table_prefix.replace("_", "").isalnum() or not table_prefix[0].isalpha():
             raise ConfigError(
@@ -132,6 +143,8 @@ class PostgresJournalStore:
         self.prefix = table_prefix.lower()
         self.min_size = min_size
         self.max_size = max_size
+        self.notify = notify
+        self.channel = f"{self.prefix}runs_done"
         self._pool: asyncpg.Pool | None = None
 
     @classmethod
@@ -143,6 +156,11 @@ class PostgresJournalStore:
         kwargs: dict[str, Any] = {}
         if "table_prefix" in query:
             kwargs["table_prefix"] = query.pop("table_prefix")
+        if "notify" in query:
+            flag = query.pop("notify").lower()
+            if flag not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ConfigError(f"notify={flag!r} in {url!r}: write notify=true or notify=false.")
+            kwargs["notify"] = flag in {"true", "1", "yes"}
         for name in ("min_size", "max_size"):
             if name in query:
                 try:
@@ -373,15 +391,16 @@ class PostgresJournalStore:
     async def complete(self, run_id: str, token: int, status: str, outcome: str) -> bool:
         if status not in ("succeeded", "failed", "dead", "cancelled"):
             raise ValueError(f"complete() takes a final status, not {status!r}.")
-        return await self._fenced_update(
-            run_id,
-            token,
+        update = (
             "UPDATE {p}runs SET status = $3, outcome = $4, lease_until = 0, "
             f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 AND lease_until > 0 "
-            f"AND status NOT IN {_FINAL} RETURNING 1",
-            status,
-            outcome,
+            f"AND status NOT IN {_FINAL} RETURNING id"
         )
+        if self.notify:  # the notice goes out with the commit of the same statement
+            sql = f"WITH u AS ({update}) SELECT 1, pg_notify('{self.channel}', id) FROM u"
+        else:
+            sql = update.replace("RETURNING id", "RETURNING 1")
+        return await self._fenced_update(run_id, token, sql, status, outcome)
 
     async def complete_child(
         self, parent_id: str, position: str, index: int, child: ChildOutcome
@@ -481,4 +500,69 @@ class PostgresJournalStore:
                 run_id,
                 outcome,
             )
-            return sorted(r["id"] for r in rows)
+            ids = sorted(r["id"] for r in rows)
+            if self.notify:
+                await conn.execute(
+                    "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id", self.channel, ids
+                )
+            return ids
+
+    # -- pushed completions -----------------------------------------------------------
+    async def watch_completions(
+        self, callback: Callable[[str | None], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """``LISTEN <prefix>runs_done`` on a connection of its own: ``callback(run_id)``
+        for each run finished (in any process), ``callback(None)`` after the connection
+        was lost and listens again (notices meanwhile may be missed: waiters read again).
+        Returns ``stop()``. With ``notify=False`` nothing is ever sent: the callback is
+        called only on reconnects."""
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        lost = asyncio.Event()
+
+        def on_notice(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+            callback(str(payload))
+
+        def on_lost(_conn: Any) -> None:
+            loop.call_soon_threadsafe(lost.set)
+
+        async def listen() -> asyncpg.Connection:
+            conn = await asyncpg.connect(self.dsn)
+            conn.add_termination_listener(on_lost)
+            await conn.add_listener(self.channel, on_notice)
+            return conn
+
+        conn = await listen()
+
+        async def keep() -> None:
+            nonlocal conn
+            delay = 0.1
+            while not stopped.is_set():
+                await lost.wait()
+                if stopped.is_set():
+                    return
+                lost.clear()
+                log.warning("The completion feed's connection was lost; listening again.")
+                while not stopped.is_set():
+                    try:
+                        conn = await listen()
+                        break
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("Listening again failed (%s); next try in %.1f s.", exc, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                delay = 0.1
+                callback(None)  # notices may have been missed meanwhile
+
+        keeper = loop.create_task(keep(), name=f"dispytch-postgres-feed-{self.prefix}")
+
+        async def stop() -> None:
+            stopped.set()
+            lost.set()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+        return stop
