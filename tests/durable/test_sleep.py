@@ -214,3 +214,9 @@ async def test_on_redis_streams_a_sleep_is_a_delayed_redelivery(tmp_path: Any) -
         client.delete(f"sleep-{tag}")  # our own stream only
         client.close()
     assert ran == ["start@first", "start@second", "woke@second"]  # plain code replays
+
+
+async def test_max_parked_bounds_what_a_worker_holds(make_durable: Any) -> None:
+    durable: Durable = make_durable(max_in_flight=2, max_parked=3)
+    assert durable.dispatcher.max_unsettled == 3
+    assert make_durable(max_in_flight=2).dispatcher.max_unsettled == 8  # 4 x max_in_flight

@@ -408,6 +408,10 @@ class Durable:
         backoff: Delays between attempts (``Backoff(initial=1, factor=2, cap=300)``).
         lease_ttl: How long a worker holds a run without renewing (renewed every third).
         max_in_flight: Runs one worker handles at once.
+        max_parked: Runs one worker holds parked, waiting for a due time (a retry backoff,
+            a durable sleep, a concurrency limit) on a transport without delayed requeue
+            (default ``4 * max_in_flight``; beyond it the worker reads no more messages
+            until one is due).
         is_transient: Which errors are retried (default :func:`default_transient`).
     """
 
@@ -424,6 +428,7 @@ class Durable:
         backoff: Backoff | None = None,
         lease_ttl: float = 30.0,
         max_in_flight: int = 64,
+        max_parked: int | None = None,
         is_transient: Callable[[BaseException], bool] = default_transient,
         name: str = "durable",
     ) -> None:
@@ -441,6 +446,7 @@ class Durable:
         self.topic = topic
         self.name = name
         self.max_in_flight = max_in_flight
+        self.max_parked = max_parked
         self.consumer_options = dict(consumer_options or {})
         if self.transport.startswith("memory:"):
             self.consumer_options.setdefault("group", "dispytch-durable")
@@ -554,6 +560,7 @@ class Durable:
                     self._given_consumer,
                     ack_policy=AckPolicy.MANUAL,
                     max_in_flight=self.max_in_flight,
+                    max_unsettled=self.max_parked,
                     name=self.name,
                 )
             else:
@@ -561,6 +568,7 @@ class Durable:
                     self.transport,
                     ack_policy=AckPolicy.MANUAL,
                     max_in_flight=self.max_in_flight,
+                    max_unsettled=self.max_parked,
                     name=self.name,
                     **self.consumer_options,
                 )
