@@ -840,6 +840,7 @@ class Durable:
             if run.final:
                 if run.parent is not None:  # a crash may have come between the two writes
                     await self._notify_parent(run)
+                self._limited.pop(run_id, None)
                 self._wake(run_id)
                 await ack.ack()
                 return
