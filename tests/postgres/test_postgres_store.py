@@ -129,10 +129,11 @@ async def test_results_are_pushed_to_another_process_not_polled(
         handle = await slow.dispatch(1)
         waiting = asyncio.ensure_future(reader.handle(handle.id, slow_there).result(timeout=30))
         await asyncio.sleep(1.0)  # a polling waiter would read the run many times by now
-        assert not waiting.done() and reader_store.reads == 1
+        # one read at the start, one after asking for the notice (past a 50 ms grace)
+        assert not waiting.done() and reader_store.reads == 2
         release.set()
         assert await waiting == 2
-        assert reader_store.reads == 2  # one read at the start, one when the notice came
+        assert reader_store.reads == 3  # and one when the notice came
     finally:
         await worker.stop()
         await reader.stop()
@@ -154,6 +155,7 @@ async def test_the_feed_listens_again_after_its_connection_is_killed(
             while None not in seen:  # the feed says: notices may have been missed
                 await asyncio.sleep(0.05)
         record, _ = await pg_store.create_run(NewRun("after-kill", "f", "{}", "h"))
+        await pg_store.watch_run(record.id)
         token = await pg_store.acquire(record.id, 30.0)
         assert token is not None
         await pg_store.complete(record.id, token, "succeeded", "1")
@@ -169,3 +171,22 @@ def test_notify_option_in_the_url() -> None:
     assert journal_store_for_url(DSN).notify is True  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="notify=true or notify=false"):
         journal_store_for_url(f"{DSN}?notify=maybe")
+
+
+async def test_only_watched_runs_are_notified(pg_store: PostgresJournalStore) -> None:
+    seen: list[str | None] = []
+    stop = await pg_store.watch_completions(seen.append)
+    try:
+        quiet, _ = await pg_store.create_run(NewRun(f"quiet-{uuid.uuid4().hex}", "f", "{}", "h"))
+        loud, _ = await pg_store.create_run(NewRun(f"loud-{uuid.uuid4().hex}", "f", "{}", "h"))
+        await pg_store.watch_run(loud.id)
+        for record in (quiet, loud):
+            token = await pg_store.acquire(record.id, 30.0)
+            assert token is not None
+            assert await pg_store.complete(record.id, token, "succeeded", "1")
+        async with asyncio.timeout(20):
+            while loud.id not in seen:
+                await asyncio.sleep(0.02)
+        assert quiet.id not in seen  # its notice came first had it been sent
+    finally:
+        await stop()

@@ -84,6 +84,9 @@ DEFAULT_STORE = "sqlite:///.dispytch/journal.sqlite3"
 DEFAULT_TOPIC = "dispytch.durable.runs"
 
 
+#: A result waiter on a store with a completion feed asks for a notice after this long.
+_WATCH_GRACE = 0.05
+
 #: Waits up to this long (lease contention) happen in the handler; longer ones park the tick.
 _INLINE_WAIT = 0.05
 
@@ -340,10 +343,11 @@ class RunHandle(Generic[R]):
         await durable.connect()
         async with asyncio.timeout(timeout):
             # Pushed: woken by this process's worker, or by the store's completion feed
-            # (another process finished it): one read per wake-up, no poll. A store with
-            # no feed (SQLite): woken the same way in this process, else a bounded poll
-            # backing off from 2 ms to 200 ms.
+            # (another process finished it; the run is watched after a 50 ms grace): one
+            # read per wake-up, no poll. A store with no feed (SQLite): woken the same
+            # way in this process, else a bounded poll backing off from 2 ms to 200 ms.
             pushed = durable._feed_stop is not None
+            watching = False
             backoff = Backoff(initial=0.002, factor=1.5, cap=0.2)
             event = asyncio.Event()
             waiters = durable._waiters.setdefault(self.id, set())
@@ -357,6 +361,17 @@ class RunHandle(Generic[R]):
                     if record.final:
                         return durable._outcome(record, self.function)  # type: ignore[no-any-return]
                     if pushed:
+                        if not watching:
+                            # This process's worker may finish it soon: that wake needs
+                            # no notice. Past a grace, ask the store to notify, and read
+                            # again (it may have finished before the watch).
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(event.wait(), _WATCH_GRACE)
+                            if not event.is_set():
+                                assert durable._feed is not None
+                                await durable._feed.watch_run(self.id)
+                                watching = True
+                            continue
                         await event.wait()
                         continue
                     with contextlib.suppress(TimeoutError):
@@ -465,6 +480,7 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._feed: CompletionFeed | None = None
         self._feed_stop: Callable[[], Awaitable[None]] | None = None
         self._parked: set[asyncio.Task[None]] = set()
         self._limited: dict[str, Backoff] = {}
@@ -597,6 +613,7 @@ class Durable:
         await self.store.open()
         if isinstance(self.store, CompletionFeed) and self._feed_stop is None:
             self._feed_stop = await self.store.watch_completions(self._wake)
+            self._feed = self.store
         if self._given_emitter is None and not self._emitter_started:
             await self.emitter.start()
             self._emitter_started = True
@@ -620,7 +637,7 @@ class Durable:
             await self._emitter.stop()
             self._emitter = None
             self._emitter_started = False
-        feed_stop, self._feed_stop = self._feed_stop, None
+        feed_stop, self._feed_stop, self._feed = self._feed_stop, None, None
         if feed_stop is not None:
             await feed_stop()
         await self.store.close()

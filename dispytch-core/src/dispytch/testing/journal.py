@@ -403,6 +403,9 @@ class JournalStoreConformance:
         try:
             done, _ = await store.create_run(_run())
             gone, _ = await store.create_run(_run())
+            await store.watch_run(done.id)
+            await store.watch_run(gone.id)
+            await store.watch_run(gone.id)  # idempotent
             token = await store.acquire(done.id, 30.0)
             assert token is not None
             await store.put_step(done.id, token, _step("1"))

@@ -51,8 +51,10 @@ CREATE TABLE IF NOT EXISTS {p}runs (
     parent_index INTEGER,
     parent_count INTEGER,
     created DOUBLE PRECISION NOT NULL,
-    updated DOUBLE PRECISION NOT NULL
+    updated DOUBLE PRECISION NOT NULL,
+    watched BOOLEAN NOT NULL DEFAULT false
 );
+ALTER TABLE {p}runs ADD COLUMN IF NOT EXISTS watched BOOLEAN NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS {p}steps (
     run_id TEXT NOT NULL,
     position TEXT NOT NULL,
@@ -118,11 +120,11 @@ class PostgresJournalStore:
         table_prefix: Prefix of the three tables (default ``dispytch_``).
         min_size: Connections the pool keeps open.
         max_size: Connections the pool opens at most.
-        notify: Send a notice (``NOTIFY <prefix>runs_done``) with each run that reaches a
-            final status, in the same statement, so ``await call.result()`` in any
-            process is pushed the completion (:meth:`watch_completions`) instead of
-            reading the run again and again. ``False`` saves the notice when no process
-            waits for results; waiters then poll with backoff.
+        notify: Send a notice (``NOTIFY <prefix>runs_done``) when a *watched* run
+            (:meth:`watch_run`: a process waits for its result) reaches a final status,
+            in the same statement, so ``await call.result()`` in any process is pushed
+            the completion (:meth:`watch_completions`) instead of reading the run again
+            and again. ``False``: no notices; waiters poll with backoff.
     """
 
     def __init__(
@@ -394,12 +396,15 @@ class PostgresJournalStore:
         update = (
             "UPDATE {p}runs SET status = $3, outcome = $4, lease_until = 0, "
             f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 AND lease_until > 0 "
-            f"AND status NOT IN {_FINAL} RETURNING id"
+            f"AND status NOT IN {_FINAL} RETURNING id, watched"
         )
-        if self.notify:  # the notice goes out with the commit of the same statement
-            sql = f"WITH u AS ({update}) SELECT 1, pg_notify('{self.channel}', id) FROM u"
+        if self.notify:  # a watched run's notice goes out with this statement's commit
+            sql = (
+                f"WITH u AS ({update}), n AS (SELECT pg_notify('{self.channel}', id) FROM u "
+                "WHERE watched) SELECT 1, (SELECT count(*) FROM n) FROM u"
+            )
         else:
-            sql = update.replace("RETURNING id", "RETURNING 1")
+            sql = update.replace("RETURNING id, watched", "RETURNING 1")
         return await self._fenced_update(run_id, token, sql, status, outcome)
 
     async def complete_child(
@@ -503,17 +508,30 @@ class PostgresJournalStore:
             ids = sorted(r["id"] for r in rows)
             if self.notify:
                 await conn.execute(
-                    "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id", self.channel, ids
+                    self._sql(
+                        "SELECT pg_notify($1, id) FROM {p}runs "
+                        "WHERE id = ANY($2::text[]) AND watched"
+                    ),
+                    self.channel,
+                    ids,
                 )
             return ids
+
+    async def watch_run(self, run_id: str) -> None:
+        """The run's completion is notified from now on (``watched``)."""
+        pool = await self._ensure()
+        await pool.execute(
+            self._sql("UPDATE {p}runs SET watched = true WHERE id = $1 AND NOT watched"), run_id
+        )
 
     # -- pushed completions -----------------------------------------------------------
     async def watch_completions(
         self, callback: Callable[[str | None], None]
     ) -> Callable[[], Awaitable[None]]:
         """``LISTEN <prefix>runs_done`` on a connection of its own: ``callback(run_id)``
-        for each run finished (in any process), ``callback(None)`` after the connection
-        was lost and listens again (notices meanwhile may be missed: waiters read again).
+        for each watched run finished or cancelled (in any process), ``callback(None)``
+        after the connection was lost and listens again (notices meanwhile may be missed:
+        waiters read again).
         Returns ``stop()``. With ``notify=False`` nothing is ever sent: the callback is
         called only on reconnects."""
         loop = asyncio.get_running_loop()
