@@ -35,6 +35,7 @@ from dispytch.durable.engine import (
     default_transient,
     gather,
     race,
+    sleep,
 )
 from dispytch.durable.errors import (
     AnyFailedError,
@@ -97,6 +98,7 @@ __all__ = [
     "journal_store_for_url",
     "race",
     "run",
+    "sleep",
 ]
 
 P = ParamSpec("P")

@@ -20,7 +20,15 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -39,6 +47,7 @@ from dispytch.durable.errors import (
 from dispytch.durable.store import (
     RETRYABLE_STATUSES,
     ChildOutcome,
+    CompletionFeed,
     Journal,
     JournalStore,
     NewRun,
@@ -62,6 +71,7 @@ __all__ = [
     "any_success",
     "gather",
     "race",
+    "sleep",
 ]
 
 log = logging.getLogger("dispytch.durable")
@@ -73,6 +83,9 @@ DEFAULT_TRANSPORT = "memory://dispytch-durable"
 DEFAULT_STORE = "sqlite:///.dispytch/journal.sqlite3"
 DEFAULT_TOPIC = "dispytch.durable.runs"
 
+
+#: A result waiter on a store with a completion feed asks for a notice after this long.
+_WATCH_GRACE = 0.05
 
 #: Waits up to this long (lease contention) happen in the handler; longer ones park the tick.
 _INLINE_WAIT = 0.05
@@ -118,11 +131,34 @@ class _Suspend(BaseException):
     """Unwinds a run waiting on children (not an Exception: user code does not catch it)."""
 
 
+class _Sleep(BaseException):
+    """Unwinds a run in a durable sleep until ``wake`` (epoch seconds, journalled)."""
+
+    def __init__(self, wake: float) -> None:
+        super().__init__(wake)
+        self.wake = wake
+
+
+#: The journal's function name of a durable sleep step.
+SLEEP_STEP = "dispytch.durable.sleep"
+
+#: A durable sleep up to this long waits in place (the run keeps its lease); a longer one
+#: suspends the run: lease given up, message back at the wake-up time.
+_HOLD_SLEEP = 1.0
+
+
+#: A step starting this long (seconds) after the run's last confirmed journal write first
+#: confirms the lease (one renew), so a cancel is seen before the step starts.
+_CONFIRM_WINDOW = 0.05
+
+
 @dataclass
 class _Lease:
-    """The attempt's hold on its run; ``lost`` once a renewal was refused (taken over
-    or cancelled): no further step starts."""
+    """The attempt's hold on its run: ``confirmed`` when a write last proved it held
+    (``time.monotonic()``), ``lost`` once a renewal was refused (taken over or
+    cancelled): no further step starts."""
 
+    confirmed: float = field(default_factory=time.monotonic)
     lost: bool = False
 
 
@@ -145,9 +181,22 @@ class _RunState:
             self.durable, self.run_id, self.token, self.journal, f"{position}.", lease=self.lease
         )
 
-    def check(self) -> None:
-        """At a step boundary: raise when the lease is known lost (a cancel, a takeover)."""
-        if self.lease.lost:
+    def confirmed(self) -> None:
+        """A fenced write just succeeded: the lease is held now."""
+        self.lease.confirmed = time.monotonic()
+
+    async def check(self) -> None:
+        """At a step boundary, before a new step starts: raise when the lease is lost (a
+        cancel, a takeover). Free right after a journal write; after a longer gap, one
+        renew asks the store."""
+        lease = self.lease
+        if not lease.lost and time.monotonic() - lease.confirmed > _CONFIRM_WINDOW:
+            durable = self.durable
+            if await durable.store.renew(self.run_id, self.token, durable.settings.lease_ttl):
+                self.confirmed()
+            else:
+                lease.lost = True
+        if lease.lost:
             raise LeaseLostError(
                 f"Run {self.run_id}: the lease of token {self.token} is lost (the run was "
                 "cancelled or taken over); no further step starts here."
@@ -293,19 +342,44 @@ class RunHandle(Generic[R]):
         durable = self.durable
         await durable.connect()
         async with asyncio.timeout(timeout):
+            # Pushed: woken by this process's worker, or by the store's completion feed
+            # (another process finished it; the run is watched after a 50 ms grace): one
+            # read per wake-up, no poll. A store with no feed (SQLite): woken the same
+            # way in this process, else a bounded poll backing off from 2 ms to 200 ms.
+            pushed = durable._feed_stop is not None
+            watching = False
             backoff = Backoff(initial=0.002, factor=1.5, cap=0.2)
-            event = durable._waiters.setdefault(self.id, asyncio.Event())
+            event = asyncio.Event()
+            waiters = durable._waiters.setdefault(self.id, set())
+            waiters.add(event)
             try:
                 while True:
+                    event.clear()
                     record = await durable.store.get_run(self.id)
                     if record is None:
                         raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
                     if record.final:
                         return durable._outcome(record, self.function)  # type: ignore[no-any-return]
+                    if pushed:
+                        if not watching:
+                            # This process's worker may finish it soon: that wake needs
+                            # no notice. Past a grace, ask the store to notify, and read
+                            # again (it may have finished before the watch).
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(event.wait(), _WATCH_GRACE)
+                            if not event.is_set():
+                                assert durable._feed is not None
+                                await durable._feed.watch_run(self.id)
+                                watching = True
+                            continue
+                        await event.wait()
+                        continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), backoff.next())
             finally:
-                durable._waiters.pop(self.id, None)
+                waiters.discard(event)
+                if not waiters and durable._waiters.get(self.id) is waiters:
+                    del durable._waiters[self.id]
 
 
 @dataclass
@@ -349,6 +423,10 @@ class Durable:
         backoff: Delays between attempts (``Backoff(initial=1, factor=2, cap=300)``).
         lease_ttl: How long a worker holds a run without renewing (renewed every third).
         max_in_flight: Runs one worker handles at once.
+        max_parked: Runs one worker holds parked, waiting for a due time (a retry backoff,
+            a durable sleep, a concurrency limit) on a transport without delayed requeue
+            (default ``4 * max_in_flight``; beyond it the worker reads no more messages
+            until one is due).
         is_transient: Which errors are retried (default :func:`default_transient`).
     """
 
@@ -365,6 +443,7 @@ class Durable:
         backoff: Backoff | None = None,
         lease_ttl: float = 30.0,
         max_in_flight: int = 64,
+        max_parked: int | None = None,
         is_transient: Callable[[BaseException], bool] = default_transient,
         name: str = "durable",
     ) -> None:
@@ -382,6 +461,7 @@ class Durable:
         self.topic = topic
         self.name = name
         self.max_in_flight = max_in_flight
+        self.max_parked = max_parked
         self.consumer_options = dict(consumer_options or {})
         if self.transport.startswith("memory:"):
             self.consumer_options.setdefault("group", "dispytch-durable")
@@ -399,7 +479,9 @@ class Durable:
         self._route = TopicRoute(topic=topic)
         self._connected = False
         self._emitter_started = False
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._feed: CompletionFeed | None = None
+        self._feed_stop: Callable[[], Awaitable[None]] | None = None
         self._parked: set[asyncio.Task[None]] = set()
         self._limited: dict[str, Backoff] = {}
         self._limit_cap = 1.0
@@ -494,6 +576,7 @@ class Durable:
                     self._given_consumer,
                     ack_policy=AckPolicy.MANUAL,
                     max_in_flight=self.max_in_flight,
+                    max_unsettled=self.max_parked,
                     name=self.name,
                 )
             else:
@@ -501,6 +584,7 @@ class Durable:
                     self.transport,
                     ack_policy=AckPolicy.MANUAL,
                     max_in_flight=self.max_in_flight,
+                    max_unsettled=self.max_parked,
                     name=self.name,
                     **self.consumer_options,
                 )
@@ -538,6 +622,9 @@ class Durable:
                     "Streams: redis+streams://, RabbitMQ, Kafka, memory)."
                 )
         await self.store.open()
+        if isinstance(self.store, CompletionFeed) and self._feed_stop is None:
+            self._feed_stop = await self.store.watch_completions(self._wake)
+            self._feed = self.store
         if self._given_emitter is None and not self._emitter_started:
             await self.emitter.start()
             self._emitter_started = True
@@ -561,6 +648,9 @@ class Durable:
             await self._emitter.stop()
             self._emitter = None
             self._emitter_started = False
+        feed_stop, self._feed_stop, self._feed = self._feed_stop, None, None
+        if feed_stop is not None:
+            await feed_stop()
         await self.store.close()
         self._connected = False
 
@@ -778,6 +868,7 @@ class Durable:
             if run.final:
                 if run.parent is not None:  # a crash may have come between the two writes
                     await self._notify_parent(run)
+                self._limited.pop(run_id, None)
                 self._wake(run_id)
                 await ack.ack()
                 return
@@ -840,6 +931,11 @@ class Durable:
         except _Suspend:
             await self.store.release(run.id, token, "waiting")
             return True
+        except _Sleep as sleeping:
+            # The wake-up time is journalled (the step and the run's due): the tick comes
+            # back then, on whichever worker; nobody holds the run meanwhile.
+            await self.store.release(run.id, token, "sleeping", due=sleeping.wake)
+            return False
         except asyncio.CancelledError:
             # Stopping: the tick goes back to the broker; give the lease up so that the
             # next worker need not wait for it to expire.
@@ -899,10 +995,17 @@ class Durable:
                 )
                 return
 
-    def _wake(self, run_id: str) -> None:
-        event = self._waiters.get(run_id)
-        if event is not None:
-            event.set()
+    def _wake(self, run_id: str | None) -> None:
+        """Wake the waiters of a run (None: every waiter, to read again)."""
+        if run_id is None:
+            for every in self._waiters.values():
+                for event in every:
+                    event.set()
+            return
+        waiters = self._waiters.get(run_id)
+        if waiters:
+            for event in waiters:
+                event.set()
 
     async def _finished(self, run: RunRecord, status: str, outcome: str) -> None:
         self._wake(run.id)
@@ -940,7 +1043,7 @@ class Durable:
                 result: R = fn.codec.decode_result(record.outcome)
                 return result
             raise decode_error(state.run_id, record.outcome, self.settings.registered)
-        state.check()
+        await state.check()
         reset = _current.set(state.nested(position))
         try:
             value = await fn.invoke(call.args, call.kwargs)
@@ -952,6 +1055,7 @@ class Durable:
                 error = encode_error(exc, retryable=False)
                 step = StepRecord(position, fn.name, call.args_hash, "error", error)
                 await self.store.put_step(state.run_id, state.token, step)
+                state.confirmed()
                 journal.steps[position] = step
             raise
         finally:
@@ -959,9 +1063,55 @@ class Durable:
         text = fn.codec.encode_result(value)
         step = StepRecord(position, fn.name, call.args_hash, "ok", text)
         await self.store.put_step(state.run_id, state.token, step)
+        state.confirmed()
         journal.steps[position] = step
         decoded: R = fn.codec.decode_result(text)
         return decoded
+
+    async def _cancel_loser(self, state: _RunState, position: str, index: int, mode: str) -> None:
+        child_id = f"{state.run_id}/{position}.{index}"
+        error = encode_error(
+            RunCancelledError(
+                f"Run {child_id} was cancelled: it lost the {mode}() of run {state.run_id}, "
+                f"step {position}."
+            ),
+            retryable=False,
+        )
+        cancelled = await self.store.cancel_run(child_id, error)
+        for rid in cancelled:
+            self._wake(rid)
+        if child_id in cancelled:
+            # Its outcome in the slot now; the child's own late completion is a no-op there.
+            outcome = ChildOutcome("error", error)
+            await self.store.complete_child(state.run_id, position, index, outcome)
+            state.journal.children.setdefault(position, {})[index] = outcome
+
+    async def _sleep(self, state: _RunState, seconds: float) -> None:
+        position = state.next_position()
+        record = state.journal.steps.get(position)
+        if record is not None:
+            if record.function != SLEEP_STEP:
+                raise NonDeterminismError(
+                    f"Run {state.run_id}, step {position}: the journal has "
+                    f"{record.function}(args {record.args_hash[:12]}), the code now calls "
+                    f"sleep({seconds!r}).\nThe code changed incompatibly; restore the old "
+                    "step order or start a new run."
+                )
+            wake = float(record.outcome)  # the journalled wake-up time wins
+        else:
+            await state.check()
+            wake = _now() + max(0.0, float(seconds))
+            digest = hashlib.sha256(canonical(float(seconds)).encode()).hexdigest()[:32]
+            step = StepRecord(position, SLEEP_STEP, digest, "ok", repr(wake))
+            await self.store.put_step(state.run_id, state.token, step)
+            state.journal.steps[position] = step
+        left = wake - _now()
+        if left <= 0:
+            return
+        if left <= _HOLD_SLEEP:
+            await asyncio.sleep(left)
+            return
+        raise _Sleep(wake)
 
     async def _fan(self, state: _RunState, calls: Sequence[Call[Any]], mode: str) -> Any:
         """``gather`` / ``any`` / ``race``: children as runs, their outcomes in the slot."""
@@ -1028,6 +1178,11 @@ class Durable:
                     step = StepRecord(decision_pos, mode, digest, "ok", str(winner))
                     await self.store.put_step(state.run_id, state.token, step)
                     journal.steps[decision_pos] = step
+                # The losers still out are cancelled (each recorded in the slot, so a
+                # replay finds nothing left to cancel).
+                for index in range(count):
+                    if index != winner and index not in done:
+                        await self._cancel_loser(state, position, index, mode)
                 if winner == -1:
                     raise AnyFailedError(
                         f"Run {state.run_id}, step {position}: all {count} calls of any() "
@@ -1041,7 +1196,7 @@ class Durable:
             if mode == "gather":
                 return []
             raise ValueError(f"{mode}() needs at least one call.")
-        state.check()
+        await state.check()
         wake = count if mode == "gather" else 1  # any/race: every completion wakes it
         for index, call in enumerate(calls):
             if index in done:
@@ -1061,6 +1216,24 @@ class Durable:
             else:
                 await self._send_tick(child_id)
         raise _Suspend
+
+
+async def sleep(seconds: float) -> None:
+    """Sleep durably: inside a durable function, a step that journals its wake-up time.
+
+    A sleep of more than a second suspends the run: its lease is given up, its status is
+    ``sleeping`` with ``due`` the wake-up time, and its message comes back then (with a
+    delayed redelivery where the transport declares ``delayed_requeue``, else parked by
+    the worker without holding a slot). A crash meanwhile changes nothing: whichever
+    worker gets the message next waits for the journalled time, and the replay returns
+    at once from a sleep already over. Shorter sleeps wait in place. Outside a durable
+    function it is ``asyncio.sleep``.
+    """
+    state = _current.get()
+    if state is None:
+        await asyncio.sleep(seconds)
+        return
+    await state.durable._sleep(state, seconds)
 
 
 async def gather(*calls: Call[Any]) -> list[Any]:
@@ -1084,33 +1257,59 @@ async def any_success(*calls: Call[Any]) -> Any:
     Inside a durable function: each call a run of its own; the parent wakes on each
     completion and returns the lowest-index success it sees; when every call failed it
     raises :class:`~dispytch.durable.errors.AnyFailedError` holding each error. The choice
-    is journalled, so a replay returns the same. Calls still running go on (they are not
-    cancelled). Outside a durable function: dispatched and awaited.
+    is journalled, so a replay returns the same. The calls still out are cancelled: their
+    runs are marked ``cancelled``, running ones stop at their next step (see
+    :meth:`Durable.cancel`). Outside a durable function: dispatched and awaited, the
+    losers cancelled the same way.
     """
     state = _current.get()
     if state is None:
+        if not calls:
+            raise ValueError("any() needs at least one call.")
         handles = [await c.dispatch() for c in calls]
-        errors: list[BaseException] = []
-        for fut in asyncio.as_completed([h.result() for h in handles]):
-            try:
-                return await fut
-            except Exception as exc:
-                errors.append(exc)
-        raise AnyFailedError(f"All {len(calls)} calls of any() failed.", errors)
+        return await _first(handles, "any")
     return await state.durable._fan(state, calls, "any")
+
+
+async def _first(handles: Sequence[RunHandle[Any]], mode: str) -> Any:
+    """Outside a durable function: the first success (``any``) or outcome (``race``) of
+    runs already dispatched; the others cancelled."""
+    tasks = {asyncio.ensure_future(h.result()): i for i, h in enumerate(handles)}
+    pending = set(tasks)
+    errors: dict[int, BaseException] = {}
+    try:
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(finished, key=tasks.__getitem__):  # lowest index first
+                exc = task.exception()
+                if exc is None or mode == "race":
+                    return task.result()
+                errors[tasks[task]] = exc
+        raise AnyFailedError(
+            f"All {len(handles)} calls of any() failed.",
+            [errors[i] for i in range(len(handles))],
+        )
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            handle = handles[tasks[task]]
+            with contextlib.suppress(Exception):
+                await handle.durable.cancel(handle.id, reason=f"it lost a {mode}()")
 
 
 async def race(*calls: Call[Any]) -> Any:
     """The first call to finish, value or error.
 
     Inside a durable function: the lowest-index finished call the parent sees when a
-    completion wakes it; journalled, so a replay returns the same. Calls still running go
-    on. Outside a durable function: dispatched and awaited.
+    completion wakes it; journalled, so a replay returns the same. The calls still out
+    are cancelled (runs marked ``cancelled``, running ones stop at their next step).
+    Outside a durable function: dispatched and awaited, the losers cancelled the same way.
     """
     state = _current.get()
     if state is None:
+        if not calls:
+            raise ValueError("race() needs at least one call.")
         handles = [await c.dispatch() for c in calls]
-        for fut in asyncio.as_completed([h.result() for h in handles]):
-            return await fut
-        raise ValueError("race() needs at least one call.")
+        return await _first(handles, "race")
     return await state.durable._fan(state, calls, "race")

@@ -250,9 +250,16 @@ class CompletionFeed(Protocol):
     async def watch_completions(
         self, callback: Callable[[str | None], None]
     ) -> Callable[[], Awaitable[None]]:
-        """Call ``callback(run_id)`` on this loop when a run of the store reaches a final
-        status in any process, ``callback(None)`` when notices may have been missed (the
-        feed reconnected: every waiter reads again). Returns an async ``stop()``.
+        """Call ``callback(run_id)`` on this loop when a *watched* run of the store reaches
+        a final status in any process, ``callback(None)`` when notices may have been
+        missed (the feed reconnected: every waiter reads again). Returns an async
+        ``stop()``.
+        """
+
+    async def watch_run(self, run_id: str) -> None:
+        """Mark the run as waited for: its completion (or cancellation) is notified from
+        now on. Runs nobody watches send no notice (a notice costs the store a
+        serialising lock per commit). A store may notify every run and make this a no-op.
         """
 
 

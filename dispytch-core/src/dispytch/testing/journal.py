@@ -28,6 +28,7 @@ from dispytch.durable.store import (
     FINAL_STATUSES,
     STATUSES,
     ChildOutcome,
+    CompletionFeed,
     JournalStore,
     NewRun,
     StepRecord,
@@ -384,3 +385,39 @@ class JournalStoreConformance:
         assert FINAL_STATUSES <= STATUSES and "cancelled" in FINAL_STATUSES
         record, _ = await store.create_run(_run())
         assert record.status in STATUSES
+
+    # -- pushed completions (optional) ---------------------------------------------
+    async def test_a_completion_feed_pushes_finished_and_cancelled_runs(
+        self, store: JournalStore
+    ) -> None:
+        if not isinstance(store, CompletionFeed):
+            pytest.skip(f"{type(store).__name__} has no completion feed (waiters poll)")
+        seen: list[str | None] = []
+        arrived = asyncio.Event()
+
+        def on_completion(run_id: str | None) -> None:
+            seen.append(run_id)
+            arrived.set()
+
+        stop = await store.watch_completions(on_completion)
+        try:
+            done, _ = await store.create_run(_run())
+            gone, _ = await store.create_run(_run())
+            await store.watch_run(done.id)
+            await store.watch_run(gone.id)
+            await store.watch_run(gone.id)  # idempotent
+            token = await store.acquire(done.id, 30.0)
+            assert token is not None
+            await store.put_step(done.id, token, _step("1"))
+            await store.release(done.id, token)  # not final: no notice
+            token = await store.acquire(done.id, 30.0)
+            assert token is not None
+            assert await store.complete(done.id, token, "succeeded", "1")
+            assert await store.cancel_run(gone.id, "{}") == [gone.id]
+            async with asyncio.timeout(10):
+                while not {done.id, gone.id} <= set(seen):
+                    arrived.clear()
+                    await arrived.wait()
+            assert [r for r in seen if r is not None] == [done.id, gone.id]
+        finally:
+            await stop()

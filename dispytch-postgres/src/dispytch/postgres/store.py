@@ -11,8 +11,11 @@ WHERE holds the fence (a second read only when it changed nothing).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Collection
+import logging
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -28,6 +31,8 @@ from dispytch.durable.store import (
 from dispytch.errors import ConfigError
 
 __all__ = ["PostgresJournalStore"]
+
+log = logging.getLogger("dispytch.postgres")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}runs (
@@ -46,8 +51,10 @@ CREATE TABLE IF NOT EXISTS {p}runs (
     parent_index INTEGER,
     parent_count INTEGER,
     created DOUBLE PRECISION NOT NULL,
-    updated DOUBLE PRECISION NOT NULL
+    updated DOUBLE PRECISION NOT NULL,
+    watched BOOLEAN NOT NULL DEFAULT false
 );
+ALTER TABLE {p}runs ADD COLUMN IF NOT EXISTS watched BOOLEAN NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS {p}steps (
     run_id TEXT NOT NULL,
     position TEXT NOT NULL,
@@ -113,6 +120,11 @@ class PostgresJournalStore:
         table_prefix: Prefix of the three tables (default ``dispytch_``).
         min_size: Connections the pool keeps open.
         max_size: Connections the pool opens at most.
+        notify: Send a notice (``NOTIFY <prefix>runs_done``) when a *watched* run
+            (:meth:`watch_run`: a process waits for its result) reaches a final status,
+            in the same statement, so ``await call.result()`` in any process is pushed
+            the completion (:meth:`watch_completions`) instead of reading the run again
+            and again. ``False``: no notices; waiters poll with backoff.
     """
 
     def __init__(
@@ -122,6 +134,7 @@ class PostgresJournalStore:
         table_prefix: str = "dispytch_",
         min_size: int = 1,
         max_size: int = 10,
+        notify: bool = True,
     ) -> None:
         if not table_prefix.replace("_", "").isalnum() or not table_prefix[0].isalpha():
             raise ConfigError(
@@ -132,6 +145,8 @@ class PostgresJournalStore:
         self.prefix = table_prefix.lower()
         self.min_size = min_size
         self.max_size = max_size
+        self.notify = notify
+        self.channel = f"{self.prefix}runs_done"
         self._pool: asyncpg.Pool | None = None
 
     @classmethod
@@ -143,6 +158,11 @@ class PostgresJournalStore:
         kwargs: dict[str, Any] = {}
         if "table_prefix" in query:
             kwargs["table_prefix"] = query.pop("table_prefix")
+        if "notify" in query:
+            flag = query.pop("notify").lower()
+            if flag not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ConfigError(f"notify={flag!r} in {url!r}: write notify=true or notify=false.")
+            kwargs["notify"] = flag in {"true", "1", "yes"}
         for name in ("min_size", "max_size"):
             if name in query:
                 try:
@@ -373,15 +393,19 @@ class PostgresJournalStore:
     async def complete(self, run_id: str, token: int, status: str, outcome: str) -> bool:
         if status not in ("succeeded", "failed", "dead", "cancelled"):
             raise ValueError(f"complete() takes a final status, not {status!r}.")
-        return await self._fenced_update(
-            run_id,
-            token,
+        update = (
             "UPDATE {p}runs SET status = $3, outcome = $4, lease_until = 0, "
             f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 AND lease_until > 0 "
-            f"AND status NOT IN {_FINAL} RETURNING 1",
-            status,
-            outcome,
+            f"AND status NOT IN {_FINAL} RETURNING id, watched"
         )
+        if self.notify:  # a watched run's notice goes out with this statement's commit
+            sql = (
+                f"WITH u AS ({update}), n AS (SELECT pg_notify('{self.channel}', id) FROM u "
+                "WHERE watched) SELECT 1, (SELECT count(*) FROM n) FROM u"
+            )
+        else:
+            sql = update.replace("RETURNING id, watched", "RETURNING 1")
+        return await self._fenced_update(run_id, token, sql, status, outcome)
 
     async def complete_child(
         self, parent_id: str, position: str, index: int, child: ChildOutcome
@@ -481,4 +505,82 @@ class PostgresJournalStore:
                 run_id,
                 outcome,
             )
-            return sorted(r["id"] for r in rows)
+            ids = sorted(r["id"] for r in rows)
+            if self.notify:
+                await conn.execute(
+                    self._sql(
+                        "SELECT pg_notify($1, id) FROM {p}runs "
+                        "WHERE id = ANY($2::text[]) AND watched"
+                    ),
+                    self.channel,
+                    ids,
+                )
+            return ids
+
+    async def watch_run(self, run_id: str) -> None:
+        """The run's completion is notified from now on (``watched``)."""
+        pool = await self._ensure()
+        await pool.execute(
+            self._sql("UPDATE {p}runs SET watched = true WHERE id = $1 AND NOT watched"), run_id
+        )
+
+    # -- pushed completions -----------------------------------------------------------
+    async def watch_completions(
+        self, callback: Callable[[str | None], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """``LISTEN <prefix>runs_done`` on a connection of its own: ``callback(run_id)``
+        for each watched run finished or cancelled (in any process), ``callback(None)``
+        after the connection was lost and listens again (notices meanwhile may be missed:
+        waiters read again).
+        Returns ``stop()``. With ``notify=False`` nothing is ever sent: the callback is
+        called only on reconnects."""
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        lost = asyncio.Event()
+
+        def on_notice(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+            callback(str(payload))
+
+        def on_lost(_conn: Any) -> None:
+            loop.call_soon_threadsafe(lost.set)
+
+        async def listen() -> asyncpg.Connection:
+            conn = await asyncpg.connect(self.dsn)
+            conn.add_termination_listener(on_lost)
+            await conn.add_listener(self.channel, on_notice)
+            return conn
+
+        conn = await listen()
+
+        async def keep() -> None:
+            nonlocal conn
+            delay = 0.1
+            while not stopped.is_set():
+                await lost.wait()
+                if stopped.is_set():
+                    return
+                lost.clear()
+                log.warning("The completion feed's connection was lost; listening again.")
+                while not stopped.is_set():
+                    try:
+                        conn = await listen()
+                        break
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("Listening again failed (%s); next try in %.1f s.", exc, delay)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                delay = 0.1
+                callback(None)  # notices may have been missed meanwhile
+
+        keeper = loop.create_task(keep(), name=f"dispytch-postgres-feed-{self.prefix}")
+
+        async def stop() -> None:
+            stopped.set()
+            lost.set()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+        return stop
