@@ -419,6 +419,28 @@ async def test_manual_ack_with_an_acknowledger(kit: Kit, caplog: pytest.LogCaptu
     assert kit.queued() == 1
 
 
+async def test_a_message_held_on_purpose_is_held_without_the_warning(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = kit.dispatcher(ack_policy=AckPolicy.MANUAL)
+    later: list[Acknowledger] = []
+
+    @d.handler(topic="jobs")
+    async def work(event: Event[Job], ack: Acknowledger) -> None:
+        ack.hold()  # settled later, by code of the handler's
+        later.append(ack)
+
+    with caplog.at_level(logging.WARNING, logger="dispytch.dispatcher"):
+        async with d:
+            await kit.emitter.emit(Job(n=1))
+            await kit.until(lambda: d.stats["held_unsettled"] == 1, "the held message")
+            assert kit.unacked() == 1
+            await later[0].ack()
+            await kit.until(lambda: kit.unacked() == 0, "the later ack")
+    assert "neither acked nor nacked" not in caplog.text
+    assert kit.queued() == 0
+
+
 async def test_dispatcher_from_url_owns_its_consumer(kit: Kit) -> None:
     d = EventDispatcher.from_url(f"memory://{kit.broker.name}?group=g2")
     assert d.owns_consumer

@@ -281,7 +281,7 @@ class Acknowledger:
     is held, and counts against the dispatcher's ``max_unsettled``.
     """
 
-    __slots__ = ("_consumer", "_message", "_on_settled", "settled")
+    __slots__ = ("_consumer", "_message", "_on_settled", "held", "settled")
 
     def __init__(
         self,
@@ -293,6 +293,8 @@ class Acknowledger:
         self._message = message
         self._on_settled = on_settled
         self.settled = False
+        #: Set by :meth:`hold`: the handler keeps the message unsettled on purpose.
+        self.held = False
 
     def _settle(self) -> bool:
         if self.settled:
@@ -304,6 +306,13 @@ class Acknowledger:
             # a second ack/nack of one delivery).
             self._on_settled(self._message)
         return True
+
+    def hold(self) -> None:
+        """Say that the handler returns with the message unsettled on purpose (a task it
+        started settles it later): the dispatcher holds it as usual, counted in
+        ``stats["held_unsettled"]`` and against ``max_unsettled``, without its one-time
+        warning about a message its handlers neither acked nor nacked."""
+        self.held = True
 
     def claim(self) -> bool:
         """Take the settling over from this acknowledger: its later :meth:`ack` and

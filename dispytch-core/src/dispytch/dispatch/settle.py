@@ -273,7 +273,7 @@ class Settler:
             return  # settled meanwhile (or handed back by a stop)
         self.unsettled.add(msg)
         self.stats["held_unsettled"] += 1
-        if not self._warned:
+        if not self._warned and not (ack is not None and ack.held):
             self._warned = True
             log.warning(_MANUAL_WARNING, msg.route, self.max_unsettled)
 

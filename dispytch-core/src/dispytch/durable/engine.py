@@ -832,6 +832,7 @@ class Durable:
         if delay <= _INLINE_WAIT:
             await asyncio.sleep(max(delay, 0.0))
             return False
+        ack.hold()  # parked on purpose: no "neither acked nor nacked" warning
         timer = asyncio.get_running_loop().create_task(
             self._unpark(run_id, ack, message, delay), name=f"dispytch-durable-park-{run_id}"
         )
