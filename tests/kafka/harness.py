@@ -43,6 +43,13 @@ _PARTITIONER = DefaultPartitioner()
 #: the group settles; a short session keeps the tests quick.
 FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
+#: The lease of the harness's consumers: aiokafka leaves the group after this long without
+#: a ``getmany`` (``max_poll_interval_ms``). Short, so that the lease case (a handler
+#: several leases long) is quick, and so that every case runs with a consumer that must
+#: keep polling while the dispatcher holds back.
+LEASE_SECONDS = 2.0
+LEASE = {"max_poll_interval_ms": int(LEASE_SECONDS * 1000)}
+
 #: Started producers kept ready for :meth:`KafkaHarness.producer`, which is synchronous.
 _POOL = 2
 
@@ -56,6 +63,7 @@ class KafkaHarness(TransportHarness):
     supports_keys = True
     supports_patterns = True
     redelivery_timeout = 20.0
+    lease_seconds = LEASE_SECONDS
     #: At least once: a restart or a rebalance may hand a record out again.
     may_duplicate = True
 
@@ -127,6 +135,7 @@ class KafkaHarness(TransportHarness):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **FAST_GROUP,
+            **LEASE,
         )
         self._raw.append(raw)
         return raw
@@ -203,6 +212,7 @@ class KafkaHarness(TransportHarness):
                 commit_interval=0.05,
                 ordered=self.ordered,
                 **FAST_GROUP,
+                **LEASE,
             )
         # The user's own consumer. It is not started here (this method is synchronous):
         # KafkaConsumer subscribes it to the handlers' topics and starts it, and it stays
