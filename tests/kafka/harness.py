@@ -10,6 +10,10 @@ and stops them in :meth:`cleanup`; Dispytch must not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +25,7 @@ from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
 from dispytch.testing.harness import Mode
-from dispytch.transport import Consumer, Producer
+from dispytch.transport import Consumer, OutgoingMessage, Producer
 
 try:  # the conformance suite's lanes (newer dispytch.testing)
     from dispytch.testing.harness import Lane
@@ -35,7 +39,7 @@ except ImportError:  # pragma: no cover - older core: lanes() is unused there
         key: str | None = None
 
 
-from .helpers import create_topic
+from .helpers import HOST, create_topic, free_port, start_tansu
 
 _PARTITIONER = DefaultPartitioner()
 
@@ -84,6 +88,7 @@ class KafkaHarness(TransportHarness):
         # wrapping them; and the stops of those retired (awaited in prepare/cleanup).
         self._handed: dict[str, list[tuple[AIOKafkaConsumer, list[KafkaConsumer]]]] = {}
         self._stopping: list[asyncio.Future[None]] = []
+        self._frozen: list[subprocess.Popen[bytes]] = []  # Tansus frozen by SIGSTOP
 
     async def setup(self) -> None:
         """Start the producers :meth:`producer` hands out (client mode)."""
@@ -183,12 +188,27 @@ class KafkaHarness(TransportHarness):
         return KafkaProducer(raw)
 
     async def unconfirmed_producer(self) -> Producer | None:
-        # A delivery timeout shorter than any round trip: no broker confirms in time.
+        """A started producer on a Tansu of its own, then frozen (``SIGSTOP``): its
+        connections stay open and nothing is ever confirmed. :meth:`cleanup` kills it."""
+        port = free_port()
+        proc = start_tansu(port)
+        self._frozen.append(proc)
+        bootstrap = f"{HOST}:{port}"
         if self.mode == "url":
-            producer = KafkaProducer.from_url(self.url, delivery_timeout=1e-9)
+            producer = KafkaProducer.from_url(f"kafka://{bootstrap}", delivery_timeout=1.0)
             await producer.start()
-            return producer
-        return KafkaProducer(await self._started_producer(), delivery_timeout=1e-9)
+        else:
+            raw = AIOKafkaProducer(bootstrap_servers=bootstrap)
+            self._raw.append(raw)
+            await raw.start()
+            producer = KafkaProducer(raw, delivery_timeout=1.0)
+        await create_topic(bootstrap, "unconfirmed", 1)
+        # the producer knows the topic's partitions before the broker freezes
+        await producer.send(
+            OutgoingMessage(KafkaEventRoute(topic="unconfirmed"), b"warm", {}, None)
+        )
+        os.kill(proc.pid, signal.SIGSTOP)
+        return producer
 
     async def lanes(self, name: str, count: int) -> list[Lane]:
         """One topic of ``count`` partitions, and for each a key that Kafka's default
@@ -246,8 +266,13 @@ class KafkaHarness(TransportHarness):
 
     async def cleanup(self) -> None:
         await self._retired()
+        for proc in self._frozen:
+            proc.kill()  # SIGKILL ends a stopped process too
+            proc.wait(10)
+        self._frozen.clear()
         for raw in self._raw:
-            await raw.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(raw.stop(), 10)
         self._raw.clear()
         self._ready.clear()
         self._handed.clear()
