@@ -7,10 +7,13 @@ How it works:
 * ``Message.lane`` is the record's ``TopicPartition``: the dispatcher handles one
   partition in order while partitions run concurrently. ``ordered=False`` sets no lane,
   so records of one partition may also be handled concurrently; commits stay correct.
-* ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler): the partition is
-  paused in aiokafka (public ``pause``/``resume``), so polls leave it out; records of it
-  already taken and not yet yielded are parked and yielded first after ``resume`` (never
-  tracked before that).
+* ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler): polls leave a
+  paused partition out (``getmany(*partitions)``, public), so what aiokafka buffered for
+  it stays buffered, not dropped and fetched again as ``AIOKafkaConsumer.pause`` would
+  (a lane pauses and resumes every few records under load); records of it already taken
+  and not yet yielded are parked and yielded first after ``resume`` (never tracked before
+  that). With every partition paused, ``listen()`` waits for a resume and the keeper
+  (below) polls meanwhile.
 * **Keep polling** (lease extension): aiokafka leaves the group, and another member gets
   the partitions and the records being handled, when ``getmany`` is not called for
   ``max_poll_interval_ms``. A handler slower than that, or a dispatcher that holds back
@@ -180,8 +183,8 @@ class KafkaConsumer:
         # Records taken from aiokafka for a partition paused before they were yielded.
         self._parked: dict[TopicPartition, list[Any]] = {}
         self._wake = asyncio.Event()  # a resume() while a poll waits
-        # Partitions this consumer paused in aiokafka (lanes, and all while keeping);
-        # a partition its user paused is never in it, so never resumed by Dispytch.
+        # Partitions this consumer paused in aiokafka (all, while the keeper holds the
+        # poll); a partition its user paused is never in it, so never resumed by Dispytch.
         self._ours: set[TopicPartition] = set()
         # Keep polling (see the module docstring): listen() is in a poll / last polled at;
         # the keeper task; the future of a hold in progress; listen() wants the poll back.
@@ -396,7 +399,7 @@ class KafkaConsumer:
             )
         self._paused.clear()
         if raw is not None and not _compat.client_closed(raw):
-            self._sync_pauses(raw)  # resume what Dispytch paused (a user's client)
+            self._sync_pauses(raw)  # resume what the keeper paused (a user's client)
         if raw is not None and not self.owns_client and not _compat.client_closed(raw):
             self._reposition(raw, states)
         for st in states:
@@ -430,26 +433,17 @@ class KafkaConsumer:
     def pause(self, lane: Hashable) -> None:
         """Stop yielding records of partition ``lane`` until :meth:`resume` (idempotent).
 
-        The partition is paused in aiokafka (public ``AIOKafkaConsumer.pause``), so polls
-        leave it out and aiokafka drops what it had buffered for it (fetched again from
-        its position after the resume). Records of it this consumer had already taken
-        are parked, not yielded, and come first after :meth:`resume`.
+        Polls leave the partition out (``getmany(*other_partitions)``, public), so aiokafka
+        keeps at most the one fetch it had buffered for it. Records of it this consumer
+        had already taken are parked, not yielded, and come first after :meth:`resume`.
         """
-        tp = self._tp(lane)
-        if tp not in self._paused:
-            self._paused.add(tp)
-            raw = self.raw
-            if raw is not None and self._running:
-                self._sync_pauses(raw)
+        self._paused.add(self._tp(lane))
 
     def resume(self, lane: Hashable) -> None:
         """Yield records of partition ``lane`` again (idempotent)."""
         tp = self._tp(lane)
         if tp in self._paused:
             self._paused.discard(tp)
-            raw = self.raw
-            if raw is not None and self._running:
-                self._sync_pauses(raw)
             self._wake.set()
 
     def paused(self) -> frozenset[TopicPartition]:
@@ -457,12 +451,11 @@ class KafkaConsumer:
         return frozenset(self._paused)
 
     def _sync_pauses(self, raw: AIOKafkaConsumer) -> None:
-        """Pause in aiokafka what should be paused (the paused lanes; every assigned
-        partition while the keeper holds the poll), resume what this consumer paused and
-        no longer should be. Re-applied before each poll: a rebalance resets aiokafka's
-        pauses of the partitions it assigns again."""
+        """Pause in aiokafka every assigned partition while the keeper holds the poll
+        (re-applied before each of its polls: a rebalance resets aiokafka's pauses),
+        resume what this consumer paused once it no longer holds."""
         assigned = raw.assignment()
-        want = set(assigned) if self._holding is not None else self._paused & assigned
+        want = set(assigned) if self._holding is not None else set()
         ours = self._ours
         if want:
             already = raw.paused()
@@ -583,29 +576,46 @@ class KafkaConsumer:
         return ready
 
     async def _fetch(self, raw: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        parts: tuple[TopicPartition, ...] = ()
+        wake = self._wake
+        wake.clear()
+        if self._paused:
+            assigned = raw.assignment()
+            if self._paused & assigned:
+                parts = tuple(assigned - self._paused)
+                if not parts:  # every partition paused: wait for a resume (the keeper
+                    stop = self._stop_future  # polls meanwhile, past keepalive_after)
+                    assert stop is not None
+                    waiter = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait(
+                        (waiter, stop), timeout=self.poll_timeout, return_when=FIRST_COMPLETED
+                    )
+                    waiter.cancel()
+                    return {}
         if self._holding is not None:
             await self._reclaim()
         self._fetching = True
         try:
-            return await self._poll(raw)
+            return await self._poll(raw, parts)
         finally:
             self._fetching = False
             self._last_poll = asyncio.get_running_loop().time()
 
-    async def _poll(self, raw: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
-        wake = self._wake
-        wake.clear()
-        if self._paused or self._ours:
-            self._sync_pauses(raw)
+    async def _poll(
+        self, raw: AIOKafkaConsumer, parts: tuple[TopicPartition, ...]
+    ) -> dict[TopicPartition, list[Any]]:
         data: dict[TopicPartition, list[Any]] = await raw.getmany(
-            timeout_ms=0, max_records=self.max_records
+            *parts, timeout_ms=0, max_records=self.max_records
         )
         if data:
             return data
         stop = self._stop_future
         assert stop is not None
+        wake = self._wake
         getter = asyncio.ensure_future(
-            raw.getmany(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records)
+            raw.getmany(
+                *parts, timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
+            )
         )
         waiter = asyncio.ensure_future(wake.wait())
         await asyncio.wait((getter, stop, waiter), return_when=FIRST_COMPLETED)
