@@ -43,9 +43,13 @@ from .helpers import HOST, create_topic, free_port, start_tansu
 
 _PARTITIONER = DefaultPartitioner()
 
-#: Tansu makes a joining member wait about half the session timeout (at least 1 s) before
-#: the group settles; a short session keeps the tests quick.
-FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
+#: Group and fetch settings of the tests' consumers, for Tansu's timing (not semantics):
+#: a joining member waits about half the session timeout (at least 1 s) before the group
+#: settles, and a member joining right after another left waits about two sessions more
+#: (measured: 7.1 s with a 3 s session, 4.1 s with 2 s); an empty fetch is held for the
+#: whole ``fetch_max_wait_ms`` (aiokafka: 500 ms) even when records arrive meanwhile.
+#: Four heartbeats per session leave room for a loaded machine.
+FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 100}
 
 #: The lease of the harness's consumers: aiokafka leaves the group after this long without
 #: a ``getmany`` (``max_poll_interval_ms``). Short, so that the lease case (a handler
@@ -89,6 +93,7 @@ class KafkaHarness(TransportHarness):
         self._handed: dict[str, list[tuple[AIOKafkaConsumer, list[KafkaConsumer]]]] = {}
         self._stopping: list[asyncio.Future[None]] = []
         self._frozen: list[subprocess.Popen[bytes]] = []  # Tansus frozen by SIGSTOP
+        self._publisher: AIOKafkaProducer | None = None  # publish_raw's plain client
 
     async def setup(self) -> None:
         """Start the producers :meth:`producer` hands out (client mode)."""
@@ -250,14 +255,14 @@ class KafkaHarness(TransportHarness):
     async def publish_raw(
         self, name: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await raw.start()
-        try:
-            await raw.send_and_wait(
-                name, payload, headers=list(headers.items()) if headers else None
-            )
-        finally:
-            await raw.stop()
+        """Publish with a plain ``AIOKafkaProducer`` of the harness's own (started on
+        first use, stopped in :meth:`cleanup`), one record at a time, awaited."""
+        raw = self._publisher
+        if raw is None:
+            raw = self._publisher = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+            self._raw.append(raw)
+            await raw.start()
+        await raw.send_and_wait(name, payload, headers=list(headers.items()) if headers else None)
 
     async def rejected(self, name: str, *, group: str) -> list[bytes] | None:
         # Kafka cannot reject one record: a rejected one is committed past after the
@@ -274,5 +279,6 @@ class KafkaHarness(TransportHarness):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(raw.stop(), 10)
         self._raw.clear()
+        self._publisher = None
         self._ready.clear()
         self._handed.clear()
