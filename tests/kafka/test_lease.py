@@ -112,3 +112,5 @@ async def test_a_held_back_dispatcher_alone_is_not_dropped_from_its_group(
             await asyncio.sleep(4 * LEASE_SECONDS + 1)
     assert handled == [0]
     assert consumer.keepalive_polls > 0
+    if harness.mode == "client":  # the user's client is left as it was: nothing paused
+        assert consumer.raw is not None and not consumer.raw.paused()
