@@ -8,7 +8,8 @@ held for the consumer's whole ``fetch_max_wait_ms`` (aiokafka: 500 ms) even when
 arrive meanwhile, where Apache Kafka answers once ``fetch_min_bytes`` are there. Records
 published to an idle consumer therefore arrive up to that long after they were stored.
 Tests wait on outcomes (``eventually``), never on such latencies, and the transport keeps
-aiokafka's defaults rather than shortening the wait for Tansu's sake.
+aiokafka's defaults rather than shortening the wait for Tansu's sake; the tests' own
+consumers use a shorter wait and group session (``harness.FAST_GROUP``) to run quicker.
 """
 
 from __future__ import annotations

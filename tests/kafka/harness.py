@@ -10,6 +10,10 @@ and stops them in :meth:`cleanup`; Dispytch must not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +25,7 @@ from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
 from dispytch.testing.harness import Mode
-from dispytch.transport import Consumer, Producer
+from dispytch.transport import Consumer, OutgoingMessage, Producer
 
 try:  # the conformance suite's lanes (newer dispytch.testing)
     from dispytch.testing.harness import Lane
@@ -35,13 +39,24 @@ except ImportError:  # pragma: no cover - older core: lanes() is unused there
         key: str | None = None
 
 
-from .helpers import create_topic
+from .helpers import HOST, create_topic, free_port, start_tansu
 
 _PARTITIONER = DefaultPartitioner()
 
-#: Tansu makes a joining member wait about half the session timeout (at least 1 s) before
-#: the group settles; a short session keeps the tests quick.
-FAST_GROUP = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
+#: Group and fetch settings of the tests' consumers, for Tansu's timing (not semantics):
+#: a joining member waits about half the session timeout (at least 1 s) before the group
+#: settles, and a member joining right after another left waits about two sessions more
+#: (measured: 7.1 s with a 3 s session, 4.1 s with 2 s); an empty fetch is held for the
+#: whole ``fetch_max_wait_ms`` (aiokafka: 500 ms) even when records arrive meanwhile.
+#: Four heartbeats per session leave room for a loaded machine.
+FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 100}
+
+#: The lease of the harness's consumers: aiokafka leaves the group after this long without
+#: a ``getmany`` (``max_poll_interval_ms``). Short, so that the lease case (a handler
+#: several leases long) is quick, and so that every case runs with a consumer that must
+#: keep polling while the dispatcher holds back.
+LEASE_SECONDS = 2.0
+LEASE = {"max_poll_interval_ms": int(LEASE_SECONDS * 1000)}
 
 #: Started producers kept ready for :meth:`KafkaHarness.producer`, which is synchronous.
 _POOL = 2
@@ -56,6 +71,7 @@ class KafkaHarness(TransportHarness):
     supports_keys = True
     supports_patterns = True
     redelivery_timeout = 20.0
+    lease_seconds = LEASE_SECONDS
     #: At least once: a restart or a rebalance may hand a record out again.
     may_duplicate = True
 
@@ -76,6 +92,8 @@ class KafkaHarness(TransportHarness):
         # wrapping them; and the stops of those retired (awaited in prepare/cleanup).
         self._handed: dict[str, list[tuple[AIOKafkaConsumer, list[KafkaConsumer]]]] = {}
         self._stopping: list[asyncio.Future[None]] = []
+        self._frozen: list[subprocess.Popen[bytes]] = []  # Tansus frozen by SIGSTOP
+        self._publisher: AIOKafkaProducer | None = None  # publish_raw's plain client
 
     async def setup(self) -> None:
         """Start the producers :meth:`producer` hands out (client mode)."""
@@ -127,6 +145,7 @@ class KafkaHarness(TransportHarness):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **FAST_GROUP,
+            **LEASE,
         )
         self._raw.append(raw)
         return raw
@@ -174,12 +193,27 @@ class KafkaHarness(TransportHarness):
         return KafkaProducer(raw)
 
     async def unconfirmed_producer(self) -> Producer | None:
-        # A delivery timeout shorter than any round trip: no broker confirms in time.
+        """A started producer on a Tansu of its own, then frozen (``SIGSTOP``): its
+        connections stay open and nothing is ever confirmed. :meth:`cleanup` kills it."""
+        port = free_port()
+        proc = start_tansu(port)
+        self._frozen.append(proc)
+        bootstrap = f"{HOST}:{port}"
         if self.mode == "url":
-            producer = KafkaProducer.from_url(self.url, delivery_timeout=1e-9)
+            producer = KafkaProducer.from_url(f"kafka://{bootstrap}", delivery_timeout=1.0)
             await producer.start()
-            return producer
-        return KafkaProducer(await self._started_producer(), delivery_timeout=1e-9)
+        else:
+            raw = AIOKafkaProducer(bootstrap_servers=bootstrap)
+            self._raw.append(raw)
+            await raw.start()
+            producer = KafkaProducer(raw, delivery_timeout=1.0)
+        await create_topic(bootstrap, "unconfirmed", 1)
+        # the producer knows the topic's partitions before the broker freezes
+        await producer.send(
+            OutgoingMessage(KafkaEventRoute(topic="unconfirmed"), b"warm", {}, None)
+        )
+        os.kill(proc.pid, signal.SIGSTOP)
+        return producer
 
     async def lanes(self, name: str, count: int) -> list[Lane]:
         """One topic of ``count`` partitions, and for each a key that Kafka's default
@@ -203,6 +237,7 @@ class KafkaHarness(TransportHarness):
                 commit_interval=0.05,
                 ordered=self.ordered,
                 **FAST_GROUP,
+                **LEASE,
             )
         # The user's own consumer. It is not started here (this method is synchronous):
         # KafkaConsumer subscribes it to the handlers' topics and starts it, and it stays
@@ -220,14 +255,14 @@ class KafkaHarness(TransportHarness):
     async def publish_raw(
         self, name: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
-        await raw.start()
-        try:
-            await raw.send_and_wait(
-                name, payload, headers=list(headers.items()) if headers else None
-            )
-        finally:
-            await raw.stop()
+        """Publish with a plain ``AIOKafkaProducer`` of the harness's own (started on
+        first use, stopped in :meth:`cleanup`), one record at a time, awaited."""
+        raw = self._publisher
+        if raw is None:
+            raw = self._publisher = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+            self._raw.append(raw)
+            await raw.start()
+        await raw.send_and_wait(name, payload, headers=list(headers.items()) if headers else None)
 
     async def rejected(self, name: str, *, group: str) -> list[bytes] | None:
         # Kafka cannot reject one record: a rejected one is committed past after the
@@ -236,8 +271,14 @@ class KafkaHarness(TransportHarness):
 
     async def cleanup(self) -> None:
         await self._retired()
+        for proc in self._frozen:
+            proc.kill()  # SIGKILL ends a stopped process too
+            proc.wait(10)
+        self._frozen.clear()
         for raw in self._raw:
-            await raw.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(raw.stop(), 10)
         self._raw.clear()
+        self._publisher = None
         self._ready.clear()
         self._handed.clear()

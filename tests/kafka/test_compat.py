@@ -31,6 +31,10 @@ async def test_consumer_constructor_fields() -> None:
         assert _compat.consumer_group_id(plain) is None
         assert _compat.consumer_started(raw) is False
         assert _compat.client_closed(raw) is False
+        assert _compat.consumer_max_poll_interval(raw) == 300.0  # aiokafka's default
+        short = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", max_poll_interval_ms=1500)
+        assert _compat.consumer_max_poll_interval(short) == 1.5
+        await short.stop()
     finally:
         await raw.stop()
         await plain.stop()

@@ -45,6 +45,13 @@ def client_closed(raw: Any) -> bool:
     return bool(_read(raw, "_closed"))
 
 
+def consumer_max_poll_interval(raw: Any) -> float:
+    """The ``max_poll_interval_ms`` of an ``AIOKafkaConsumer``, in seconds: how long it may
+    go without a ``getmany`` before aiokafka leaves its group (its partitions, and the
+    records being handled, then go to another member)."""
+    return float(_read(raw, "_max_poll_interval_ms")) / 1000
+
+
 def consumer_started(raw: Any) -> bool:
     """Whether ``start()`` ran on an ``AIOKafkaConsumer`` (its fetcher exists then)."""
     return _read(raw, "_fetcher") is not None

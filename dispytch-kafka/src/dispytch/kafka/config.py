@@ -34,17 +34,18 @@ DEFAULT_MAX_RECORDS = 100
 DEFAULT_BATCH_BYTES = 256 * 1024
 
 
-#: What a Kafka consumer offers. No lease extension: aiokafka heartbeats by itself, and a
-#: record is only redelivered elsewhere after a rebalance, which ``max_poll_interval_ms``
-#: (5 minutes by default) triggers when ``listen()`` is not iterated for that long; no
-#: delayed requeue (Kafka cannot delay one record of a partition without its successors).
+#: What a Kafka consumer offers. Lease extension: a record is redelivered elsewhere only
+#: after this member loses its partition, which aiokafka causes when ``getmany`` is not
+#: called for ``max_poll_interval_ms``; the consumer keeps polling (every partition paused)
+#: while handlers are slow or the dispatcher holds back. No delayed requeue (Kafka cannot
+#: delay one record of a partition without its successors).
 CAPABILITIES = Capabilities(
     delivery="at-least-once",
     ordered_lanes=True,
     requeue=True,
     delayed_requeue=False,
     pause_lanes=True,
-    lease_extension=False,
+    lease_extension=True,
     request_reply=True,
 )
 

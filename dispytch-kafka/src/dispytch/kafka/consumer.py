@@ -8,8 +8,20 @@ How it works:
   partition in order while partitions run concurrently. ``ordered=False`` sets no lane,
   so records of one partition may also be handled concurrently; commits stay correct.
 * ``pause(lane)``/``resume(lane)`` (the dispatcher's fair scheduler): polls leave a
-  paused partition out (``getmany(*partitions)``); records of it already taken and not
-  yet yielded are parked and yielded first after ``resume`` (never tracked before that).
+  paused partition out (``getmany(*partitions)``, public), so what aiokafka buffered for
+  it stays buffered, not dropped and fetched again as ``AIOKafkaConsumer.pause`` would
+  (a lane pauses and resumes every few records under load); records of it already taken
+  and not yet yielded are parked and yielded first after ``resume`` (never tracked before
+  that). With every partition paused, ``listen()`` waits for a resume and the keeper
+  (below) polls meanwhile.
+* **Keep polling** (lease extension): aiokafka leaves the group, and another member gets
+  the partitions and the records being handled, when ``getmany`` is not called for
+  ``max_poll_interval_ms``. A handler slower than that, or a dispatcher that holds back
+  (``max_in_flight`` reached: ``listen()`` is not iterated), must not cause it. So when
+  ``listen()`` has not polled for a quarter of that interval, a keeper task pauses every
+  assigned partition and calls ``getmany`` itself (it returns nothing: all paused) until
+  ``listen()`` polls again; it then resumes them. aiokafka's position is untouched by a
+  poll of paused partitions, so nothing is skipped or fetched twice.
 * ``ack`` / ``nack`` mark a record finished; a partition's commit point advances only
   past records that all finished (:mod:`dispytch.kafka.commits` sends the commits).
 * ``nack(requeue=True)`` seeks the partition back to that record: it and everything after
@@ -171,6 +183,22 @@ class KafkaConsumer:
         # Records taken from aiokafka for a partition paused before they were yielded.
         self._parked: dict[TopicPartition, list[Any]] = {}
         self._wake = asyncio.Event()  # a resume() while a poll waits
+        # Partitions this consumer paused in aiokafka (all, while the keeper holds the
+        # poll); a partition its user paused is never in it, so never resumed by Dispytch.
+        self._ours: set[TopicPartition] = set()
+        # Keep polling (see the module docstring): listen() is in a poll / last polled at;
+        # the keeper task; the future of a hold in progress; listen() wants the poll back.
+        self._fetching = False
+        self._last_poll = 0.0
+        self._keeper: asyncio.Task[None] | None = None
+        self._holding: asyncio.Future[None] | None = None
+        self._take_over = asyncio.Event()
+        self._nudge = asyncio.Event()
+        #: Polls the keeper made while ``listen()`` was not polling (for tests, monitoring).
+        self.keepalive_polls = 0
+        #: Seconds ``listen()`` may go without polling before the keeper polls for it (a
+        #: quarter of the client's ``max_poll_interval_ms``; set in :meth:`start`).
+        self.keepalive_after = 0.0
         self._hooked = False  # our rebalance listener is on the client
         self._running = False
         self._started = False
@@ -316,6 +344,9 @@ class KafkaConsumer:
         self._commits.open()
         self._started = True
         self._running = True
+        self.keepalive_after = max(0.01, _compat.consumer_max_poll_interval(raw) / 4)
+        self._last_poll = loop.time()
+        self._keeper = asyncio.create_task(self._keep_polling(raw), name="dispytch-kafka-keeper")
 
     async def _start_unstarted(self, raw: AIOKafkaConsumer, *, stop_on_failure: bool) -> None:
         subscribe_unstarted(
@@ -351,6 +382,7 @@ class KafkaConsumer:
         await self.stop()
         self._closed = True
         raw = self.raw
+        await self._stop_keeper()
         states = list(self._states.values())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
@@ -365,12 +397,14 @@ class KafkaConsumer:
                 "unreachable?); records after the last commit will be delivered again",
                 self.close_timeout,
             )
+        self._paused.clear()
+        if raw is not None and not _compat.client_closed(raw):
+            self._sync_pauses(raw)  # resume what the keeper paused (a user's client)
         if raw is not None and not self.owns_client and not _compat.client_closed(raw):
             self._reposition(raw, states)
         for st in states:
             st.close()
         self._states.clear()
-        self._paused.clear()
         self._parked.clear()
         await self._replies.close()
         if self.owns_client and raw is not None:
@@ -416,6 +450,124 @@ class KafkaConsumer:
         """The partitions paused through :meth:`pause`."""
         return frozenset(self._paused)
 
+    def _sync_pauses(self, raw: AIOKafkaConsumer) -> None:
+        """Pause in aiokafka every assigned partition while the keeper holds the poll
+        (re-applied before each of its polls: a rebalance resets aiokafka's pauses),
+        resume what this consumer paused once it no longer holds."""
+        assigned = raw.assignment()
+        want = set(assigned) if self._holding is not None else set()
+        ours = self._ours
+        if want:
+            already = raw.paused()
+            fresh = [tp for tp in want if tp not in already]
+            if fresh:
+                with contextlib.suppress(IllegalStateError):
+                    raw.pause(*fresh)
+                ours.update(fresh)
+        done = [tp for tp in ours if tp not in want]
+        if done:
+            ours.difference_update(done)
+            held = [tp for tp in done if tp in assigned]
+            if held:
+                with contextlib.suppress(IllegalStateError):
+                    raw.resume(*held)
+
+    # -- keep polling (lease extension) --------------------------------------------------
+    async def extend(self, message: Message) -> None:
+        """Keep ``message`` from going to another member (the LeaseExtension protocol).
+
+        Kafka has no per-record lease: a record is handed to another member only when
+        this one loses its partition, which aiokafka causes when ``getmany`` is not
+        called for ``max_poll_interval_ms``. The keeper polls whenever ``listen()`` does
+        not (so a slow handler needs no call); this makes it poll now.
+        """
+        delivery: Delivery = message.token
+        st = delivery.partition
+        if not (st.closed or st.revoking) and not self._fetching and self._holding is None:
+            self._nudge.set()
+
+    async def _keep_polling(self, raw: AIOKafkaConsumer) -> None:
+        """The keeper: poll in ``listen()``'s stead while it does not poll, from
+        :meth:`start` until :meth:`close` (so also while handlers drain after
+        :meth:`stop`)."""
+        loop = asyncio.get_running_loop()
+        after = self.keepalive_after
+        nudge = self._nudge
+        while not _compat.client_closed(raw):
+            if self._fetching:
+                delay = after
+            else:
+                delay = self._last_poll + after - loop.time()
+                if delay <= 0 or nudge.is_set():
+                    nudge.clear()
+                    await self._hold(raw)
+                    continue
+            waiter = asyncio.ensure_future(nudge.wait())
+            try:
+                await asyncio.wait((waiter,), timeout=delay)
+            finally:
+                waiter.cancel()
+
+    async def _hold(self, raw: AIOKafkaConsumer) -> None:
+        """Pause every assigned partition and poll until ``listen()`` wants to again."""
+        loop = asyncio.get_running_loop()
+        self._holding = holding = loop.create_future()
+        take_over = self._take_over
+        take_over.clear()
+        timeout_ms = max(1, int(self.keepalive_after * 1000))
+        getter: asyncio.Future[dict[TopicPartition, list[Any]]] | None = None
+        try:
+            while not take_over.is_set() and not _compat.client_closed(raw):
+                self._sync_pauses(raw)
+                getter = asyncio.ensure_future(
+                    raw.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
+                )
+                waiter = asyncio.ensure_future(take_over.wait())
+                try:
+                    await asyncio.wait((getter, waiter), return_when=FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                self.keepalive_polls += 1
+                if not getter.done():
+                    break  # listen() polls again (the getter is cancelled below)
+                error = getter.exception()
+                if error is not None:
+                    # listen()'s next poll meets (and reports) the same broker error
+                    log.debug("Kafka keep-alive poll failed: %r", error)
+                    await asyncio.sleep(0.1)
+                    continue
+                # A partition assigned meanwhile, not yet paused, may bring records:
+                # listen() fetches them again from there.
+                for tp, records in getter.result().items():
+                    if records:
+                        self._seek_back(raw, tp, records[0].offset)
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await getter
+            self._holding = None
+            self._last_poll = loop.time()
+            if not _compat.client_closed(raw):
+                self._sync_pauses(raw)
+            holding.set_result(None)
+
+    async def _reclaim(self) -> None:
+        """``listen()`` polls again: end the keeper's hold first."""
+        holding = self._holding
+        if holding is not None:
+            self._take_over.set()
+            await asyncio.wait((holding,))
+
+    async def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and not keeper.done():
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await keeper
+        elif keeper is not None and not keeper.cancelled() and keeper.exception() is not None:
+            log.warning("Kafka keep-alive task failed: %r", keeper.exception())
+
     # -- consuming -------------------------------------------------------------------
     def _take_parked(self) -> dict[TopicPartition, list[Any]]:
         """Parked records of partitions no longer paused (yielded before new polls)."""
@@ -431,8 +583,8 @@ class KafkaConsumer:
             assigned = raw.assignment()
             if self._paused & assigned:
                 parts = tuple(assigned - self._paused)
-                if not parts:  # every partition paused: wait for a resume
-                    stop = self._stop_future
+                if not parts:  # every partition paused: wait for a resume (the keeper
+                    stop = self._stop_future  # polls meanwhile, past keepalive_after)
                     assert stop is not None
                     waiter = asyncio.ensure_future(wake.wait())
                     await asyncio.wait(
@@ -440,6 +592,18 @@ class KafkaConsumer:
                     )
                     waiter.cancel()
                     return {}
+        if self._holding is not None:
+            await self._reclaim()
+        self._fetching = True
+        try:
+            return await self._poll(raw, parts)
+        finally:
+            self._fetching = False
+            self._last_poll = asyncio.get_running_loop().time()
+
+    async def _poll(
+        self, raw: AIOKafkaConsumer, parts: tuple[TopicPartition, ...]
+    ) -> dict[TopicPartition, list[Any]]:
         data: dict[TopicPartition, list[Any]] = await raw.getmany(
             *parts, timeout_ms=0, max_records=self.max_records
         )
@@ -447,6 +611,7 @@ class KafkaConsumer:
             return data
         stop = self._stop_future
         assert stop is not None
+        wake = self._wake
         getter = asyncio.ensure_future(
             raw.getmany(
                 *parts, timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records

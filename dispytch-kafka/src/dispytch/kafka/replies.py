@@ -19,7 +19,15 @@ The layout (documented in the README's "Request/reply" section):
 * "Nothing routable": a request to a topic that does not exist raises ``NoRouteError``
   at once (checked with the admin client's topic listing, existing topics remembered for
   a few seconds). A topic that exists but that no consumer group reads is **not**
-  detected: such a request waits for its timeout.
+  detected: such a request waits for its timeout. Kafka has no sound, cheap way to ask
+  "does a responder read this topic": the admin API's ``list_consumer_groups`` plus
+  ``describe_consumer_groups`` (decoding each member's assignment) costs a request per
+  group coordinator and grows with every group of the cluster; it misses responders on a
+  manual ``assign()`` (not members of any group) and groups mid-rebalance (members with
+  no assignment yet), so it would fail requests a responder would answer; a group that
+  reads the topic for another reason counts as a responder. On Tansu (the tests' broker)
+  ``ListGroups`` returns no group at all and ``DescribeGroups`` gives members without
+  metadata or assignment, still "Stable" after the last one stopped.
 """
 
 from __future__ import annotations
