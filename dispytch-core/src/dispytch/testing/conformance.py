@@ -1022,9 +1022,12 @@ class TransportConformance:
         async with contextlib.AsyncExitStack() as stack:
             # Three members of the group: where a broker hands an expired entry to whoever
             # asks first, the holder itself asking too, more members make a lapse show.
+            # One slot each: the holder's reader stops asking for more while its handler
+            # runs (what a busy dispatcher does), so the transport must keep the lease
+            # itself (Kafka: keep polling within max_poll_interval_ms).
             dispatchers = [
                 await stack.enter_async_context(
-                    self.running(harness, name, register_as(tag), group=group)
+                    self.running(harness, name, register_as(tag), group=group, max_in_flight=1)
                 )
                 for tag in "abc"
             ]
