@@ -227,6 +227,8 @@ class RabbitMQConsumer:
         self._channel: AbstractChannel | None = None  # the channel this consumer opened
         self._queues: list[AbstractQueue] = []
         self._dlx_channel: aiormq.abc.AbstractChannel | None = None
+        # One dead-letter publish in flight at a time (see _dead_letter_with_error).
+        self._dlx_lock = asyncio.Lock()
         self._consuming: dict[str, _Consuming] = {}
         self._watched: list[AbstractChannel] = []
         self._paused: set[str] = set()
@@ -667,42 +669,63 @@ class RabbitMQConsumer:
         exchange, key = target
         delivered = token.delivered
         routing_key = key if key is not None else (delivered.routing_key or token.queue)
-        try:
-            channel = await self._dead_letter_channel(token)
-            await channel.basic_publish(
-                delivered.body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=_codec.dead_letter_properties(
-                    delivered.header.properties,
-                    error,
-                    route=delivered.routing_key or "",
-                    queue=token.queue,
-                    exchange=delivered.exchange or "",
-                ),
-                mandatory=True,
-                timeout=_DEAD_LETTER_TIMEOUT,
-            )
-        except _DEAD_LETTER_ERRORS as exc:
-            self._dlx_channel = None
-            log.warning(
-                "Could not publish the rejected delivery from %r to its dead-letter exchange "
-                "%r with its error (%s: %s); rejecting it with basic.reject, so the broker's "
-                "dead-letter copy (without the error) keeps it.",
-                token.queue,
-                exchange,
-                type(exc).__name__,
-                exc,
-            )
-            return False
+        # One publish at a time on the dead-letter channel, each waiting for its confirm.
+        # When the broker closes the channel (the exchange is missing), aiormq sends
+        # channel.close-ok before it marks the channel closed; a second publish written
+        # in between reaches the broker after the close-ok, and RabbitMQ then closes the
+        # whole connection (504 "expected 'channel.open'"): the consumer's channel with
+        # it, so the deliveries being rejected come back. Serialised, the next publish
+        # sees the closed channel and opens a new one (after that close-ok).
+        async with self._dlx_lock:
+            channel: aiormq.abc.AbstractChannel | None = None
+            try:
+                async with asyncio.timeout(_DEAD_LETTER_TIMEOUT):
+                    channel = await self._dead_letter_channel(token)
+                    await channel.basic_publish(
+                        delivered.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=_codec.dead_letter_properties(
+                            delivered.header.properties,
+                            error,
+                            route=delivered.routing_key or "",
+                            queue=token.queue,
+                            exchange=delivered.exchange or "",
+                        ),
+                        mandatory=True,
+                    )
+            except _DEAD_LETTER_ERRORS as exc:
+                await self._drop_dead_letter_channel(channel)
+                log.warning(
+                    "Could not publish the rejected delivery from %r to its dead-letter "
+                    "exchange %r with its error (%s: %s); rejecting it with basic.reject, so "
+                    "the broker's dead-letter copy (without the error) keeps it.",
+                    token.queue,
+                    exchange,
+                    type(exc).__name__,
+                    exc,
+                )
+                return False
         await _settle_ack(token)
         return True
+
+    async def _drop_dead_letter_channel(self, channel: aiormq.abc.AbstractChannel | None) -> None:
+        """Forget the dead-letter channel after a failure; close it if it is still open
+        (a publish that timed out), so no channel leaks."""
+        if self._dlx_channel is channel:
+            self._dlx_channel = None
+        if channel is not None and not channel.is_closed:
+            try:
+                await asyncio.wait_for(channel.close(), _CLOSE_BUDGET)
+            except _CLOSE_ERRORS as exc:
+                log.debug("Closing the dead-letter channel failed: %r", exc)
 
     async def _dead_letter_channel(self, token: _Token) -> aiormq.abc.AbstractChannel:
         """One confirm-mode channel for dead letters, outside aio-pika's bookkeeping: a
         publish to a missing exchange closes it, never the channel deliveries come on."""
         channel = self._dlx_channel
         if channel is None or channel.is_closed:
+            self._dlx_channel = None
             queue = next(q for q in self._queues if q.name == token.queue)
             connection = _compat.connection_of(queue.channel)
             channel = self._dlx_channel = await _compat.raw_channel(
@@ -844,8 +867,8 @@ class RabbitMQConsumer:
         await self.close()
 
 
-#: How long a dead-letter publish may wait for its confirm before the delivery is
-#: rejected the broker's way instead.
+#: How long a dead-letter publish may take (opening its channel and waiting for the
+#: confirm) before the delivery is rejected the broker's way instead.
 _DEAD_LETTER_TIMEOUT = 5.0
 #: What a dead-letter publish may raise that sends the delivery the broker's way instead
 #: (``TypeError``/``ValueError``: pamqp could not encode the copy's properties; nothing was
