@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.abc import DeliveredMessage
 from dispytch.cqrs.wire import HEADER_CORRELATION_ID
 from dispytch.errors import ConsumerClosedError, NotStartedError
-from dispytch.rabbitmq import _codec, _compat
+from dispytch.rabbitmq import _codec, _compat, _delay
 from dispytch.rabbitmq._common import (
     CONNECTION_ERRORS,
     connect_with,
@@ -65,13 +65,14 @@ _CANCEL_ERRORS: tuple[type[BaseException], ...] = (
 ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
 
 
-def capabilities(*, ordered: bool) -> Capabilities:
-    """What a RabbitMQ consumer offers (``ordered=True``: lanes, one per queue)."""
+def capabilities(*, ordered: bool, delayed_requeue: bool = True) -> Capabilities:
+    """What a RabbitMQ consumer offers (``ordered=True``: lanes, one per queue;
+    ``delayed_requeue``: delay queues, on unless turned off)."""
     return Capabilities(
         delivery="at-least-once",
         ordered_lanes=ordered,
         requeue=True,
-        delayed_requeue=False,
+        delayed_requeue=delayed_requeue,
         pause_lanes=True,
         lease_extension=False,
         request_reply=True,
@@ -119,7 +120,9 @@ class RabbitMQConsumer:
 
     Settling: ``ack`` acknowledges; ``nack(requeue=True)`` hands the delivery back
     (``basic.nack``, redelivered with the redelivered flag, so ``Message.attempt`` is 2
-    or, on quorum queues, ``x-delivery-count + 1``); ``nack(requeue=False)`` rejects it
+    or, on quorum queues, ``x-delivery-count + 1``); ``nack(requeue=True, delay=s)``
+    parks it in an auto-expiring delay queue that dead-letters it back after ``s``
+    (rounded up to a bucket; see :meth:`nack`); ``nack(requeue=False)`` rejects it
     (``basic.reject`` without requeue): the queue's dead-letter exchange receives it when
     one is configured (``x-dead-letter-exchange``), otherwise the broker drops it.
 
@@ -148,6 +151,10 @@ class RabbitMQConsumer:
         topic_exchange: The exchange :class:`~dispytch.routes.TopicSubscription` binds to.
         ordered: Hand messages of one queue over one after another (``Message.lane`` =
             the queue name). Default: handled concurrently.
+        delayed_requeue: ``nack(requeue=True, delay=s)`` through delay queues
+            (``dispytch.delay.<ms>ms.<queue>``, declared on demand, deleted by the broker
+            when unused), declared as ``Capabilities.delayed_requeue``. ``False``: a delay
+            is waited in the process, holding the delivery.
         connect_timeout: Seconds a factory may take to connect.
 
     Raises:
@@ -166,6 +173,7 @@ class RabbitMQConsumer:
         queue_arguments: dict[str, Any] | None = None,
         topic_exchange: str = DEFAULT_TOPIC_EXCHANGE,
         ordered: bool = False,
+        delayed_requeue: bool = True,
         connect_timeout: float = 10.0,
     ) -> None:
         _, opts = parse(
@@ -178,6 +186,7 @@ class RabbitMQConsumer:
                 "prefetch_count": prefetch_count,
                 "topic_exchange": topic_exchange,
                 "ordered": ordered,
+                "delayed_requeue": delayed_requeue,
                 "connect_timeout": connect_timeout,
             },
         )
@@ -221,14 +230,20 @@ class RabbitMQConsumer:
         self.queue_arguments = dict(queue_arguments) if queue_arguments else None
         self.topic_exchange = opts.topic_exchange
         self.ordered = opts.ordered
+        self.delayed_requeue = opts.delayed_requeue
         self.connect_timeout = opts.connect_timeout
-        self.capabilities = capabilities(ordered=self.ordered)
+        self.capabilities = capabilities(ordered=self.ordered, delayed_requeue=self.delayed_requeue)
         self._subscriptions: list[EventSubscription] = []
         self._channel: AbstractChannel | None = None  # the channel this consumer opened
         self._queues: list[AbstractQueue] = []
         self._dlx_channel: aiormq.abc.AbstractChannel | None = None
         # One dead-letter publish in flight at a time (see _dead_letter_with_error).
         self._dlx_lock = asyncio.Lock()
+        # Delayed requeue: the confirm-mode channel copies go out on, and when each delay
+        # queue was last declared (loop time).
+        self._delay_channel: aiormq.abc.AbstractChannel | None = None
+        self._delay_open_lock = asyncio.Lock()
+        self._delay_queues: dict[str, float] = {}
         self._consuming: dict[str, _Consuming] = {}
         self._watched: list[AbstractChannel] = []
         self._paused: set[str] = set()
@@ -628,8 +643,18 @@ class RabbitMQConsumer:
                 exc,
             )
 
-    async def nack(self, message: Message, *, requeue: bool) -> None:
-        """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX.
+    async def nack(self, message: Message, *, requeue: bool, delay: float | None = None) -> None:
+        """Hand the delivery back (``requeue=True``, after ``delay`` seconds if given) or
+        reject it to the queue's DLX.
+
+        With ``delay`` (and ``delayed_requeue`` on, the default) a copy of the delivery is
+        published, confirmed, to the queue's delay queue for that delay (rounded up to a
+        bucket, see :mod:`dispytch.rabbitmq._delay`), and then the original is
+        acknowledged: the broker brings it back to the end of its queue when the delay is
+        over, with ``Message.attempt`` one higher, and nothing in this process waits
+        meanwhile. If that copy is not confirmed, the delivery is requeued the plain way
+        once the delay has passed (nothing is lost). With ``delayed_requeue=False`` a
+        delay is waited here, then the delivery is requeued.
 
         A rejected delivery whose queue has a dead-letter exchange
         (``x-dead-letter-exchange`` among the queue's arguments) and whose
@@ -639,8 +664,17 @@ class RabbitMQConsumer:
         then acknowledged. Where that publish is not confirmed the delivery is rejected
         with ``basic.reject`` as before, so the broker's own DLX copy (without the error)
         still keeps it.
+
+        Raises:
+            ValueError: A ``delay`` longer than RabbitMQ's TTL allows (about 49 days); the
+                delivery is left unsettled (a ``delay`` of 0 or less requeues at once).
         """
         token: _Token = message.token
+        if requeue and delay is not None and delay > 0 and not token.settled:
+            ttl = _delay.bucket_ms(delay)
+            if self.delayed_requeue and await self._requeue_later(token, message.attempt, ttl):
+                return
+            await asyncio.sleep(delay)
         error = getattr(message, "error", None)
         if (
             not requeue
@@ -650,6 +684,91 @@ class RabbitMQConsumer:
         ):
             return
         await _settle(token, requeue=requeue)
+
+    async def _requeue_later(self, token: _Token, attempt: int, ttl: int) -> bool:
+        """Publish the delivery to its delay queue (confirmed), then ack the original.
+
+        ``False`` (and a WARNING) when the copy was not confirmed: the caller requeues.
+        Copies are published concurrently on one confirm-mode channel: they go to the
+        default exchange, which always exists, so the broker does not close that channel
+        under a publish (the declarations, which may fail, run on channels of their own).
+        """
+        name = _delay.queue_name(token.queue, ttl)
+        delivered = token.delivered
+        properties = _codec.delayed_properties(
+            delivered.header.properties,
+            attempt=attempt + 1,
+            exchange=delivered.exchange or "",
+            routing_key=delivered.routing_key or "",
+        )
+        try:
+            async with asyncio.timeout(_DEAD_LETTER_TIMEOUT):
+                for first in (True, False):
+                    await self._declare_delay_queue(token, name, ttl, renew=not first)
+                    channel = await self._open_delay_channel(token)
+                    try:
+                        await channel.basic_publish(
+                            delivered.body,
+                            exchange="",
+                            routing_key=name,
+                            properties=properties,
+                            mandatory=True,
+                        )
+                    except aiormq.exceptions.PublishError:
+                        if not first:
+                            raise
+                        # Returned: the delay queue is gone (deleted, or expired while
+                        # this process slept): declare it again and publish once more.
+                        continue
+                    break
+        except _DEAD_LETTER_ERRORS as exc:
+            self._delay_queues.pop(name, None)
+            log.warning(
+                "Could not park the delivery from %r in its delay queue %r (%s: %s); it "
+                "is requeued once the delay has passed.",
+                token.queue,
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        await _settle_ack(token)
+        return True
+
+    async def _declare_delay_queue(
+        self, token: _Token, name: str, ttl: int, *, renew: bool
+    ) -> None:
+        """Declare the delay queue unless this consumer did so recently (a declaration
+        renews the queue's ``x-expires`` lease, see :mod:`dispytch.rabbitmq._delay`)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._delay_queues.get(name)
+        if not renew and last is not None and now - last < _delay.margin_ms(ttl) / 2000:
+            return
+        queue = next(q for q in self._queues if q.name == token.queue)
+        channel = await _compat.raw_channel(_compat.connection_of(queue.channel))
+        try:
+            await channel.queue_declare(
+                name, durable=True, arguments=_delay.arguments(token.queue, ttl)
+            )
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._delay_queues[name] = now
+
+    async def _open_delay_channel(self, token: _Token) -> aiormq.abc.AbstractChannel:
+        channel = self._delay_channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._delay_open_lock:  # one channel, however many copies race for it
+            channel = self._delay_channel
+            if channel is None or channel.is_closed:
+                queue = next(q for q in self._queues if q.name == token.queue)
+                connection = _compat.connection_of(queue.channel)
+                channel = self._delay_channel = await _compat.raw_channel(
+                    connection, publisher_confirms=True
+                )
+            return channel
 
     def _dead_letter_target(self, queue: str) -> tuple[str, str | None] | None:
         for q in self._queues:
@@ -840,14 +959,16 @@ class RabbitMQConsumer:
     async def _close_owned(self) -> None:
         channel, self._channel = self._channel, None
         dlx, self._dlx_channel = self._dlx_channel, None
+        delay, self._delay_channel = self._delay_channel, None
         conn = self._connection
         if self._factory is not None:
             self._connection = None
 
         async def closing() -> None:
-            if dlx is not None and not dlx.is_closed:
-                with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
-                    await dlx.close()
+            for raw in (dlx, delay):
+                if raw is not None and not raw.is_closed:
+                    with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                        await raw.close()
             if channel is not None and not channel.is_closed:
                 with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
                     await channel.close()
