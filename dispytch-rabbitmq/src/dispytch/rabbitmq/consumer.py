@@ -17,8 +17,14 @@ from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 from aiormq.abc import DeliveredMessage
+from dispytch.backoff import Backoff
 from dispytch.cqrs.wire import HEADER_CORRELATION_ID
 from dispytch.errors import ConsumerClosedError, NotStartedError
 from dispytch.rabbitmq import _codec, _compat, _delay
@@ -63,6 +69,15 @@ _CANCEL_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
+
+#: A robust channel closed while its connection stays up (a channel error) is restored by
+#: aio-pika at once; when that fails (a re-declaration the broker refuses), the consumer
+#: tries again with this backoff (seconds), and after ``_RESTORE_ATTEMPTS`` failures in a
+#: row ends (``ConsumerClosedError``) instead of consuming nothing while looking alive.
+_RESTORE_BACKOFF = {"initial": 0.5, "factor": 2.0, "cap": 5.0}
+_RESTORE_ATTEMPTS = 5
+#: Seconds one restore attempt may take.
+_RESTORE_TIMEOUT = 10.0
 
 
 def capabilities(*, ordered: bool, delayed_requeue: bool = True) -> Capabilities:
@@ -248,6 +263,7 @@ class RabbitMQConsumer:
         self._watched: list[AbstractChannel] = []
         self._paused: set[str] = set()
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._restorers: dict[int, asyncio.Task[None]] = {}  # id(channel) -> its watcher
         self._handoff: asyncio.Queue[Any] = asyncio.Queue()
         self._dead: ConsumerClosedError | None = None
         self._running = False
@@ -508,11 +524,75 @@ class RabbitMQConsumer:
                 return
 
     def _on_close(self, channel: Any, exc: BaseException | None = None) -> None:
-        """A channel closed: the end, unless it is robust and will reopen."""
+        """A channel closed: the end, unless it is robust and will reopen (watched until
+        it has: see :meth:`_watch_restore`)."""
         if self._stopping or not self._running:
             return
         if _compat.closed_for_good(channel):
             self._die(self._closed_error("channel"))
+            return
+        key = id(channel)
+        watcher = self._restorers.get(key)
+        if watcher is None or watcher.done():
+            self._restorers[key] = asyncio.get_running_loop().create_task(
+                self._watch_restore(channel)
+            )
+
+    async def _watch_restore(self, channel: AbstractChannel) -> None:
+        """Wait for a robust channel to be back; restore it when aio-pika's own attempt
+        failed while the connection stayed up, with a backoff, and end the consumer when
+        it cannot be restored.
+
+        An outage of the connection is not counted: the robust connection reconnects
+        (however long that takes) and restores its channels itself.
+        """
+        backoff = Backoff(**_RESTORE_BACKOFF)
+        failures = 0
+        last: BaseException | None = None
+        while self._running and not self._stopping:
+            await asyncio.sleep(backoff.next())
+            if not channel.is_closed or self._stopping or not self._running:
+                return
+            if _compat.closed_for_good(channel):
+                self._die(self._closed_error("channel"))
+                return
+            if _compat.connection_of(channel).is_closed:
+                backoff.reset()  # the connection's outage: the robust connection's work
+                continue
+            if not isinstance(channel, AbstractRobustChannel):
+                return  # only robust channels are watched
+            try:
+                await asyncio.wait_for(channel.restore(), _RESTORE_TIMEOUT)
+            except Exception as exc:  # whatever the re-declarations raised
+                failures += 1
+                last = exc
+                log.warning(
+                    "Could not restore the channel of %s (attempt %d of %d): %s: %s",
+                    self._queue_names(channel),
+                    failures,
+                    _RESTORE_ATTEMPTS,
+                    type(exc).__name__,
+                    exc,
+                )
+                if failures >= _RESTORE_ATTEMPTS:
+                    self._die(
+                        ConsumerClosedError(
+                            f"The robust channel of {self._queue_names(channel)} closed and "
+                            f"could not be restored ({failures} attempts; the last: "
+                            f"{type(last).__name__}: {last}), although the connection is up, "
+                            "so nothing more arrives.\nFix what the broker refused (an "
+                            "exchange or queue re-created with other settings?) and start "
+                            "the consumer again."
+                        )
+                    )
+                    return
+            else:
+                if not channel.is_closed:
+                    return
+
+    def _queue_names(self, channel: AbstractChannel) -> str:
+        names = [q.name for q in self._queues if q.channel is channel]
+        return ", ".join(repr(n) for n in names) or "the consumer"
 
     async def _on_reopen(self, channel: Any) -> None:
         """A robust channel came back after a lost connection: consume its queues again.
@@ -903,9 +983,10 @@ class RabbitMQConsumer:
             return
         self._stopping = True
         self._handoff.put_nowait(_STOP)
-        for task in self._lane_tasks.values():
+        for task in (*self._lane_tasks.values(), *self._restorers.values()):
             task.cancel()
         self._lane_tasks = {}
+        self._restorers = {}
         loop = asyncio.get_running_loop()
         end = loop.time() + _STOP_BUDGET
         await self._cancel_consumers(_STOP_BUDGET)
