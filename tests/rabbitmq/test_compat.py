@@ -108,6 +108,37 @@ async def test_channel_accesses() -> None:
     assert _compat.closed_for_good(other)  # its robust connection was closed by its user
 
 
+async def test_publish_nowait_queues_without_draining_and_returns_the_confirm(
+    names: Names,
+) -> None:
+    """aiormq's concrete ``Channel.basic_publish`` takes ``wait`` (not in its ABC): with
+    ``wait=False`` no drain future is made, and the confirm still comes back."""
+    import inspect
+
+    import aiormq
+
+    assert "wait" in inspect.signature(aiormq.Channel.basic_publish).parameters
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        q = names.queue("nowait")
+        ch = await conn.channel()
+        await ch.declare_queue(q, durable=True)
+        raw = await _compat.raw_channel(conn, publisher_confirms=True)
+        results = await asyncio.gather(
+            *(
+                _compat.publish_nowait(
+                    raw, b"x", exchange="", routing_key=q, properties=None, mandatory=True
+                )
+                for _ in range(50)
+            )
+        )
+        assert all(isinstance(r, commands.Basic.Ack) for r in results)
+        assert await ready_count(conn, q) == 50  # type: ignore[arg-type]
+        await raw.close()
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------- poison input, for real
 class Item(EventBase):
     __event_type__ = "item"

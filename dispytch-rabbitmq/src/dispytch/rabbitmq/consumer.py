@@ -715,7 +715,9 @@ class RabbitMQConsumer:
             return
         token.settled = True
         try:
-            await token.channel.basic_ack(token.delivery_tag)
+            # Queued for the connection's writer, in order, without waiting for the socket
+            # to drain (an ack has no reply to wait for either way).
+            await token.channel.basic_ack(token.delivery_tag, wait=False)
         except CONNECTION_ERRORS as exc:
             log.warning(
                 "Could not acknowledge %r: its channel is gone (%s). RabbitMQ delivers it again.",
@@ -961,8 +963,8 @@ class RabbitMQConsumer:
             delivery_mode=1,
         )
         try:
-            await token.channel.basic_publish(
-                payload, exchange="", routing_key=reply_to, properties=props
+            await _compat.publish_nowait(
+                token.channel, payload, exchange="", routing_key=reply_to, properties=props
             )
         except _CANCEL_ERRORS as exc:
             log.warning(
