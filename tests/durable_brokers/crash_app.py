@@ -25,6 +25,15 @@ if URL.startswith("redis"):
         "claim_interval": 0.2,
         "start_id": "0",
     }
+elif URL.startswith("kafka"):
+    # a killed member leaves the group when its session times out (3 s); the partition's
+    # next owner resumes from the last committed offset, below the run's tick
+    options = {
+        "group_id": os.environ["CRASH_GROUP"],
+        "session_timeout_ms": 3000,
+        "heartbeat_interval_ms": 500,
+        "commit_interval": 0.05,
+    }
 else:  # RabbitMQ: a killed worker's channel closes and its unacked message is requeued
     options = {"queue": os.environ["CRASH_GROUP"]}
 

@@ -273,6 +273,7 @@ class RedisStreamsHarness(_RedisHarness):
     capabilities = STREAMS_CAPABILITIES
     redelivery_timeout = 10.0
     redelivery_window = 2.5  # min_idle_time plus a claim interval
+    lease_seconds = 2.0  # min_idle_time in _options: entries idle this long are taken over
     # Header values travel in a JSON field: bytes that are not UTF-8 make the entry
     # malformed, and malformed entries go to the dead-letter stream.
     undecodable_headers = "reject"

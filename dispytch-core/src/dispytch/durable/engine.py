@@ -20,7 +20,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -34,8 +34,10 @@ from dispytch.durable.errors import (
     IdempotencyConflictError,
     LeaseLostError,
     NonDeterminismError,
+    RunCancelledError,
 )
 from dispytch.durable.store import (
+    RETRYABLE_STATUSES,
     ChildOutcome,
     Journal,
     JournalStore,
@@ -72,6 +74,22 @@ DEFAULT_STORE = "sqlite:///.dispytch/journal.sqlite3"
 DEFAULT_TOPIC = "dispytch.durable.runs"
 
 
+#: Waits up to this long (lease contention) happen in the handler; longer ones park the tick.
+_INLINE_WAIT = 0.05
+
+
+def _now() -> float:
+    """Wall-clock now, following the running loop's clock: ``time.time()`` under a normal
+    loop (whose ``time()`` is ``time.monotonic()``), moved on by the jumps of a virtual
+    clock (:mod:`dispytch.testing.clock`), so due times of retries and durable sleeps
+    are reached when the loop's timers say so."""
+    try:
+        skew = asyncio.get_running_loop().time() - time.monotonic()
+    except RuntimeError:
+        skew = 0.0
+    return time.time() + skew
+
+
 class RunTick(EventBase):
     """The message that drives a run: its id, nothing else (the rest is in the journal)."""
 
@@ -101,6 +119,14 @@ class _Suspend(BaseException):
 
 
 @dataclass
+class _Lease:
+    """The attempt's hold on its run; ``lost`` once a renewal was refused (taken over
+    or cancelled): no further step starts."""
+
+    lost: bool = False
+
+
+@dataclass
 class _RunState:
     durable: Durable
     run_id: str
@@ -108,13 +134,24 @@ class _RunState:
     journal: Journal
     prefix: str = ""
     counter: int = 0
+    lease: _Lease = field(default_factory=_Lease)
 
     def next_position(self) -> str:
         self.counter += 1
         return f"{self.prefix}{self.counter}"
 
     def nested(self, position: str) -> _RunState:
-        return _RunState(self.durable, self.run_id, self.token, self.journal, f"{position}.")
+        return _RunState(
+            self.durable, self.run_id, self.token, self.journal, f"{position}.", lease=self.lease
+        )
+
+    def check(self) -> None:
+        """At a step boundary: raise when the lease is known lost (a cancel, a takeover)."""
+        if self.lease.lost:
+            raise LeaseLostError(
+                f"Run {self.run_id}: the lease of token {self.token} is lost (the run was "
+                "cancelled or taken over); no further step starts here."
+            )
 
 
 _current: ContextVar[_RunState | None] = ContextVar("dispytch_durable_run", default=None)
@@ -179,12 +216,21 @@ class DurableFunction(Generic[P, R]):
     """
 
     def __init__(
-        self, durable: Durable, func: Callable[P, Any], name: str, *, max_attempts: int | None
+        self,
+        durable: Durable,
+        func: Callable[P, Any],
+        name: str,
+        *,
+        max_attempts: int | None,
+        concurrency: int | None = None,
     ) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency={concurrency!r}: give at least 1 (or None: no limit).")
         self.durable = durable
         self.func = func
         self.name = name
         self.max_attempts = max_attempts
+        self.concurrency = concurrency
         self.codec = FunctionCodec(func, name)
         self.is_async = inspect.iscoroutinefunction(func)
         self.__doc__ = func.__doc__
@@ -222,6 +268,10 @@ class RunHandle(Generic[R]):
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r}, {self.function.name})"
+
+    async def cancel(self, *, reason: str = "cancelled") -> list[str]:
+        """Cancel this run (see :meth:`Durable.cancel`)."""
+        return await self.durable.cancel(self.id, reason=reason)
 
     async def status(self) -> RunRecord:
         """The run's row: status, attempts, outcome text."""
@@ -350,6 +400,10 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, asyncio.Event] = {}
+        self._parked: set[asyncio.Task[None]] = set()
+        self._limited: dict[str, Backoff] = {}
+        self._limit_cap = 1.0
+        self.register_error(RunCancelledError)
 
     def __repr__(self) -> str:
         return f"Durable({self.transport!r}, store={self.store!r}, topic={self.topic!r})"
@@ -363,7 +417,11 @@ class Durable:
 
     @overload
     def function(
-        self, *, name: str | None = None, max_attempts: int | None = None
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[Callable[..., Any]], DurableFunction[..., Any]]: ...
 
     def function(
@@ -372,6 +430,7 @@ class Durable:
         *,
         name: str | None = None,
         max_attempts: int | None = None,
+        concurrency: int | None = None,
     ) -> Any:
         """Register a sync or async function as durable (usable bare or with options).
 
@@ -379,6 +438,14 @@ class Durable:
             name: Its name in the journal and on the wire (default ``module.qualname``):
                 workers find the function by it, so keep it when you move the code.
             max_attempts: This function's own attempt budget as a run.
+            concurrency: At most this many runs of the function execute at once,
+                **cluster-wide**: counted over the leases in the journal store, so every
+                worker process of the store shares the limit. A run over the limit has
+                status ``limited`` and its message comes back later (backing off up to
+                1 s); it is not lost and takes no worker slot while it waits (other
+                functions go on). A run waiting on children or sleeping holds no slot of
+                the limit. Steps (awaited inside another run) are not limited: they run
+                inside their caller's run.
 
         Raises:
             ValueError: Another function is registered under that name.
@@ -393,7 +460,7 @@ class Durable:
                     "Give one of them another name: @durable.function(name=...)."
                 )
             fn: DurableFunction[..., Any] = DurableFunction(
-                self, target, fname, max_attempts=max_attempts
+                self, target, fname, max_attempts=max_attempts, concurrency=concurrency
             )
             self._functions[fname] = fn
             return fn
@@ -472,6 +539,10 @@ class Durable:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop the worker (runs in flight are handed back), the emitter and the store."""
+        for timer in list(self._parked):  # their held ticks are handed back by the stop
+            timer.cancel()
+        if self._parked:
+            await asyncio.gather(*self._parked, return_exceptions=True)
         if self._dispatcher is not None:
             await self._dispatcher.stop(timeout)
             self._dispatcher = None
@@ -516,6 +587,93 @@ class Durable:
         """The handle of an existing run, by id (from any process)."""
         return RunHandle(self, run_id, function)
 
+    # -- operations -----------------------------------------------------------------
+    async def list_runs(
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        function: str | DurableFunction[..., Any] | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs in the store, newest first.
+
+        Args:
+            status: Only runs in this status (or these), e.g. ``"failed"`` or
+                ``{"failed", "dead"}`` (see :data:`~dispytch.durable.store.STATUSES`).
+            function: Only runs of this function (a durable function or its name).
+            limit: At most this many.
+        """
+        await self.store.open()
+        statuses = [status] if isinstance(status, str) else status
+        name = function.name if isinstance(function, DurableFunction) else function
+        return await self.store.list_runs(status=statuses, function=name, limit=limit)
+
+    async def show_run(self, run_id: str) -> Journal:
+        """A run with its steps (results and errors as stored JSON text, each with its
+        time) and its children's outcomes: ``journal.run.status``, ``.attempts``,
+        ``.created``, ``.updated``, ``journal.steps[position]``.
+
+        Raises:
+            DurableError: No such run.
+        """
+        await self.store.open()
+        journal = await self.store.load(run_id)
+        if journal is None:
+            raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+        return journal
+
+    async def retry(self, run_id: str) -> RunRecord:
+        """Start a failed, dead or cancelled run over: its attempt budget anew, its failed
+        steps (and failed or cancelled children) run again, its finished steps not.
+
+        Returns:
+            The run's row, now ``pending``; a worker picks it up.
+
+        Raises:
+            DurableError: No such run, or it is not failed, dead or cancelled.
+        """
+        await self.connect()
+        if not await self.store.retry_run(run_id):
+            record = await self.store.get_run(run_id)
+            if record is None:
+                raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+            raise DurableError(
+                f"Run {run_id!r} is {record.status}; only a failed, dead or cancelled run "
+                f"is retried ({', '.join(sorted(RETRYABLE_STATUSES))})."
+            )
+        await self._send_tick(run_id)
+        record = await self.store.get_run(run_id)
+        assert record is not None
+        return record
+
+    async def cancel(self, run_id: str, *, reason: str = "cancelled") -> list[str]:
+        """Cancel a run that is not over, and its unfinished children.
+
+        A pending, retrying, sleeping or waiting run is cancelled at once; a running one
+        stops at its next step boundary (the step in flight finishes, its result is not
+        journalled, no further step starts). Its status is ``cancelled`` and
+        ``await call.result()`` raises :class:`~dispytch.durable.errors.RunCancelledError`.
+
+        Returns:
+            The ids cancelled: the run and its descendants (empty when it was over).
+
+        Raises:
+            DurableError: No such run.
+        """
+        await self.connect()
+        error = RunCancelledError(f"Run {run_id} was cancelled: {reason}.")
+        ids = await self.store.cancel_run(run_id, encode_error(error, retryable=False))
+        if not ids:
+            if await self.store.get_run(run_id) is None:
+                raise DurableError(f"No run {run_id!r} in {self.store!r}.")
+            return []
+        for rid in ids:
+            self._wake(rid)
+        # One tick settles it: a worker sees the run final, tells its parent (if any),
+        # and acknowledges. Descendants' pending ticks are acknowledged the same way.
+        await self._send_tick(run_id)
+        return ids
+
     # -- dispatching ----------------------------------------------------------------
     async def _dispatch(self, call: Call[R], run_id: str | None) -> RunHandle[R]:
         await self.connect()
@@ -551,18 +709,51 @@ class Durable:
         except Exception:
             # The store or the broker failed: hand the tick back; the journal has the rest.
             log.exception("Run %s: the tick could not be handled; handing it back.", event.body.run)
-            if not await self._later(ack, message, 1.0) and ack.claim():
+            if not await self._later(ack, message, 1.0, event.body.run) and ack.claim():
                 await self.dispatcher.consumer.nack(message, requeue=True)
 
-    async def _later(self, ack: Acknowledger, message: Message, delay: float) -> bool:
-        """Redeliver the tick after ``delay`` where the consumer can; else False."""
+    async def _later(self, ack: Acknowledger, message: Message, delay: float, run_id: str) -> bool:
+        """Have the tick come back after ``delay``, without holding a worker slot where
+        possible; False when the caller should wait and go on itself (a short wait).
+
+        A consumer declaring ``delayed_requeue`` gets it back with ``nack(delay=)``. On
+        the others a wait of more than :data:`_INLINE_WAIT` *parks* the tick: the handler
+        returns with it unsettled (held by the dispatcher, not counted in
+        ``max_in_flight``), and a timer sends a fresh tick at the due time, then
+        acknowledges the held one. A crash meanwhile leaves the held tick unacknowledged,
+        so the broker delivers it again; a stop hands it back.
+        """
         consumer = self.dispatcher.consumer
         if capabilities_of(consumer).delayed_requeue:
             if ack.claim():
                 await consumer.nack(message, requeue=True, delay=delay)  # type: ignore[call-arg]
             return True
+        if delay <= _INLINE_WAIT:
+            await asyncio.sleep(max(delay, 0.0))
+            return False
+        timer = asyncio.get_running_loop().create_task(
+            self._unpark(run_id, ack, message, delay), name=f"dispytch-durable-park-{run_id}"
+        )
+        self._parked.add(timer)
+        timer.add_done_callback(self._parked.discard)
+        return True
+
+    async def _unpark(self, run_id: str, ack: Acknowledger, message: Message, delay: float) -> None:
         await asyncio.sleep(delay)
-        return False
+        if not ack.claim():  # settled meanwhile (a stop handed it back)
+            return
+        consumer = self.dispatcher.consumer
+        try:
+            await self._send_tick(run_id)
+        except Exception:
+            log.exception("Run %s: could not send its tick again; handing it back.", run_id)
+            with contextlib.suppress(Exception):
+                await consumer.nack(message, requeue=True)
+            return
+        try:
+            await consumer.ack(message)
+        except Exception:  # the fresh tick is out; a duplicate tick is harmless
+            log.warning("Run %s: acknowledging its parked tick failed.", run_id, exc_info=True)
 
     async def _execute(self, run_id: str, ack: Acknowledger, message: Message) -> None:
         contention = Backoff(initial=0.01, factor=2.0, cap=min(1.0, self.settings.lease_ttl))
@@ -579,19 +770,29 @@ class Durable:
                 self._wake(run_id)
                 await ack.ack()
                 return
-            now = time.time()
+            fn = self._functions.get(run.function)
+            now = _now()
             wait = run.due - now
             token: int | None = None
             if wait <= 0:
-                token = await self.store.acquire(run_id, self.settings.lease_ttl)
-                if token is None:  # another worker holds the run
-                    wait = min(max(run.lease_until - now, 0.0), contention.next())
-                    wait = max(wait, 0.005)
+                limit = fn.concurrency if fn is not None else None
+                token = await self.store.acquire(run_id, self.settings.lease_ttl, concurrency=limit)
+                if token is None:
+                    if limit is not None and run.lease_until < time.time():
+                        # over the function's limit: wait, backing off per run
+                        backoff = self._limited.setdefault(
+                            run_id, Backoff(initial=0.05, factor=1.5, cap=self._limit_cap)
+                        )
+                        wait = backoff.next()
+                    else:  # another worker holds the run
+                        wait = min(max(run.lease_until - time.time(), 0.0), contention.next())
+                        wait = max(wait, 0.005)
+                else:
+                    self._limited.pop(run_id, None)
             if token is None:
-                if await self._later(ack, message, wait):
+                if await self._later(ack, message, wait, run_id):
                     return
                 continue
-            fn = self._functions.get(run.function)
             if fn is None:
                 error = DurableError(
                     f"No durable function {run.function!r} is registered on this worker.\n"
@@ -616,7 +817,7 @@ class Durable:
         """One replay of the run; True when the tick is settled (done or suspended)."""
         run = journal.run
         state = _RunState(self, run.id, token, journal)
-        beat = asyncio.create_task(self._heartbeat(run.id, token))
+        beat = asyncio.create_task(self._heartbeat(run.id, token, state.lease))
         try:
             reset = _current.set(state)
             try:
@@ -653,7 +854,7 @@ class Durable:
         budget = fn.max_attempts or settings.max_attempts
         if transient and attempts < budget:
             delay = settings.backoff.delay(attempts)
-            await self.store.set_retry(run.id, token, attempts, time.time() + delay)
+            await self.store.set_retry(run.id, token, attempts, _now() + delay)
             log.warning(
                 "Run %s (%s) attempt %d/%d failed (%s: %s); retrying in %.3f s.",
                 run.id, fn.name, attempts, budget, type(exc).__name__, exc, delay,
@@ -669,7 +870,7 @@ class Durable:
             await self._finished(run, "error", error)
         return True
 
-    async def _heartbeat(self, run_id: str, token: int) -> None:
+    async def _heartbeat(self, run_id: str, token: int, lease: _Lease) -> None:
         interval = self.settings.lease_ttl / 3
         while True:
             await asyncio.sleep(interval)
@@ -679,7 +880,12 @@ class Durable:
                 log.warning("Run %s: renewing the lease failed: %s", run_id, exc)
                 continue
             if not renewed:
-                log.warning("Run %s: the lease was taken over; this attempt's writes fail.", run_id)
+                lease.lost = True
+                log.warning(
+                    "Run %s: the lease was taken over or the run cancelled; this attempt "
+                    "stops at its next step.",
+                    run_id,
+                )
                 return
 
     def _wake(self, run_id: str) -> None:
@@ -723,6 +929,7 @@ class Durable:
                 result: R = fn.codec.decode_result(record.outcome)
                 return result
             raise decode_error(state.run_id, record.outcome, self.settings.registered)
+        state.check()
         reset = _current.set(state.nested(position))
         try:
             value = await fn.invoke(call.args, call.kwargs)
@@ -789,7 +996,14 @@ class Durable:
             decision = journal.steps.get(decision_pos)
             winner: int | None = None
             if decision is not None:
-                winner = int(decision.outcome)
+                # After an operator's retry the decided child may run again: wait for it
+                # (and for "all failed", for every child, then the lowest success).
+                decided = int(decision.outcome)
+                if decided in done:
+                    winner = decided
+                elif decided == -1 and len(done) >= count:
+                    ok = [i for i, c in done.items() if c.status == "ok"]
+                    winner = min(ok) if ok else -1
             elif mode == "race" and done:
                 winner = min(done)
             elif mode == "any":
@@ -816,6 +1030,7 @@ class Durable:
             if mode == "gather":
                 return []
             raise ValueError(f"{mode}() needs at least one call.")
+        state.check()
         wake = count if mode == "gather" else 1  # any/race: every completion wakes it
         for index, call in enumerate(calls):
             if index in done:

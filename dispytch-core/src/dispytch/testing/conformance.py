@@ -45,6 +45,7 @@ import inspect
 import logging
 import random
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -132,6 +133,8 @@ class TransportConformance:
             three times as many messages and never settles them in its handler.
         restart_events: Events of the stop-and-restart case.
         slow_seconds: How long a "slow" handler takes per event.
+        requeue_delay: The delay of the delayed-requeue cases (the direct one waits
+            longer than ``harness.lease_seconds`` where there is one).
     """
 
     timeout = 20.0
@@ -140,6 +143,7 @@ class TransportConformance:
     manual_bound = 8
     restart_events = 40
     slow_seconds = 0.01
+    requeue_delay = 1.0
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -800,6 +804,144 @@ class TransportConformance:
                 harness.redelivery_timeout + self.timeout,
                 "redelivery to the next consumer",
             )
+
+    # -- delayed requeue and leases ------------------------------------------------------
+    def require_delayed_requeue(self, harness: TransportHarness) -> None:
+        """Skip unless the transport redelivers and declares ``delayed_requeue``."""
+        self.require_redelivery(harness)
+        self.require(harness, "delayed_requeue")
+
+    async def test_delayed_requeue_through_the_dispatcher(self, harness: TransportHarness) -> None:
+        """The dispatcher's requeue path (``RequeueMessage`` with ``requeue_delay``) over a
+        consumer that declares ``delayed_requeue``: the message comes back no sooner than
+        the delay, with a higher attempt, once; and no slot is held meanwhile (with
+        ``max_in_flight=1`` another lane's event is handled during the delay)."""
+        self.require_delayed_requeue(harness)
+        delay = self.requeue_delay
+        name = harness.unique_name()
+        first, other = await harness.lanes(name, 2)
+        seen: list[tuple[int, int, float]] = []  # (order id, attempt, when)
+
+        def register(d: EventDispatcher, sub: Any) -> None:
+            @d.handler(sub)
+            async def on_placed(event: Event[Placed]) -> None:
+                seen.append((event.body.order_id, event.attempt, time.monotonic()))
+                if event.body.order_id == 1 and event.attempt == 1:
+                    raise RequeueMessage("later")
+
+        async with (
+            self.running(
+                harness,
+                [first.name, other.name],
+                register,
+                max_in_flight=1,
+                requeue_delay=delay,
+                max_requeue_delay=delay,
+            ) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            await em.emit(placed(1), route=first.route, key=first.key)
+            await eventually(lambda: bool(seen), self.timeout, "the first delivery")
+            await em.emit(placed(2), route=other.route, key=other.key)
+            await eventually(
+                lambda: any(i == 1 and a == 2 for i, a, _ in seen),
+                delay + harness.redelivery_timeout + self.timeout,
+                "the delayed redelivery",
+            )
+            await asyncio.sleep(harness.redelivery_window)
+        ones = [(a, t) for i, a, t in seen if i == 1]
+        assert [a for a, _ in ones] == [1, 2], f"attempts of the requeued event: {ones}"
+        waited = ones[1][1] - ones[0][1]
+        assert waited >= delay, f"redelivered after {waited:.3f}s, sooner than {delay}s"
+        twos = [t for i, _, t in seen if i == 2]
+        assert len(twos) == 1
+        assert twos[0] < ones[1][1], "the requeue delay held the only slot"
+        assert dispatcher.stats["requeued"] == 1
+        assert dispatcher.stats["handled"] == 2
+
+    async def test_nack_with_delay_redelivers_no_sooner(self, harness: TransportHarness) -> None:
+        """``consumer.nack(message, requeue=True, delay=d)`` straight on the consumer: the
+        message is yielded again no sooner than ``d`` later, attempt 2, nothing lost. The
+        delay is longer than the harness's lease where it has one (a delay the consumer
+        must hold across lease periods, not only one the broker counts down)."""
+        self.require_delayed_requeue(harness)
+        lease = harness.lease_seconds
+        delay = max(self.requeue_delay, 1.5 * lease) if lease is not None else self.requeue_delay
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        await harness.prepare(name, group=group)
+        consumer = harness.consumer(group=group)
+        consumer.subscribe([harness.subscription(name, group=group)])
+        await consumer.start()
+        messages = consumer.listen()
+        try:
+            async with self.emitter(harness) as em:
+                sent = em.build(placed(1), route=harness.route(name))
+                await em.producer.send(sent)
+            async with asyncio.timeout(self.timeout):
+                message = await anext(messages)
+            assert message.payload == sent.payload
+            assert message.attempt == 1
+            nacked = time.monotonic()
+            nack: Callable[..., Awaitable[None]] = consumer.nack
+            await nack(message, requeue=True, delay=delay)
+            async with asyncio.timeout(delay + harness.redelivery_timeout + self.timeout):
+                again = await anext(messages)
+            waited = time.monotonic() - nacked
+            assert again.payload == sent.payload
+            assert again.attempt == 2, f"attempt {again.attempt} on the redelivery"
+            assert waited >= delay, f"redelivered after {waited:.3f}s, sooner than {delay}s"
+            await consumer.ack(again)
+        finally:
+            aclose = getattr(messages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await consumer.stop()
+            await consumer.close()
+
+    async def test_long_handler_keeps_its_lease(self, harness: TransportHarness) -> None:
+        """A handler running about three leases long (``harness.lease_seconds``), with
+        other consumers of the same group running beside it: handled exactly once, never
+        redelivered to another consumer, on a consumer that declares
+        ``lease_extension``."""
+        self.require_redelivery(harness)
+        self.require(harness, "lease_extension")
+        if harness.lease_seconds is None:
+            pytest.skip(f"the {harness.name} harness has no lease_seconds (no lease to outlive)")
+        hold = 3 * harness.lease_seconds
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        calls: list[tuple[str, int]] = []
+        done: list[str] = []
+
+        def register_as(tag: str) -> _Register:
+            def register(d: EventDispatcher, sub: Any) -> None:
+                @d.handler(sub)
+                async def on_placed(event: Event[Placed]) -> None:
+                    calls.append((tag, event.attempt))
+                    await asyncio.sleep(hold)
+                    done.append(tag)
+
+            return register
+
+        async with contextlib.AsyncExitStack() as stack:
+            # Three members of the group: where a broker hands an expired entry to whoever
+            # asks first, the holder itself asking too, more members make a lapse show.
+            dispatchers = [
+                await stack.enter_async_context(
+                    self.running(harness, name, register_as(tag), group=group)
+                )
+                for tag in "abc"
+            ]
+            em = await stack.enter_async_context(self.emitter(harness))
+            await em.emit(placed(1), route=harness.route(name))
+            await eventually(lambda: bool(done), hold + self.timeout, "the long handler")
+            # Long enough for an expired lease to be taken over by another consumer.
+            await asyncio.sleep(harness.redelivery_window)
+            assert all(d.running for d in dispatchers)
+        assert len(calls) == 1, f"handled {len(calls)} times (consumer, attempt): {calls}"
+        assert calls[0][1] == 1
+        assert sum(d.stats["handled"] for d in dispatchers) == 1
 
     # -- lifecycle -----------------------------------------------------------------------
     async def test_graceful_stop_finishes_in_flight_work(self, harness: TransportHarness) -> None:

@@ -12,6 +12,7 @@ WHERE holds the fence (a second read only when it changed nothing).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -54,8 +55,10 @@ CREATE TABLE IF NOT EXISTS {p}steps (
     args_hash TEXT NOT NULL,
     status TEXT NOT NULL,
     outcome TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, position)
 );
+ALTER TABLE {p}steps ADD COLUMN IF NOT EXISTS created DOUBLE PRECISION NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS {p}children (
     run_id TEXT NOT NULL,
     position TEXT NOT NULL,
@@ -64,6 +67,8 @@ CREATE TABLE IF NOT EXISTS {p}children (
     outcome TEXT NOT NULL,
     PRIMARY KEY (run_id, position, idx)
 );
+CREATE INDEX IF NOT EXISTS {p}runs_created ON {p}runs (created);
+CREATE INDEX IF NOT EXISTS {p}runs_leased ON {p}runs (function) WHERE lease_until > 0;
 """
 
 _COLUMNS = (
@@ -71,7 +76,10 @@ _COLUMNS = (
     "outcome, parent_id, parent_position, parent_index, parent_count, created, updated"
 )
 _NOW = "extract(epoch from clock_timestamp())"
-_FINAL = "('succeeded', 'failed', 'dead')"
+_FINAL = "('succeeded', 'failed', 'dead', 'cancelled')"
+_RETRYABLE = "('failed', 'dead', 'cancelled')"
+# A run and its descendants (ids under "<id>/"): $1 is the id.
+_SUBTREE = "(id = $1 OR starts_with(id, $1 || '/'))"
 
 
 def _run(row: Any) -> RunRecord:
@@ -215,7 +223,8 @@ class PostgresJournalStore:
             self._sql(
                 f"SELECT {_COLUMNS}, "
                 "(SELECT coalesce(json_agg(json_build_array(position, function, args_hash, "
-                "status, outcome)), '[]') FROM {p}steps WHERE run_id = $1) AS steps_json, "
+                "status, outcome, created)), '[]') FROM {p}steps WHERE run_id = $1) "
+                "AS steps_json, "
                 "(SELECT coalesce(json_agg(json_build_array(position, idx, status, outcome)), "
                 "'[]') FROM {p}children WHERE run_id = $1) AS children_json "
                 "FROM {p}runs WHERE id = $1"
@@ -225,24 +234,58 @@ class PostgresJournalStore:
         if row is None:
             return None
         journal = Journal(_run(row))
-        for position, function, args_hash, status, outcome in json.loads(row["steps_json"]):
-            journal.steps[position] = StepRecord(position, function, args_hash, status, outcome)
+        for position, function, args_hash, status, outcome, at in json.loads(row["steps_json"]):
+            journal.steps[position] = StepRecord(
+                position, function, args_hash, status, outcome, float(at)
+            )
         for position, idx, status, outcome in json.loads(row["children_json"]):
             journal.children.setdefault(position, {})[int(idx)] = ChildOutcome(status, outcome)
         return journal
 
-    async def acquire(self, run_id: str, ttl: float) -> int | None:
+    _ACQUIRE = (
+        f"UPDATE {{p}}runs SET lease_token = lease_token + 1, lease_until = {_NOW} + $2, "
+        f"status = 'running', updated = {_NOW} WHERE id = $1 AND lease_until < {_NOW} "
+        f"AND status NOT IN {_FINAL} RETURNING lease_token"
+    )
+
+    async def acquire(
+        self, run_id: str, ttl: float, *, concurrency: int | None = None
+    ) -> int | None:
         pool = await self._ensure()
-        token = await pool.fetchval(
-            self._sql(
-                f"UPDATE {{p}}runs SET lease_token = lease_token + 1, lease_until = {_NOW} + $2, "
-                f"updated = {_NOW} WHERE id = $1 AND lease_until < {_NOW} "
-                f"AND status NOT IN {_FINAL} RETURNING lease_token"
-            ),
-            run_id,
-            ttl,
-        )
-        return None if token is None else int(token)
+        if concurrency is None:
+            token = await pool.fetchval(self._sql(self._ACQUIRE), run_id, ttl)
+            return None if token is None else int(token)
+        async with pool.acquire() as conn, conn.transaction():
+            function = await conn.fetchval(
+                self._sql("SELECT function FROM {p}runs WHERE id = $1"), run_id
+            )
+            if function is None:
+                return None
+            # One taker per function at a time (every process), so count-then-take is
+            # atomic: the lock is the transaction's, released at its commit.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.prefix}limit/{function}"
+            )
+            busy = await conn.fetchval(
+                self._sql(
+                    "SELECT count(*) FROM {p}runs WHERE lease_until > 0 AND function = $1 "
+                    f"AND lease_until >= {_NOW} AND id <> $2"
+                ),
+                function,
+                run_id,
+            )
+            if int(busy) >= concurrency:
+                await conn.execute(
+                    self._sql(
+                        f"UPDATE {{p}}runs SET status = 'limited', updated = {_NOW} "
+                        f"WHERE id = $1 AND lease_until < {_NOW} AND status NOT IN {_FINAL} "
+                        "AND status <> 'limited'"
+                    ),
+                    run_id,
+                )
+                return None
+            token = await conn.fetchval(self._sql(self._ACQUIRE), run_id, ttl)
+            return None if token is None else int(token)
 
     async def renew(self, run_id: str, token: int, ttl: float) -> bool:
         pool = await self._ensure()
@@ -257,17 +300,20 @@ class PostgresJournalStore:
         )
         return done is not None
 
-    async def release(self, run_id: str, token: int, status: str | None = None) -> None:
+    async def release(
+        self, run_id: str, token: int, status: str | None = None, *, due: float | None = None
+    ) -> None:
         pool = await self._ensure()
         await pool.execute(
             self._sql(
-                f"UPDATE {{p}}runs SET lease_until = 0, status = COALESCE($3, status), "
+                "UPDATE {p}runs SET lease_until = 0, status = $3, due = COALESCE($4, due), "
                 f"updated = {_NOW} WHERE id = $1 AND lease_token = $2 "
                 f"AND status NOT IN {_FINAL}"
             ),
             run_id,
             token,
-            status,
+            status or "pending",
+            due,
         )
 
     @staticmethod
@@ -284,8 +330,8 @@ class PostgresJournalStore:
                 "WITH ok AS (SELECT id FROM {p}runs WHERE id = $1 AND lease_token = $2 "
                 "AND lease_until > 0 FOR SHARE), "
                 "ins AS (INSERT INTO {p}steps (run_id, position, function, args_hash, status, "
-                "outcome) SELECT id, $3, $4, $5, $6, $7 FROM ok ON CONFLICT DO NOTHING "
-                "RETURNING 1) "
+                f"outcome, created) SELECT id, $3, $4, $5, $6, $7, {_NOW} FROM ok "
+                "ON CONFLICT DO NOTHING RETURNING 1) "
                 "SELECT (SELECT count(*) FROM ok) AS fenced, (SELECT count(*) FROM ins) AS n"
             ),
             run_id, token, step.position, step.function, step.args_hash, step.status,
@@ -309,7 +355,7 @@ class PostgresJournalStore:
         )
         if row is None or int(row["lease_token"]) != token:
             raise self._lost(run_id, token, None if row is None else row["lease_token"])
-        if row["status"] in ("succeeded", "failed", "dead"):
+        if row["status"] in ("succeeded", "failed", "dead", "cancelled"):
             return False
         raise self._lost(run_id, token, "released")
 
@@ -325,7 +371,7 @@ class PostgresJournalStore:
         )
 
     async def complete(self, run_id: str, token: int, status: str, outcome: str) -> bool:
-        if status not in ("succeeded", "failed", "dead"):
+        if status not in ("succeeded", "failed", "dead", "cancelled"):
             raise ValueError(f"complete() takes a final status, not {status!r}.")
         return await self._fenced_update(
             run_id,
@@ -359,3 +405,80 @@ class PostgresJournalStore:
                 position,
             )
             return inserted is not None, int(count)
+
+    # -- operations -----------------------------------------------------------------
+    async def list_runs(
+        self,
+        *,
+        status: Collection[str] | None = None,
+        function: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        pool = await self._ensure()
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            if not statuses:
+                return []
+            params.append(statuses)
+            where.append(f"status = ANY(${len(params)}::text[])")
+        if function is not None:
+            params.append(function)
+            where.append(f"function = ${len(params)}")
+        params.append(max(0, int(limit)))
+        sql = f"SELECT {_COLUMNS} FROM {{p}}runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created DESC, id LIMIT ${len(params)}"
+        return [_run(row) for row in await pool.fetch(self._sql(sql), *params)]
+
+    async def retry_run(self, run_id: str) -> bool:
+        pool = await self._ensure()
+        async with pool.acquire() as conn, conn.transaction():
+            status = await conn.fetchval(
+                self._sql("SELECT status FROM {p}runs WHERE id = $1 FOR UPDATE"), run_id
+            )
+            if status not in ("failed", "dead", "cancelled"):
+                return False
+            ids = await conn.fetch(
+                self._sql(
+                    "UPDATE {p}runs SET status = 'pending', attempts = 0, due = 0, "
+                    f"outcome = NULL, lease_until = 0, updated = {_NOW} "
+                    f"WHERE {_SUBTREE} AND status IN {_RETRYABLE} RETURNING id"
+                ),
+                run_id,
+            )
+            reset = [r["id"] for r in ids]
+            await conn.execute(
+                self._sql(
+                    "DELETE FROM {p}steps WHERE run_id = ANY($1::text[]) AND status = 'error'"
+                ),
+                reset,
+            )
+            await conn.execute(
+                self._sql(
+                    "DELETE FROM {p}children WHERE run_id = ANY($1::text[]) AND status = 'error'"
+                ),
+                reset,
+            )
+            return True
+
+    async def cancel_run(self, run_id: str, outcome: str) -> list[str]:
+        pool = await self._ensure()
+        async with pool.acquire() as conn, conn.transaction():
+            status = await conn.fetchval(
+                self._sql("SELECT status FROM {p}runs WHERE id = $1 FOR UPDATE"), run_id
+            )
+            if status is None or status in ("succeeded", "failed", "dead", "cancelled"):
+                return []
+            rows = await conn.fetch(
+                self._sql(
+                    "UPDATE {p}runs SET status = 'cancelled', outcome = $2, "
+                    f"lease_token = lease_token + 1, lease_until = 0, updated = {_NOW} "
+                    f"WHERE {_SUBTREE} AND status NOT IN {_FINAL} RETURNING id"
+                ),
+                run_id,
+                outcome,
+            )
+            return sorted(r["id"] for r in rows)
