@@ -92,6 +92,7 @@ async def test_channel_accesses() -> None:
         assert _compat.prefetch_of(pch) is None
         assert _compat.connection_of(rch) is robust
         assert _compat.connection_of(pch) is plain
+        assert _compat.connection_is_up(robust) and _compat.connection_is_up(plain)
         raw = await _compat.underlay(rch)
         assert hasattr(raw, "on_consumer_cancel_callbacks")
         assert not _compat.closed_for_good(rch)
@@ -106,6 +107,7 @@ async def test_channel_accesses() -> None:
         await plain.close()
         await robust.close()
     assert _compat.closed_for_good(other)  # its robust connection was closed by its user
+    assert not _compat.connection_is_up(robust) and not _compat.connection_is_up(plain)
 
 
 async def test_publish_nowait_queues_without_draining_and_returns_the_confirm(

@@ -302,3 +302,34 @@ async def test_a_robust_channel_that_cannot_be_restored_ends_the_dispatcher(
         assert not amqp.is_closed  # the connection was up throughout
     finally:
         await dispatcher.stop(timeout=5)
+
+
+async def test_a_long_outage_of_the_connection_is_not_a_failed_restore(names: Names) -> None:
+    """The connection is lost and stays lost longer than the restore retries last (about
+    13 s): a reconnecting robust connection is not "up", so no restore attempt counts and
+    the consumer stays alive, waiting for the reconnection."""
+    setup = await aio_pika.connect(AMQP_URL)
+    try:
+        await (await setup.channel()).declare_queue(names.queue("outage"), durable=True)
+    finally:
+        await setup.close()
+    async with Proxy() as proxy:
+        conn = await aio_pika.connect_robust(proxy.url)
+        try:
+            ch = await conn.channel()
+            queue = await ch.declare_queue(names.queues[-1], durable=True)
+            dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+            @dispatcher.handler(RabbitMQEventSubscription(queue=queue.name))
+            async def on_item(event: Event[Item]) -> None: ...
+
+            await dispatcher.start()
+            waiting = asyncio.ensure_future(dispatcher.wait())
+            await proxy.kill()  # the broker is unreachable from now on
+            await asyncio.sleep(16)
+            assert dispatcher.running
+            assert not waiting.done()
+            await dispatcher.stop(timeout=2)
+            await asyncio.wait_for(waiting, 10)
+        finally:
+            await asyncio.wait_for(conn.close(), 10)

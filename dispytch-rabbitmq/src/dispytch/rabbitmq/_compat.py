@@ -158,6 +158,19 @@ def connection_of(channel: AbstractChannel) -> AbstractConnection:
     return connection
 
 
+def connection_is_up(connection: AbstractConnection) -> bool:
+    """Whether the connection has a live AMQP connection under it now.
+
+    A robust connection that is reconnecting is not closed (``is_closed`` turns true only
+    when its user closes it): what tells an outage is its transport, ``None`` or closed
+    until the reconnection succeeded.
+    """
+    if connection.is_closed:
+        return False
+    transport = connection.transport
+    return transport is not None and not transport.connection.is_closed
+
+
 async def publish_nowait(
     channel: aiormq.abc.AbstractChannel,
     body: bytes,

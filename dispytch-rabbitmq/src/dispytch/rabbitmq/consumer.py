@@ -556,8 +556,9 @@ class RabbitMQConsumer:
             if _compat.closed_for_good(channel):
                 self._die(self._closed_error("channel"))
                 return
-            if _compat.connection_of(channel).is_closed:
+            if not _compat.connection_is_up(_compat.connection_of(channel)):
                 backoff.reset()  # the connection's outage: the robust connection's work
+                failures = 0
                 continue
             if not isinstance(channel, AbstractRobustChannel):
                 return  # only robust channels are watched
