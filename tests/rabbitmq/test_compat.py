@@ -92,6 +92,7 @@ async def test_channel_accesses() -> None:
         assert _compat.prefetch_of(pch) is None
         assert _compat.connection_of(rch) is robust
         assert _compat.connection_of(pch) is plain
+        assert _compat.connection_is_up(robust) and _compat.connection_is_up(plain)
         raw = await _compat.underlay(rch)
         assert hasattr(raw, "on_consumer_cancel_callbacks")
         assert not _compat.closed_for_good(rch)
@@ -106,6 +107,38 @@ async def test_channel_accesses() -> None:
         await plain.close()
         await robust.close()
     assert _compat.closed_for_good(other)  # its robust connection was closed by its user
+    assert not _compat.connection_is_up(robust) and not _compat.connection_is_up(plain)
+
+
+async def test_publish_nowait_queues_without_draining_and_returns_the_confirm(
+    names: Names,
+) -> None:
+    """aiormq's concrete ``Channel.basic_publish`` takes ``wait`` (not in its ABC): with
+    ``wait=False`` no drain future is made, and the confirm still comes back."""
+    import inspect
+
+    import aiormq
+
+    assert "wait" in inspect.signature(aiormq.Channel.basic_publish).parameters
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        q = names.queue("nowait")
+        ch = await conn.channel()
+        await ch.declare_queue(q, durable=True)
+        raw = await _compat.raw_channel(conn, publisher_confirms=True)
+        results = await asyncio.gather(
+            *(
+                _compat.publish_nowait(
+                    raw, b"x", exchange="", routing_key=q, properties=None, mandatory=True
+                )
+                for _ in range(50)
+            )
+        )
+        assert all(isinstance(r, commands.Basic.Ack) for r in results)
+        assert await ready_count(conn, q) == 50  # type: ignore[arg-type]
+        await raw.close()
+    finally:
+        await conn.close()
 
 
 # --------------------------------------------------------------- poison input, for real

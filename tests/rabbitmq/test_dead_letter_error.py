@@ -142,3 +142,38 @@ async def test_header_values_that_are_not_utf8_travel_to_the_dead_letter(
     assert dead.headers[HEADER_ERROR_MESSAGE] == "order -5 cannot be priced"
     assert await dlq.get(fail=False, timeout=1) is None  # one dead letter, not two
     assert handled == []
+
+
+async def test_rejections_in_a_row_to_a_missing_dead_letter_exchange_lose_no_connection(
+    amqp: AbstractRobustConnection, names: Names
+) -> None:
+    """Rejections one after another, each publish to the missing exchange closing the
+    dead-letter channel while the next may be on its way: the connection the deliveries
+    came on survives (nothing is redelivered or counted twice), every one ends rejected."""
+    exchange, queue, _ = await _setup(amqp, names, dlx_exists=False)
+    ns = [-n if n % 2 else n for n in range(1, 61)]
+    seen: list[tuple[int, int]] = []
+    dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+    @dispatcher.handler(topic="order.#")
+    async def on_order(event: Event[Order]) -> None:
+        seen.append((event.body.n, event.attempt))
+        if event.body.n < 0:
+            raise ValueError(f"order {event.body.n} cannot be priced")
+
+    emitter = EventEmitter(RabbitMQProducer([exchange]))
+    route = RabbitMQEventRoute(exchange=exchange.name, routing_key="order.new")
+    await dispatcher.start()
+    try:
+        for n in ns:
+            await emitter.emit(Order(n=n), route=route)
+        await wait_until(lambda: dispatcher.stats["rejected"] >= 30 and len(seen) >= 60, 30)
+        await asyncio.sleep(0.5)  # what a lost connection would redeliver arrives by then
+    finally:
+        await dispatcher.stop(timeout=5)
+    assert sorted(n for n, _ in seen) == sorted(ns)  # each handled once: nothing came back
+    assert {attempt for _, attempt in seen} == {1}
+    assert dispatcher.stats["rejected"] == 30
+    assert not amqp.is_closed
+    declared = await queue.channel.declare_queue(queue.name, passive=True)
+    assert declared.declaration_result.message_count == 0

@@ -234,3 +234,102 @@ async def test_a_connection_never_opened_is_not_started(robust: bool) -> None:
     emitter = EventEmitter(RabbitMQProducer(connection))
     with pytest.raises(NotStartedError, match=r"cannot open a channel(?s:.*)connect\(\)"):
         await emitter.emit(Item(i=1), route=RabbitMQEventRoute(routing_key="never.delivered"))
+
+
+# --------------------------------------------------------------- robust channel restore
+async def _channel_error(ch: aio_pika.abc.AbstractChannel, names: Names) -> None:
+    """A channel error, as a user's own code on that channel may cause one: a passive
+    declaration of a queue that does not exist (the broker closes the channel, the
+    connection stays up and the robust channel restores itself)."""
+    missing = f"test.missing.{names.queue('never')[-10:]}"
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await ch.declare_queue(missing, passive=True)
+
+
+async def test_a_robust_channel_restored_after_a_channel_error_consumes_again(
+    amqp: aio_pika.abc.AbstractRobustConnection, names: Names
+) -> None:
+    ch = await amqp.channel()
+    queue = await ch.declare_queue(names.queue("restored"), durable=True)
+    handled: list[int] = []
+    dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=queue.name))
+    async def on_item(event: Event[Item]) -> None:
+        handled.append(event.body.i)
+
+    await dispatcher.start()
+    try:
+        await publish(queue.name, 1)
+        await wait_until(lambda: handled == [0])
+        await _channel_error(ch, names)
+        await publish(queue.name, 3)
+        await wait_until(lambda: sorted(handled) == [0, 0, 1, 2], 15)
+        assert dispatcher.running
+    finally:
+        await dispatcher.stop(timeout=5)
+
+
+async def test_a_robust_channel_that_cannot_be_restored_ends_the_dispatcher(
+    amqp: aio_pika.abc.AbstractRobustConnection, names: Names
+) -> None:
+    """The channel closes (a channel error) after another service re-created the exchange
+    this channel declared with another type: every re-declaration the restore makes is
+    refused (PRECONDITION_FAILED) while the connection stays up. The consumer retries,
+    then ends: the dispatcher stops, ``wait()`` raises, ``running`` is false."""
+    ch = await amqp.channel()
+    exchange = await ch.declare_exchange(names.exchange("orders"), aio_pika.ExchangeType.TOPIC)
+    queue = await ch.declare_queue(names.queue("unrestorable"), durable=True)
+    await queue.bind(exchange, routing_key="#")
+    dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+    @dispatcher.handler(RabbitMQEventSubscription(queue=queue.name))
+    async def on_item(event: Event[Item]) -> None: ...
+
+    await dispatcher.start()
+    try:
+        other = await aio_pika.connect(AMQP_URL)  # another service
+        try:
+            och = await other.channel()
+            await och.exchange_delete(exchange.name)
+            await och.declare_exchange(exchange.name, aio_pika.ExchangeType.FANOUT)
+        finally:
+            await other.close()
+        await _channel_error(ch, names)
+        with pytest.raises(ConsumerClosedError, match="could not be restored.*PRECONDITION"):
+            await asyncio.wait_for(dispatcher.wait(), 40)
+        assert not dispatcher.running
+        assert not amqp.is_closed  # the connection was up throughout
+    finally:
+        await dispatcher.stop(timeout=5)
+
+
+async def test_a_long_outage_of_the_connection_is_not_a_failed_restore(names: Names) -> None:
+    """The connection is lost and stays lost longer than the restore retries last (about
+    13 s): a reconnecting robust connection is not "up", so no restore attempt counts and
+    the consumer stays alive, waiting for the reconnection."""
+    setup = await aio_pika.connect(AMQP_URL)
+    try:
+        await (await setup.channel()).declare_queue(names.queue("outage"), durable=True)
+    finally:
+        await setup.close()
+    async with Proxy() as proxy:
+        conn = await aio_pika.connect_robust(proxy.url)
+        try:
+            ch = await conn.channel()
+            queue = await ch.declare_queue(names.queues[-1], durable=True)
+            dispatcher = EventDispatcher(RabbitMQConsumer(queue))
+
+            @dispatcher.handler(RabbitMQEventSubscription(queue=queue.name))
+            async def on_item(event: Event[Item]) -> None: ...
+
+            await dispatcher.start()
+            waiting = asyncio.ensure_future(dispatcher.wait())
+            await proxy.kill()  # the broker is unreachable from now on
+            await asyncio.sleep(16)
+            assert dispatcher.running
+            assert not waiting.done()
+            await dispatcher.stop(timeout=2)
+            await asyncio.wait_for(waiting, 10)
+        finally:
+            await asyncio.wait_for(conn.close(), 10)

@@ -1,18 +1,26 @@
 """Crashes, broker restarts and competing consumers, with real processes and the real broker.
 
-The restart test stops and starts the RabbitMQ application with ``rabbitmqctl`` and
-always restores it (waiting until it answers again) before it ends.
+The restart test stops and starts the RabbitMQ application with ``rabbitmqctl`` on a
+broker of its own (a private RabbitMQ node on free loopback ports, started for this
+module and removed afterwards), never the shared one other work depends on; where no
+private node can be started it is skipped, saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -75,8 +83,8 @@ async def child(
                 await proc.wait()
 
 
-async def declare(queue: str) -> None:
-    conn = await aio_pika.connect(AMQP_URL)
+async def declare(queue: str, url: str = AMQP_URL) -> None:
+    conn = await aio_pika.connect(url)
     try:
         ch = await conn.channel()
         await ch.declare_queue(queue, durable=True)
@@ -133,6 +141,91 @@ async def test_competing_consumers_share_one_queue(names: Names, tmp_path: Path)
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
 
+RABBITMQ_SERVER = shutil.which("rabbitmq-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateBroker:
+    """A RabbitMQ node of the test's own: its node name, AMQP URL and ``rabbitmqctl``."""
+
+    def __init__(self, node: str, url: str) -> None:
+        self.node = node
+        self.url = url
+        self.fast_url = url.rstrip("/") + "/?reconnect_interval=0.5"
+
+    async def ctl(self, *args: str, timeout: float = 120) -> None:
+        await rabbitmqctl("-n", self.node, *args, timeout=timeout)
+
+    async def answers(self) -> None:
+        await broker_answers(self.url)
+
+
+@pytest.fixture(scope="module")
+def private_broker() -> Iterator[PrivateBroker]:
+    """Start a private RabbitMQ node (own node name, data directory and free ports) for
+    the tests that stop a broker; stop it and delete its data afterwards."""
+    if RABBITMQCTL is None or RABBITMQ_SERVER is None:
+        pytest.skip("rabbitmq-server/rabbitmqctl are not installed here (no private broker)")
+    base = tempfile.mkdtemp(prefix="dispytch-rabbit-node-")
+    node = f"dispytch_test_{uuid.uuid4().hex[:8]}@localhost"
+    amqp_port, dist_port = _free_port(), _free_port()
+    with open(os.path.join(base, "enabled_plugins"), "w") as f:
+        f.write("[].")
+    with open(os.path.join(base, "rabbitmq.conf"), "w") as f:
+        f.write("loopback_users = none\n")
+    env = dict(
+        os.environ,
+        RABBITMQ_NODENAME=node,
+        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+        RABBITMQ_NODE_PORT=str(amqp_port),
+        RABBITMQ_DIST_PORT=str(dist_port),
+        RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
+        RABBITMQ_LOG_BASE=os.path.join(base, "log"),
+        RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"),
+        RABBITMQ_CONFIG_FILE=os.path.join(base, "rabbitmq"),
+        RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(base, "advanced.config"),
+        RABBITMQ_FEATURE_FLAGS_FILE=os.path.join(base, "feature_flags"),
+        RABBITMQ_PLUGINS_EXPAND_DIR=os.path.join(base, "plugins_expand"),
+        RABBITMQ_PID_FILE=os.path.join(base, "pid"),
+    )
+    if os.geteuid() == 0:  # the server script runs the node as the rabbitmq user
+        shutil.chown(base, "rabbitmq", "rabbitmq")
+        for name in os.listdir(base):
+            shutil.chown(os.path.join(base, name), "rabbitmq", "rabbitmq")
+    log = open(os.path.join(base, "server.out"), "wb")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen([RABBITMQ_SERVER], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # await_startup fails at once while the node is not registered yet: poll (bounded).
+    for _ in range(30):
+        started = subprocess.run(
+            [RABBITMQCTL, "-n", node, "await_startup", "--timeout", "60"],
+            capture_output=True,
+            timeout=90,
+        )
+        if started.returncode == 0 or server.poll() is not None:
+            break
+        time.sleep(1)
+    try:
+        if started.returncode != 0:
+            pytest.skip(
+                f"could not start a private RabbitMQ node ({started.stderr.decode()[-300:]})"
+            )
+        yield PrivateBroker(node, f"amqp://guest:guest@127.0.0.1:{amqp_port}/")
+    finally:
+        subprocess.run([RABBITMQCTL, "-n", node, "stop"], capture_output=True, timeout=120)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 async def rabbitmqctl(*args: str, timeout: float = 120) -> None:
     assert RABBITMQCTL is not None
     proc = await asyncio.create_subprocess_exec(
@@ -147,13 +240,13 @@ async def rabbitmqctl(*args: str, timeout: float = 120) -> None:
     assert proc.returncode == 0, f"rabbitmqctl {' '.join(args)} failed: {err.decode()}"
 
 
-async def broker_answers() -> None:
+async def broker_answers(url: str = AMQP_URL) -> None:
     """Wait until a fresh connection opens (at most 120 s)."""
 
     async def poll() -> None:
         while True:
             try:
-                conn = await asyncio.wait_for(aio_pika.connect(AMQP_URL), 5)
+                conn = await asyncio.wait_for(aio_pika.connect(url), 5)
             except Exception:
                 await asyncio.sleep(0.5)
                 continue
@@ -164,22 +257,22 @@ async def broker_answers() -> None:
 
 
 @pytest.fixture
-async def restartable() -> AsyncIterator[None]:
-    """Guarantees the broker runs again after the test, whatever happened."""
-    if RABBITMQCTL is None:
-        pytest.skip("rabbitmqctl is not installed here")
+async def restartable(private_broker: PrivateBroker) -> AsyncIterator[PrivateBroker]:
+    """The private broker, guaranteed to run again after the test, whatever happened."""
     try:
-        yield
+        yield private_broker
     finally:
         with contextlib.suppress(Exception):
-            await rabbitmqctl("start_app")
-        await broker_answers()
+            await private_broker.ctl("start_app")
+        await private_broker.answers()
 
 
-async def test_broker_restart_loses_no_confirmed_message(names: Names, restartable: None) -> None:
+async def test_broker_restart_loses_no_confirmed_message(restartable: PrivateBroker) -> None:
+    broker = restartable
+    FAST_URL = broker.fast_url  # noqa: N806 (the module's name, for the private broker)
     n = 300
-    queue = names.queue("restart")
-    await declare(queue)
+    queue = f"test.restart.{uuid.uuid4().hex[:10]}"
+    await declare(queue, broker.url)
     seen: Counter[int] = Counter()
     confirmed: set[int] = set()
     failed: list[BaseException] = []
@@ -209,7 +302,7 @@ async def test_broker_restart_loses_no_confirmed_message(names: Names, restartab
     async with dispatcher, EventEmitter(producer) as emitter:
         task = asyncio.create_task(publisher(emitter))
         await wait_until(lambda: len(confirmed) > n // 3, timeout=30)
-        await rabbitmqctl("stop_app")
+        await broker.ctl("stop_app")
         try:
             # While the broker is down a send fails clearly within its own timeout.
             short = RabbitMQProducer([producer._channel.default_exchange], timeout=0.5)  # type: ignore[union-attr]
@@ -219,8 +312,8 @@ async def test_broker_restart_loses_no_confirmed_message(names: Names, restartab
             await short.stop()
         finally:
             restarted.set()
-            await rabbitmqctl("start_app")
-        await broker_answers()
+            await broker.ctl("start_app")
+        await broker.answers()
         await asyncio.wait_for(task, 120)
         await wait_until(lambda: confirmed <= set(seen), timeout=120)
     assert len(confirmed) >= n - len(failed)

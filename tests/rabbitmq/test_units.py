@@ -20,6 +20,9 @@ from dispytch.rabbitmq import (
 )
 from dispytch.rabbitmq._codec import text_headers
 from dispytch.rabbitmq._common import redact
+from dispytch.rabbitmq._delay import arguments as delay_arguments
+from dispytch.rabbitmq._delay import bucket_ms
+from dispytch.rabbitmq._delay import queue_name as delay_queue_name
 from dispytch.rabbitmq.options import RabbitMQOptions, split_url
 from dispytch.rabbitmq.plugin import consumer_from_url, producer_from_url
 from dispytch.transport import Message
@@ -174,11 +177,43 @@ def test_options_model_is_published_with_capabilities() -> None:
     assert caps.requeue and caps.pause_lanes and caps.ordered_lanes
     assert caps.request_reply  # direct reply-to (tests/rabbitmq/test_request_reply.py)
     assert caps.missing("delayed_requeue", "lease_extension", "request_reply") == [
-        "delayed_requeue",
         "lease_extension",
     ]
     unordered = RabbitMQConsumer.from_url("amqp://localhost/", queue="q")
     assert not unordered.capabilities.ordered_lanes
+    assert unordered.capabilities.delayed_requeue  # delay queues: on by default
+    off = RabbitMQConsumer.from_url("amqp://localhost/?delayed_requeue=off", queue="q")
+    assert not off.capabilities.delayed_requeue
+    assert not RabbitMQConsumer.from_url(
+        "amqp://localhost/", queue="q", delayed_requeue=False
+    ).capabilities.delayed_requeue
+
+
+def test_delay_buckets_are_never_shorter_and_at_most_a_fifth_longer() -> None:
+    for ms in [*range(1, 3000), 10_000, 59_999, 86_400_000]:
+        bucket = bucket_ms(ms / 1000)
+        assert ms <= bucket <= ms * 2**0.25 + 1, ms  # the next bucket, rounded up to a ms
+    assert bucket_ms(0.0001) == 1
+    assert len({bucket_ms(d / 1000) for d in range(100, 10_001)}) == 28  # few queues
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        bucket_ms(0)
+    with pytest.raises(ValueError, match="longer than RabbitMQ's message TTL allows"):
+        bucket_ms(50 * 86400)
+
+
+def test_delay_queue_names_and_arguments() -> None:
+    assert delay_queue_name("billing", 1024) == "dispytch.delay.1024ms.billing"
+    # A server-named queue's delay queue is not in the reserved amq. namespace.
+    assert delay_queue_name("amq.gen-abc", 7).startswith("dispytch.delay.7ms.amq.gen-abc")
+    long = delay_queue_name("q" * 250, 1024)
+    assert len(long.encode()) <= 255 and long != delay_queue_name("q" * 251, 1024)
+    assert delay_arguments("billing", 1024) == {
+        "x-message-ttl": 1024,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "billing",
+        "x-expires": 1024 + 60_000,
+    }
+    assert delay_arguments("billing", 120_000)["x-expires"] == 240_000
 
 
 def test_plugin_serves_amqp_and_amqps() -> None:

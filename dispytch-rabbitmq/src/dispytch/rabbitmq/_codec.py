@@ -31,6 +31,14 @@ from pamqp.commands import Basic
 
 #: Header carrying ``OutgoingMessage.key`` (RabbitMQ has no partitioning key of its own).
 HEADER_KEY = "dispytch-key"
+#: Header of a delayed requeue's copy: the delivery attempt its next delivery is (a copy
+#: is a new message to the broker, which counts its deliveries from the start again).
+HEADER_ATTEMPT = "dispytch-attempt"
+#: Headers of a delayed requeue's copy: the exchange and routing key it was first
+#: delivered with (dead-lettering back replaces them with ``""`` and the queue's name).
+HEADER_REQUEUED_EXCHANGE = "dispytch-requeued-exchange"
+HEADER_REQUEUED_ROUTING_KEY = "dispytch-requeued-routing-key"
+_REQUEUE_HEADERS = (HEADER_ATTEMPT, HEADER_REQUEUED_EXCHANGE, HEADER_REQUEUED_ROUTING_KEY)
 #: ``app_id`` of messages whose Dispytch headers travel as AMQP properties.
 APP_ID = "dispytch"
 
@@ -115,6 +123,37 @@ def dead_letter_properties(
     )
 
 
+def delayed_properties(
+    original: Basic.Properties, *, attempt: int, exchange: str, routing_key: str
+) -> Basic.Properties:
+    """The properties of a delayed requeue's copy: the original's, with the attempt its
+    next delivery is in ``dispytch-attempt`` and where it was first delivered from (kept
+    from an earlier copy's headers) in ``dispytch-requeued-exchange`` /
+    ``-routing-key``.
+
+    ``expiration`` is dropped: it would shorten the delay (and a per-message TTL expires
+    only at the head of a queue); ``user_id`` too, since the broker checks it against the
+    publishing connection's user.
+    """
+    headers: dict[str, Any] = _encodable(dict(original.headers or {}))
+    headers[HEADER_ATTEMPT] = attempt
+    headers.setdefault(HEADER_REQUEUED_EXCHANGE, exchange)
+    headers.setdefault(HEADER_REQUEUED_ROUTING_KEY, routing_key)
+    return Basic.Properties(
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=headers,
+        delivery_mode=original.delivery_mode,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        message_type=original.message_type,
+        app_id=original.app_id,
+    )
+
+
 def _encodable(value: Any) -> Any:
     """``value`` with every ``bytes`` (a long string that is not UTF-8, as pamqp decodes
     it) turned into a ``bytearray`` (an AMQP byte array), in nested tables and arrays too,
@@ -126,6 +165,14 @@ def _encodable(value: Any) -> Any:
     if isinstance(value, list):
         return [_encodable(v) for v in value]
     return value
+
+
+def _text(value: Any, default: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return default
 
 
 def text_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
@@ -156,10 +203,16 @@ def message(
     raw = props.headers
     headers = text_headers(raw)
     key = None
-    if raw and HEADER_KEY in raw:
-        k = raw[HEADER_KEY]
-        key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
-        del headers[HEADER_KEY]
+    first: Any = None  # the attempt a delayed requeue's copy arrives as
+    if raw:
+        if HEADER_KEY in raw:
+            k = raw[HEADER_KEY]
+            key = bytes(k) if isinstance(k, (bytes, bytearray)) else str(k).encode()
+            del headers[HEADER_KEY]
+        if HEADER_ATTEMPT in raw:
+            first = raw[HEADER_ATTEMPT]
+            for name in _REQUEUE_HEADERS:
+                headers.pop(name, None)
     if props.app_id == APP_ID:  # see properties(): these travel as AMQP properties
         for name, value in (
             (HEADER_CONTENT_TYPE, props.content_type),
@@ -175,6 +228,14 @@ def message(
     # Quorum queues count earlier deliveries; classic queues only flag a redelivery.
     attempt = int(count) + 1 if isinstance(count, int) else 2 if redelivered else 1
     routing_key = delivery.routing_key or ""
+    exchange = delivery.exchange
+    if isinstance(first, int) and first > 1:
+        attempt += first - 1
+        if exchange == "" and routing_key == queue:
+            # Back from a delay queue: delivered as it was before it was parked.
+            assert raw is not None
+            exchange = _text(raw.get(HEADER_REQUEUED_EXCHANGE), exchange)
+            routing_key = _text(raw.get(HEADER_REQUEUED_ROUTING_KEY), routing_key)
     return Message(
         delivered.body,
         route=routing_key,
@@ -182,7 +243,7 @@ def message(
         key=key,
         attempt=attempt,
         metadata={
-            "exchange": delivery.exchange,
+            "exchange": exchange,
             "queue": queue,
             "routing_key": routing_key,
             "delivery_tag": delivery_tag,

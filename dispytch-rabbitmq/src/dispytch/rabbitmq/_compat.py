@@ -158,6 +158,49 @@ def connection_of(channel: AbstractChannel) -> AbstractConnection:
     return connection
 
 
+def connection_is_up(connection: AbstractConnection) -> bool:
+    """Whether the connection has a live AMQP connection under it now.
+
+    A robust connection that is reconnecting is not closed (``is_closed`` turns true only
+    when its user closes it): what tells an outage is its transport, ``None`` or closed
+    until the reconnection succeeded.
+    """
+    if connection.is_closed:
+        return False
+    transport = connection.transport
+    return transport is not None and not transport.connection.is_closed
+
+
+async def publish_nowait(
+    channel: aiormq.abc.AbstractChannel,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    properties: Any,
+    mandatory: bool = False,
+    timeout: float | None = None,
+) -> Any:
+    """``basic_publish`` that queues the frames for the connection's writer without
+    waiting, inside the channel's lock, for the socket to drain (``wait=False``).
+
+    The broker's confirm (on a confirm-mode channel) is still awaited and returned; only
+    the drain is skipped, so concurrent publishes on one channel leave in one write
+    instead of one writer turn each. ``wait`` is a parameter of aiormq's ``Channel``
+    (7.2.4, the declared floor) that its abstract interface does not list.
+    """
+    concrete: aiormq.Channel = channel  # type: ignore[assignment]
+    return await concrete.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=properties,
+        mandatory=mandatory,
+        timeout=timeout,
+        wait=False,
+    )
+
+
 async def raw_channel(
     connection: AbstractConnection, *, publisher_confirms: bool = False
 ) -> aiormq.abc.AbstractChannel:

@@ -17,11 +17,17 @@ from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 from aiormq.abc import DeliveredMessage
+from dispytch.backoff import Backoff
 from dispytch.cqrs.wire import HEADER_CORRELATION_ID
 from dispytch.errors import ConsumerClosedError, NotStartedError
-from dispytch.rabbitmq import _codec, _compat
+from dispytch.rabbitmq import _codec, _compat, _delay
 from dispytch.rabbitmq._common import (
     CONNECTION_ERRORS,
     connect_with,
@@ -64,14 +70,24 @@ _CANCEL_ERRORS: tuple[type[BaseException], ...] = (
 
 ConnectionFactory = Callable[[], Awaitable[AbstractConnection]]
 
+#: A robust channel closed while its connection stays up (a channel error) is restored by
+#: aio-pika at once; when that fails (a re-declaration the broker refuses), the consumer
+#: tries again with this backoff (seconds), and after ``_RESTORE_ATTEMPTS`` failures in a
+#: row ends (``ConsumerClosedError``) instead of consuming nothing while looking alive.
+_RESTORE_BACKOFF = {"initial": 0.5, "factor": 2.0, "cap": 5.0}
+_RESTORE_ATTEMPTS = 5
+#: Seconds one restore attempt may take.
+_RESTORE_TIMEOUT = 10.0
 
-def capabilities(*, ordered: bool) -> Capabilities:
-    """What a RabbitMQ consumer offers (``ordered=True``: lanes, one per queue)."""
+
+def capabilities(*, ordered: bool, delayed_requeue: bool = True) -> Capabilities:
+    """What a RabbitMQ consumer offers (``ordered=True``: lanes, one per queue;
+    ``delayed_requeue``: delay queues, on unless turned off)."""
     return Capabilities(
         delivery="at-least-once",
         ordered_lanes=ordered,
         requeue=True,
-        delayed_requeue=False,
+        delayed_requeue=delayed_requeue,
         pause_lanes=True,
         lease_extension=False,
         request_reply=True,
@@ -119,7 +135,9 @@ class RabbitMQConsumer:
 
     Settling: ``ack`` acknowledges; ``nack(requeue=True)`` hands the delivery back
     (``basic.nack``, redelivered with the redelivered flag, so ``Message.attempt`` is 2
-    or, on quorum queues, ``x-delivery-count + 1``); ``nack(requeue=False)`` rejects it
+    or, on quorum queues, ``x-delivery-count + 1``); ``nack(requeue=True, delay=s)``
+    parks it in an auto-expiring delay queue that dead-letters it back after ``s``
+    (rounded up to a bucket; see :meth:`nack`); ``nack(requeue=False)`` rejects it
     (``basic.reject`` without requeue): the queue's dead-letter exchange receives it when
     one is configured (``x-dead-letter-exchange``), otherwise the broker drops it.
 
@@ -148,6 +166,10 @@ class RabbitMQConsumer:
         topic_exchange: The exchange :class:`~dispytch.routes.TopicSubscription` binds to.
         ordered: Hand messages of one queue over one after another (``Message.lane`` =
             the queue name). Default: handled concurrently.
+        delayed_requeue: ``nack(requeue=True, delay=s)`` through delay queues
+            (``dispytch.delay.<ms>ms.<queue>``, declared on demand, deleted by the broker
+            when unused), declared as ``Capabilities.delayed_requeue``. ``False``: a delay
+            is waited in the process, holding the delivery.
         connect_timeout: Seconds a factory may take to connect.
 
     Raises:
@@ -166,6 +188,7 @@ class RabbitMQConsumer:
         queue_arguments: dict[str, Any] | None = None,
         topic_exchange: str = DEFAULT_TOPIC_EXCHANGE,
         ordered: bool = False,
+        delayed_requeue: bool = True,
         connect_timeout: float = 10.0,
     ) -> None:
         _, opts = parse(
@@ -178,6 +201,7 @@ class RabbitMQConsumer:
                 "prefetch_count": prefetch_count,
                 "topic_exchange": topic_exchange,
                 "ordered": ordered,
+                "delayed_requeue": delayed_requeue,
                 "connect_timeout": connect_timeout,
             },
         )
@@ -221,16 +245,25 @@ class RabbitMQConsumer:
         self.queue_arguments = dict(queue_arguments) if queue_arguments else None
         self.topic_exchange = opts.topic_exchange
         self.ordered = opts.ordered
+        self.delayed_requeue = opts.delayed_requeue
         self.connect_timeout = opts.connect_timeout
-        self.capabilities = capabilities(ordered=self.ordered)
+        self.capabilities = capabilities(ordered=self.ordered, delayed_requeue=self.delayed_requeue)
         self._subscriptions: list[EventSubscription] = []
         self._channel: AbstractChannel | None = None  # the channel this consumer opened
         self._queues: list[AbstractQueue] = []
         self._dlx_channel: aiormq.abc.AbstractChannel | None = None
+        # One dead-letter publish in flight at a time (see _dead_letter_with_error).
+        self._dlx_lock = asyncio.Lock()
+        # Delayed requeue: the confirm-mode channel copies go out on, and when each delay
+        # queue was last declared (loop time).
+        self._delay_channel: aiormq.abc.AbstractChannel | None = None
+        self._delay_open_lock = asyncio.Lock()
+        self._delay_queues: dict[str, float] = {}
         self._consuming: dict[str, _Consuming] = {}
         self._watched: list[AbstractChannel] = []
         self._paused: set[str] = set()
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._restorers: dict[int, asyncio.Task[None]] = {}  # id(channel) -> its watcher
         self._handoff: asyncio.Queue[Any] = asyncio.Queue()
         self._dead: ConsumerClosedError | None = None
         self._running = False
@@ -491,11 +524,76 @@ class RabbitMQConsumer:
                 return
 
     def _on_close(self, channel: Any, exc: BaseException | None = None) -> None:
-        """A channel closed: the end, unless it is robust and will reopen."""
+        """A channel closed: the end, unless it is robust and will reopen (watched until
+        it has: see :meth:`_watch_restore`)."""
         if self._stopping or not self._running:
             return
         if _compat.closed_for_good(channel):
             self._die(self._closed_error("channel"))
+            return
+        key = id(channel)
+        watcher = self._restorers.get(key)
+        if watcher is None or watcher.done():
+            self._restorers[key] = asyncio.get_running_loop().create_task(
+                self._watch_restore(channel)
+            )
+
+    async def _watch_restore(self, channel: AbstractChannel) -> None:
+        """Wait for a robust channel to be back; restore it when aio-pika's own attempt
+        failed while the connection stayed up, with a backoff, and end the consumer when
+        it cannot be restored.
+
+        An outage of the connection is not counted: the robust connection reconnects
+        (however long that takes) and restores its channels itself.
+        """
+        backoff = Backoff(**_RESTORE_BACKOFF)
+        failures = 0
+        last: BaseException | None = None
+        while self._running and not self._stopping:
+            await asyncio.sleep(backoff.next())
+            if not channel.is_closed or self._stopping or not self._running:
+                return
+            if _compat.closed_for_good(channel):
+                self._die(self._closed_error("channel"))
+                return
+            if not _compat.connection_is_up(_compat.connection_of(channel)):
+                backoff.reset()  # the connection's outage: the robust connection's work
+                failures = 0
+                continue
+            if not isinstance(channel, AbstractRobustChannel):
+                return  # only robust channels are watched
+            try:
+                await asyncio.wait_for(channel.restore(), _RESTORE_TIMEOUT)
+            except Exception as exc:  # whatever the re-declarations raised
+                failures += 1
+                last = exc
+                log.warning(
+                    "Could not restore the channel of %s (attempt %d of %d): %s: %s",
+                    self._queue_names(channel),
+                    failures,
+                    _RESTORE_ATTEMPTS,
+                    type(exc).__name__,
+                    exc,
+                )
+                if failures >= _RESTORE_ATTEMPTS:
+                    self._die(
+                        ConsumerClosedError(
+                            f"The robust channel of {self._queue_names(channel)} closed and "
+                            f"could not be restored ({failures} attempts; the last: "
+                            f"{type(last).__name__}: {last}), although the connection is up, "
+                            "so nothing more arrives.\nFix what the broker refused (an "
+                            "exchange or queue re-created with other settings?) and start "
+                            "the consumer again."
+                        )
+                    )
+                    return
+            else:
+                if not channel.is_closed:
+                    return
+
+    def _queue_names(self, channel: AbstractChannel) -> str:
+        names = [q.name for q in self._queues if q.channel is channel]
+        return ", ".join(repr(n) for n in names) or "the consumer"
 
     async def _on_reopen(self, channel: Any) -> None:
         """A robust channel came back after a lost connection: consume its queues again.
@@ -618,7 +716,9 @@ class RabbitMQConsumer:
             return
         token.settled = True
         try:
-            await token.channel.basic_ack(token.delivery_tag)
+            # Queued for the connection's writer, in order, without waiting for the socket
+            # to drain (an ack has no reply to wait for either way).
+            await token.channel.basic_ack(token.delivery_tag, wait=False)
         except CONNECTION_ERRORS as exc:
             log.warning(
                 "Could not acknowledge %r: its channel is gone (%s). RabbitMQ delivers it again.",
@@ -626,8 +726,18 @@ class RabbitMQConsumer:
                 exc,
             )
 
-    async def nack(self, message: Message, *, requeue: bool) -> None:
-        """Hand the delivery back (``requeue=True``) or reject it to the queue's DLX.
+    async def nack(self, message: Message, *, requeue: bool, delay: float | None = None) -> None:
+        """Hand the delivery back (``requeue=True``, after ``delay`` seconds if given) or
+        reject it to the queue's DLX.
+
+        With ``delay`` (and ``delayed_requeue`` on, the default) a copy of the delivery is
+        published, confirmed, to the queue's delay queue for that delay (rounded up to a
+        bucket, see :mod:`dispytch.rabbitmq._delay`), and then the original is
+        acknowledged: the broker brings it back to the end of its queue when the delay is
+        over, with ``Message.attempt`` one higher, and nothing in this process waits
+        meanwhile. If that copy is not confirmed, the delivery is requeued the plain way
+        once the delay has passed (nothing is lost). With ``delayed_requeue=False`` a
+        delay is waited here, then the delivery is requeued.
 
         A rejected delivery whose queue has a dead-letter exchange
         (``x-dead-letter-exchange`` among the queue's arguments) and whose
@@ -637,8 +747,17 @@ class RabbitMQConsumer:
         then acknowledged. Where that publish is not confirmed the delivery is rejected
         with ``basic.reject`` as before, so the broker's own DLX copy (without the error)
         still keeps it.
+
+        Raises:
+            ValueError: A ``delay`` longer than RabbitMQ's TTL allows (about 49 days); the
+                delivery is left unsettled (a ``delay`` of 0 or less requeues at once).
         """
         token: _Token = message.token
+        if requeue and delay is not None and delay > 0 and not token.settled:
+            ttl = _delay.bucket_ms(delay)
+            if self.delayed_requeue and await self._requeue_later(token, message.attempt, ttl):
+                return
+            await asyncio.sleep(delay)
         error = getattr(message, "error", None)
         if (
             not requeue
@@ -648,6 +767,91 @@ class RabbitMQConsumer:
         ):
             return
         await _settle(token, requeue=requeue)
+
+    async def _requeue_later(self, token: _Token, attempt: int, ttl: int) -> bool:
+        """Publish the delivery to its delay queue (confirmed), then ack the original.
+
+        ``False`` (and a WARNING) when the copy was not confirmed: the caller requeues.
+        Copies are published concurrently on one confirm-mode channel: they go to the
+        default exchange, which always exists, so the broker does not close that channel
+        under a publish (the declarations, which may fail, run on channels of their own).
+        """
+        name = _delay.queue_name(token.queue, ttl)
+        delivered = token.delivered
+        properties = _codec.delayed_properties(
+            delivered.header.properties,
+            attempt=attempt + 1,
+            exchange=delivered.exchange or "",
+            routing_key=delivered.routing_key or "",
+        )
+        try:
+            async with asyncio.timeout(_DEAD_LETTER_TIMEOUT):
+                for first in (True, False):
+                    await self._declare_delay_queue(token, name, ttl, renew=not first)
+                    channel = await self._open_delay_channel(token)
+                    try:
+                        await channel.basic_publish(
+                            delivered.body,
+                            exchange="",
+                            routing_key=name,
+                            properties=properties,
+                            mandatory=True,
+                        )
+                    except aiormq.exceptions.PublishError:
+                        if not first:
+                            raise
+                        # Returned: the delay queue is gone (deleted, or expired while
+                        # this process slept): declare it again and publish once more.
+                        continue
+                    break
+        except _DEAD_LETTER_ERRORS as exc:
+            self._delay_queues.pop(name, None)
+            log.warning(
+                "Could not park the delivery from %r in its delay queue %r (%s: %s); it "
+                "is requeued once the delay has passed.",
+                token.queue,
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        await _settle_ack(token)
+        return True
+
+    async def _declare_delay_queue(
+        self, token: _Token, name: str, ttl: int, *, renew: bool
+    ) -> None:
+        """Declare the delay queue unless this consumer did so recently (a declaration
+        renews the queue's ``x-expires`` lease, see :mod:`dispytch.rabbitmq._delay`)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._delay_queues.get(name)
+        if not renew and last is not None and now - last < _delay.margin_ms(ttl) / 2000:
+            return
+        queue = next(q for q in self._queues if q.name == token.queue)
+        channel = await _compat.raw_channel(_compat.connection_of(queue.channel))
+        try:
+            await channel.queue_declare(
+                name, durable=True, arguments=_delay.arguments(token.queue, ttl)
+            )
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._delay_queues[name] = now
+
+    async def _open_delay_channel(self, token: _Token) -> aiormq.abc.AbstractChannel:
+        channel = self._delay_channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        async with self._delay_open_lock:  # one channel, however many copies race for it
+            channel = self._delay_channel
+            if channel is None or channel.is_closed:
+                queue = next(q for q in self._queues if q.name == token.queue)
+                connection = _compat.connection_of(queue.channel)
+                channel = self._delay_channel = await _compat.raw_channel(
+                    connection, publisher_confirms=True
+                )
+            return channel
 
     def _dead_letter_target(self, queue: str) -> tuple[str, str | None] | None:
         for q in self._queues:
@@ -667,42 +871,63 @@ class RabbitMQConsumer:
         exchange, key = target
         delivered = token.delivered
         routing_key = key if key is not None else (delivered.routing_key or token.queue)
-        try:
-            channel = await self._dead_letter_channel(token)
-            await channel.basic_publish(
-                delivered.body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=_codec.dead_letter_properties(
-                    delivered.header.properties,
-                    error,
-                    route=delivered.routing_key or "",
-                    queue=token.queue,
-                    exchange=delivered.exchange or "",
-                ),
-                mandatory=True,
-                timeout=_DEAD_LETTER_TIMEOUT,
-            )
-        except _DEAD_LETTER_ERRORS as exc:
-            self._dlx_channel = None
-            log.warning(
-                "Could not publish the rejected delivery from %r to its dead-letter exchange "
-                "%r with its error (%s: %s); rejecting it with basic.reject, so the broker's "
-                "dead-letter copy (without the error) keeps it.",
-                token.queue,
-                exchange,
-                type(exc).__name__,
-                exc,
-            )
-            return False
+        # One publish at a time on the dead-letter channel, each waiting for its confirm.
+        # When the broker closes the channel (the exchange is missing), aiormq sends
+        # channel.close-ok before it marks the channel closed; a second publish written
+        # in between reaches the broker after the close-ok, and RabbitMQ then closes the
+        # whole connection (504 "expected 'channel.open'"): the consumer's channel with
+        # it, so the deliveries being rejected come back. Serialised, the next publish
+        # sees the closed channel and opens a new one (after that close-ok).
+        async with self._dlx_lock:
+            channel: aiormq.abc.AbstractChannel | None = None
+            try:
+                async with asyncio.timeout(_DEAD_LETTER_TIMEOUT):
+                    channel = await self._dead_letter_channel(token)
+                    await channel.basic_publish(
+                        delivered.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=_codec.dead_letter_properties(
+                            delivered.header.properties,
+                            error,
+                            route=delivered.routing_key or "",
+                            queue=token.queue,
+                            exchange=delivered.exchange or "",
+                        ),
+                        mandatory=True,
+                    )
+            except _DEAD_LETTER_ERRORS as exc:
+                await self._drop_dead_letter_channel(channel)
+                log.warning(
+                    "Could not publish the rejected delivery from %r to its dead-letter "
+                    "exchange %r with its error (%s: %s); rejecting it with basic.reject, so "
+                    "the broker's dead-letter copy (without the error) keeps it.",
+                    token.queue,
+                    exchange,
+                    type(exc).__name__,
+                    exc,
+                )
+                return False
         await _settle_ack(token)
         return True
+
+    async def _drop_dead_letter_channel(self, channel: aiormq.abc.AbstractChannel | None) -> None:
+        """Forget the dead-letter channel after a failure; close it if it is still open
+        (a publish that timed out), so no channel leaks."""
+        if self._dlx_channel is channel:
+            self._dlx_channel = None
+        if channel is not None and not channel.is_closed:
+            try:
+                await asyncio.wait_for(channel.close(), _CLOSE_BUDGET)
+            except _CLOSE_ERRORS as exc:
+                log.debug("Closing the dead-letter channel failed: %r", exc)
 
     async def _dead_letter_channel(self, token: _Token) -> aiormq.abc.AbstractChannel:
         """One confirm-mode channel for dead letters, outside aio-pika's bookkeeping: a
         publish to a missing exchange closes it, never the channel deliveries come on."""
         channel = self._dlx_channel
         if channel is None or channel.is_closed:
+            self._dlx_channel = None
             queue = next(q for q in self._queues if q.name == token.queue)
             connection = _compat.connection_of(queue.channel)
             channel = self._dlx_channel = await _compat.raw_channel(
@@ -739,8 +964,8 @@ class RabbitMQConsumer:
             delivery_mode=1,
         )
         try:
-            await token.channel.basic_publish(
-                payload, exchange="", routing_key=reply_to, properties=props
+            await _compat.publish_nowait(
+                token.channel, payload, exchange="", routing_key=reply_to, properties=props
             )
         except _CANCEL_ERRORS as exc:
             log.warning(
@@ -761,9 +986,10 @@ class RabbitMQConsumer:
             return
         self._stopping = True
         self._handoff.put_nowait(_STOP)
-        for task in self._lane_tasks.values():
+        for task in (*self._lane_tasks.values(), *self._restorers.values()):
             task.cancel()
         self._lane_tasks = {}
+        self._restorers = {}
         loop = asyncio.get_running_loop()
         end = loop.time() + _STOP_BUDGET
         await self._cancel_consumers(_STOP_BUDGET)
@@ -817,14 +1043,16 @@ class RabbitMQConsumer:
     async def _close_owned(self) -> None:
         channel, self._channel = self._channel, None
         dlx, self._dlx_channel = self._dlx_channel, None
+        delay, self._delay_channel = self._delay_channel, None
         conn = self._connection
         if self._factory is not None:
             self._connection = None
 
         async def closing() -> None:
-            if dlx is not None and not dlx.is_closed:
-                with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
-                    await dlx.close()
+            for raw in (dlx, delay):
+                if raw is not None and not raw.is_closed:
+                    with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                        await raw.close()
             if channel is not None and not channel.is_closed:
                 with contextlib.suppress(*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
                     await channel.close()
@@ -844,8 +1072,8 @@ class RabbitMQConsumer:
         await self.close()
 
 
-#: How long a dead-letter publish may wait for its confirm before the delivery is
-#: rejected the broker's way instead.
+#: How long a dead-letter publish may take (opening its channel and waiting for the
+#: confirm) before the delivery is rejected the broker's way instead.
 _DEAD_LETTER_TIMEOUT = 5.0
 #: What a dead-letter publish may raise that sends the delivery the broker's way instead
 #: (``TypeError``/``ValueError``: pamqp could not encode the copy's properties; nothing was

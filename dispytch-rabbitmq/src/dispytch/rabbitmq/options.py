@@ -41,6 +41,7 @@ CONSUMER_OPTIONS = (
     "prefetch_count",
     "topic_exchange",
     "ordered",
+    "delayed_requeue",
     "connect_timeout",
 )
 
@@ -75,6 +76,14 @@ class RabbitMQOptions(TransportOptions):
     )
     ordered: bool = Field(
         False, description="Consumer: hand one queue's messages over in order (lane = queue)."
+    )
+    delayed_requeue: bool = Field(
+        True,
+        description=(
+            "Consumer: nack(requeue=True, delay=s) parks the delivery in an auto-expiring "
+            "delay queue (x-message-ttl, dead-lettered back through the default exchange) "
+            "instead of holding it in the process."
+        ),
     )
     timeout: float = Field(
         30.0,

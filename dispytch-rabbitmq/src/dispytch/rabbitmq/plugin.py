@@ -16,12 +16,13 @@ if TYPE_CHECKING:
     from dispytch.rabbitmq.consumer import RabbitMQConsumer
     from dispytch.rabbitmq.producer import RabbitMQProducer
 
-#: What RabbitMQ consumers offer (``ordered_lanes`` with ``ordered=True``).
+#: What RabbitMQ consumers offer (``ordered_lanes`` with ``ordered=True``,
+#: ``delayed_requeue`` unless ``delayed_requeue=False``).
 CAPABILITIES = Capabilities(
     delivery="at-least-once",
     ordered_lanes=True,
     requeue=True,
-    delayed_requeue=False,
+    delayed_requeue=True,
     pause_lanes=True,
     lease_extension=False,
     request_reply=True,

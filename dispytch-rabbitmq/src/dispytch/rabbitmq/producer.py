@@ -476,7 +476,9 @@ class RabbitMQProducer:
                 raw = await _compat.underlay(channel)
                 if before is not None:
                     await before(raw)
-                result = await raw.basic_publish(
+                # Queued without waiting for the socket to drain; the confirm is awaited.
+                result = await _compat.publish_nowait(
+                    raw,
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
