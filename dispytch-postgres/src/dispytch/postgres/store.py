@@ -97,6 +97,16 @@ def _run(row: Any) -> RunRecord:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset between two uses of a connection: nothing to send.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
+    on every release, one more round trip per statement. This store leaves no session
+    state behind (no LISTEN, no SET, no cursors; its advisory locks are transaction-scoped),
+    and asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 class PostgresJournalStore:
     """A journal in PostgreSQL tables (``dispytch_runs``, ``_steps``, ``_children``).
 
@@ -158,7 +168,9 @@ class PostgresJournalStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
-        pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
+        )
         async with pool.acquire() as conn, conn.transaction():
             # Concurrent CREATE TABLE IF NOT EXISTS can collide: one at a time.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.prefix)
