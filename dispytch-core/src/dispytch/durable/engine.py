@@ -247,15 +247,22 @@ class RunHandle(Generic[R]):
             event = durable._waiters.setdefault(self.id, asyncio.Event())
             try:
                 while True:
-                    record = await durable.store.get_run(self.id)
-                    if record is None:
-                        raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
-                    if record.final:
-                        return durable._outcome(record, self.function)  # type: ignore[no-any-return]
+                    # A worker of this process wakes the wait with the outcome it stored;
+                    # the reads are for runs handled elsewhere (not while one runs here).
+                    final = durable._finals.pop(self.id, None)
+                    if final is not None:
+                        return durable._final_value(self.id, final, self.function)  # type: ignore[no-any-return]
+                    if self.id not in durable._local:
+                        record = await durable.store.get_run(self.id)
+                        if record is None:
+                            raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
+                        if record.final:
+                            return durable._outcome(record, self.function)  # type: ignore[no-any-return]
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(event.wait(), backoff.next())
             finally:
                 durable._waiters.pop(self.id, None)
+                durable._finals.pop(self.id, None)
 
 
 @dataclass
@@ -350,6 +357,10 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, asyncio.Event] = {}
+        #: Outcomes (``ok``/``error``, JSON text) of runs finished here that a waiter awaits.
+        self._finals: dict[str, tuple[str, str]] = {}
+        #: Runs a worker of this process is handling now (how many ticks of each).
+        self._local: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Durable({self.transport!r}, store={self.store!r}, topic={self.topic!r})"
@@ -537,6 +548,14 @@ class Durable:
     async def _send_tick(self, run_id: str) -> None:
         await self.emitter.emit(RunTick(run=run_id), route=self._route, key=run_id)
 
+    def _final_value(
+        self, run_id: str, final: tuple[str, str], function: DurableFunction[..., Any]
+    ) -> Any:
+        status, outcome = final
+        if status == "ok":
+            return function.codec.decode_result(outcome)
+        raise decode_error(run_id, outcome, self.settings.registered)
+
     def _outcome(self, record: RunRecord, function: DurableFunction[..., Any]) -> Any:
         if record.status == "succeeded":
             return function.codec.decode_result(record.outcome or "null")
@@ -544,15 +563,24 @@ class Durable:
 
     # -- the worker -----------------------------------------------------------------
     async def _on_tick(self, event: Event[RunTick], ack: Acknowledger, message: Message) -> None:
+        run_id = event.body.run
+        local = self._local
+        local[run_id] = local.get(run_id, 0) + 1
         try:
-            await self._execute(event.body.run, ack, message)
+            await self._execute(run_id, ack, message)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The store or the broker failed: hand the tick back; the journal has the rest.
-            log.exception("Run %s: the tick could not be handled; handing it back.", event.body.run)
+            log.exception("Run %s: the tick could not be handled; handing it back.", run_id)
             if not await self._later(ack, message, 1.0) and ack.claim():
                 await self.dispatcher.consumer.nack(message, requeue=True)
+        finally:
+            left = local.pop(run_id) - 1
+            if left:
+                local[run_id] = left
+            else:
+                self._wake(run_id)  # a waiter that skipped reads meanwhile reads now
 
     async def _later(self, ack: Acknowledger, message: Message, delay: float) -> bool:
         """Redeliver the tick after ``delay`` where the consumer can; else False."""
@@ -597,10 +625,9 @@ class Durable:
                     f"No durable function {run.function!r} is registered on this worker.\n"
                     "Register it (same name) on every worker of this topic."
                 )
-                await self.store.complete(
-                    run_id, token, "failed", encode_error(error, retryable=False)
-                )
-                await self._finished(run, "error", encode_error(error, retryable=False))
+                text = encode_error(error, retryable=False)
+                if await self.store.complete(run_id, token, "failed", text):
+                    await self._finished(run, "error", text)
                 await ack.ack()
                 return
             try:
@@ -682,13 +709,15 @@ class Durable:
                 log.warning("Run %s: the lease was taken over; this attempt's writes fail.", run_id)
                 return
 
-    def _wake(self, run_id: str) -> None:
+    def _wake(self, run_id: str, final: tuple[str, str] | None = None) -> None:
         event = self._waiters.get(run_id)
         if event is not None:
+            if final is not None:  # stored already: the waiter need not read it back
+                self._finals[run_id] = final
             event.set()
 
     async def _finished(self, run: RunRecord, status: str, outcome: str) -> None:
-        self._wake(run.id)
+        self._wake(run.id, (status, outcome))
         if run.parent is not None:
             await self._complete_child(run.parent, ChildOutcome(status, outcome))
 
