@@ -248,18 +248,23 @@ class RunHandle(Generic[R]):
             try:
                 while True:
                     # A worker of this process wakes the wait with the outcome it stored;
-                    # the reads are for runs handled elsewhere (not while one runs here).
+                    # the reads are for runs handled elsewhere (none while one runs here:
+                    # its worker wakes this wait when it lets the tick go).
                     final = durable._finals.pop(self.id, None)
                     if final is not None:
                         return durable._final_value(self.id, final, self.function)  # type: ignore[no-any-return]
-                    if self.id not in durable._local:
+                    event.clear()  # what set it is handled: the outcome above, or a read
+                    if self.id in durable._local:
+                        wait = durable.settings.lease_ttl
+                    else:
                         record = await durable.store.get_run(self.id)
                         if record is None:
                             raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
                         if record.final:
                             return durable._outcome(record, self.function)  # type: ignore[no-any-return]
+                        wait = backoff.next()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(event.wait(), backoff.next())
+                        await asyncio.wait_for(event.wait(), wait)
             finally:
                 durable._waiters.pop(self.id, None)
                 durable._finals.pop(self.id, None)
