@@ -2,8 +2,9 @@
 
 Same tables and semantics as core's SQLite store (see :mod:`dispytch.durable.store`).
 Leases use the server's clock (``clock_timestamp()``), so workers on several machines
-agree on when one expired. One statement per verb: resuming a run is one read (the run
-with its steps and children aggregated as JSON, one snapshot); a step is the fencing check
+agree on when one expired. One statement per verb: resuming a run is one statement (the
+run with its steps and children aggregated as JSON, one snapshot, and the lease taken in
+the same statement: :meth:`PostgresJournalStore.load_and_acquire`); a step is the fencing check
 (the run's row locked ``FOR SHARE``, so a concurrent takeover waits for it) and the
 first-write-wins insert in one round trip; a completion or a retry is one UPDATE whose
 WHERE holds the fence (a second read only when it changed nothing).
@@ -234,14 +235,46 @@ class PostgresJournalStore:
             ),
             run_id,
         )
-        if row is None:
-            return None
+        return None if row is None else self._journal(row)
+
+    @staticmethod
+    def _journal(row: Any) -> Journal:
         journal = Journal(_run(row))
         for position, function, args_hash, status, outcome in json.loads(row["steps_json"]):
             journal.steps[position] = StepRecord(position, function, args_hash, status, outcome)
         for position, idx, status, outcome in json.loads(row["children_json"]):
             journal.children.setdefault(position, {})[int(idx)] = ChildOutcome(status, outcome)
         return journal
+
+    async def load_and_acquire(
+        self, run_id: str, ttl: float, now: float
+    ) -> tuple[Journal | None, int | None]:
+        """:meth:`load` and :meth:`acquire` in one statement: the journal (as it was before
+        the lease was taken) and the new fencing token, or None when the run is final, not
+        due yet (``due`` above ``now``, the caller's clock, as the engine compares it) or
+        leased by another worker. The engine uses it when a store has it."""
+        pool = await self._ensure()
+        row = await pool.fetchrow(
+            self._sql(
+                "WITH acq AS (UPDATE {p}runs SET lease_token = lease_token + 1, "
+                f"lease_until = {_NOW} + $2, updated = {_NOW} WHERE id = $1 "
+                f"AND lease_until < {_NOW} AND status NOT IN {_FINAL} AND due <= $3 "
+                f"RETURNING lease_token) SELECT {_COLUMNS}, "
+                "(SELECT lease_token FROM acq) AS acquired, "
+                "(SELECT coalesce(json_agg(json_build_array(position, function, args_hash, "
+                "status, outcome)), '[]') FROM {p}steps WHERE run_id = $1) AS steps_json, "
+                "(SELECT coalesce(json_agg(json_build_array(position, idx, status, outcome)), "
+                "'[]') FROM {p}children WHERE run_id = $1) AS children_json "
+                "FROM {p}runs WHERE id = $1"
+            ),
+            run_id,
+            ttl,
+            now,
+        )
+        if row is None:
+            return None, None
+        token = row["acquired"]
+        return self._journal(row), None if token is None else int(token)
 
     async def acquire(self, run_id: str, ttl: float) -> int | None:
         pool = await self._ensure()
