@@ -599,8 +599,14 @@ class Durable:
 
     async def _execute(self, run_id: str, ack: Acknowledger, message: Message) -> None:
         contention = Backoff(initial=0.01, factor=2.0, cap=min(1.0, self.settings.lease_ttl))
+        # A store may read the journal and take the lease in one statement.
+        fused = getattr(self.store, "load_and_acquire", None)
         while True:
-            journal = await self.store.load(run_id)
+            token: int | None = None
+            if fused is not None:
+                journal, token = await fused(run_id, self.settings.lease_ttl, time.time())
+            else:
+                journal = await self.store.load(run_id)
             if journal is None:
                 log.warning("A tick for run %s, which the journal does not have: dropped.", run_id)
                 await ack.ack()
@@ -614,9 +620,9 @@ class Durable:
                 return
             now = time.time()
             wait = run.due - now
-            token: int | None = None
-            if wait <= 0:
-                token = await self.store.acquire(run_id, self.settings.lease_ttl)
+            if token is None and wait <= 0:
+                if fused is None:
+                    token = await self.store.acquire(run_id, self.settings.lease_ttl)
                 if token is None:  # another worker holds the run
                     wait = min(max(run.lease_until - now, 0.0), contention.next())
                     wait = max(wait, 0.005)
