@@ -213,12 +213,14 @@ class DurableFunction(Generic[P, R]):
 class RunHandle(Generic[R]):
     """A run, by id: usable from any process that opens the same journal store."""
 
-    __slots__ = ("durable", "function", "id")
+    __slots__ = ("_fresh", "durable", "function", "id")
 
     def __init__(self, durable: Durable, run_id: str, function: DurableFunction[..., R]):
         self.durable = durable
         self.id = run_id
         self.function = function
+        #: Created by this handle's dispatch just now: the first wait need not read first.
+        self._fresh = False
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r}, {self.function.name})"
@@ -245,6 +247,8 @@ class RunHandle(Generic[R]):
         async with asyncio.timeout(timeout):
             backoff = Backoff(initial=0.002, factor=1.5, cap=0.2)
             event = durable._waiters.setdefault(self.id, asyncio.Event())
+            # A run created a moment ago is not over yet: read after the first wait.
+            skip_read, self._fresh = self._fresh, False
             try:
                 while True:
                     # A worker of this process wakes the wait with the outcome it stored;
@@ -256,6 +260,9 @@ class RunHandle(Generic[R]):
                     event.clear()  # what set it is handled: the outcome above, or a read
                     if self.id in durable._local:
                         wait = durable.settings.lease_ttl
+                    elif skip_read:
+                        skip_read = False
+                        wait = backoff.next()
                     else:
                         record = await durable.store.get_run(self.id)
                         if record is None:
@@ -548,7 +555,9 @@ class Durable:
             )
         if created or not record.final:
             await self._send_tick(rid)
-        return RunHandle(self, rid, call.function)
+        handle = RunHandle(self, rid, call.function)
+        handle._fresh = created
+        return handle
 
     async def _send_tick(self, run_id: str) -> None:
         await self.emitter.emit(RunTick(run=run_id), route=self._route, key=run_id)
