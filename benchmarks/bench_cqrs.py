@@ -137,6 +137,10 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 STREAMS_URL = "redis+streams://127.0.0.1:6379/0"
 
 
+#: Options of the responder's KafkaConsumer (``--kafka-fetch-wait-ms``).
+KAFKA_OPTIONS: dict[str, Any] = {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,7 +256,7 @@ async def endpoints(broker: str, bootstrap: str) -> AsyncIterator[tuple[Any, Any
         url = f"kafka://{bootstrap}"
         # Requests on one partition are independent queries: run them side by side.
         yield (
-            KafkaConsumer.from_url(url, group_id=f"g-{topic}", ordered=False),
+            KafkaConsumer.from_url(url, group_id=f"g-{topic}", ordered=False, **KAFKA_OPTIONS),
             KafkaEventSubscription(topic=topic),
             KafkaProducer.from_url(url),
             KafkaEventRoute(topic=topic),
@@ -333,7 +337,15 @@ def main() -> None:
     p.add_argument("-n", type=int, default=20_000, help="in-process operations per row")
     p.add_argument("--rpc-n", type=int, default=2000, help="sequential round trips per broker")
     p.add_argument("--bootstrap", default="", help="a running Kafka broker (default: own Tansu)")
+    p.add_argument(
+        "--kafka-fetch-wait-ms",
+        type=int,
+        help="fetch_max_wait_ms of the Kafka responder (default: aiokafka's 500; Tansu holds "
+        "an empty fetch that long even when a record arrives)",
+    )
     args = p.parse_args()
+    if args.kafka_fetch_wait_ms is not None:
+        KAFKA_OPTIONS["fetch_max_wait_ms"] = args.kafka_fetch_wait_ms
     res: dict[str, Any] = {"bench": "cqrs", "python": sys.version.split()[0]}
     if "inprocess" in args.parts:
         mine = asyncio.run(inprocess(args.n))
@@ -371,6 +383,8 @@ def main() -> None:
             raw = RAW_BASELINE.get(broker)
             if raw is None:
                 res[f"{broker}_raw"] = "no raw baseline in rpc_bench.py: absolute figures"
+                if broker == "kafka":
+                    res["kafka_options"] = dict(KAFKA_OPTIONS)
                 continue
             seq = run_baseline(
                 "rpc_bench.py", "--impl", "raw", "--broker", raw, "--workload", "sequential",
