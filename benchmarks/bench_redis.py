@@ -1,6 +1,7 @@
 """End-to-end Redis throughput: raw redis.asyncio vs FastStream vs Dispytch, in one run.
 
     python benchmarks/bench_redis.py [-n 20000] [--reps 3] [--mode both|pubsub|streams]
+    python benchmarks/bench_redis.py --mode rpc [-n 2000] [--reps 5]
 
 Every implementation does the same work in one process and one event loop: publish N
 ~250-byte JSON events in non-transactional pipelines of ``--batch-size`` commands, receive
@@ -19,6 +20,12 @@ Implementations:
 * dispytch   -- ``EventEmitter.emit_batch`` through ``RedisProducer`` /
   ``RedisStreamProducer``, an ``EventDispatcher`` over ``RedisConsumer`` /
   ``RedisStreamConsumer`` with an ``Event[T]`` handler (Streams: XACK after handling).
+
+``--mode rpc``: request/reply. Sequential ``emitter.request`` round trips (a 3-field query,
+a 3-field reply, validated both ways; 50 warm-up calls) and 100 concurrent requests to a
+handler sleeping 0.2 s (wall time of the second batch), over Pub/Sub and over Streams,
+beside ``shared/bench/rpc_bench.py --impl raw --broker redis`` (redis.asyncio Pub/Sub, one
+reply channel per requester) with the same workloads. Ratios are of medians.
 
 Each configuration runs in its own subprocess, interleaved ``--reps`` times; the medians
 go into one JSON line on stdout (per-run lines go to stderr). Not a test: no assertions.
@@ -39,7 +46,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import load_workload, run_baseline, run_json
-from dispytch import Event, EventBase, EventEmitter
+from dispytch import Event, EventBase, EventEmitter, QueryBase
+from pydantic import BaseModel
 
 BenchEvent: Any = None
 REDIS = "redis://127.0.0.1:6379/0"
@@ -140,6 +148,160 @@ async def run_dispytch(
     return res
 
 
+# ----------------------------------------------------------------- request/reply
+class Reply(BaseModel):
+    id: int
+    ok: bool
+    total: float
+
+
+class Req(QueryBase[Reply]):
+    id: int
+    name: str
+    amount: float
+    sleep: float = 0.0
+
+
+async def run_rpc(kind: str, n: int) -> dict[str, Any]:
+    """Sequential round trips and 100 concurrent 0.2 s requests over ``kind``."""
+    import uuid
+
+    from dispytch import EventDispatcher
+    from dispytch.redis import (
+        RedisConsumer,
+        RedisEventRoute,
+        RedisEventSubscription,
+        RedisProducer,
+        RedisStreamConsumer,
+        RedisStreamRoute,
+        RedisStreamSubscription,
+    )
+
+    name = f"bench.rpc.{uuid.uuid4().hex[:8]}"
+    consumer: Any
+    if kind == "pubsub":
+        consumer = RedisConsumer.from_url(REDIS)
+        sub: Any = RedisEventSubscription(channel=name)
+        route: Any = RedisEventRoute(channel=name)
+    else:
+        consumer = RedisStreamConsumer.from_url(
+            REDIS.replace("redis://", "redis+streams://"), group="bench", ordered=False
+        )
+        sub = RedisStreamSubscription(stream=name, group="bench")
+        route = RedisStreamRoute(stream=name)
+    dispatcher = EventDispatcher(consumer, max_in_flight=128)
+
+    @dispatcher.query(Req, subscription=sub)
+    async def echo(req: Req) -> Reply:
+        if req.sleep:
+            await asyncio.sleep(req.sleep)
+        return Reply(id=req.id, ok=True, total=req.amount * 2)
+
+    reqs = [Req(id=i, name=f"user-{i % 1000}", amount=round(1.5 + i % 100, 2)) for i in range(n)]
+    out: dict[str, Any] = {}
+    producer = RedisProducer.from_url(REDIS)
+    try:
+        async with dispatcher, EventEmitter(producer) as emitter:
+            for r in reqs[:50]:
+                await emitter.request(r, route=route, timeout=10)
+            lats: list[float] = []
+            t0, c0 = time.perf_counter(), time.process_time()
+            for r in reqs:
+                t = time.perf_counter()
+                rep = await emitter.request(r, route=route, timeout=10)
+                lats.append(time.perf_counter() - t)
+                assert rep.id == r.id
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            lats.sort()
+            out.update(
+                req_s=round(n / dt, 1),
+                p50_ms=round(lats[len(lats) // 2] * 1e3, 3),
+                cpu_us_per_req=round(cpu / n * 1e6, 1),
+            )
+            walls = []
+            for _ in range(2):  # the first batch also opens pooled connections
+                slow = [Req(id=i, name="s", amount=1.0, sleep=0.2) for i in range(100)]
+                t0 = time.perf_counter()
+                replies = await asyncio.gather(
+                    *(emitter.request(r, route=route, timeout=60) for r in slow)
+                )
+                walls.append(round(time.perf_counter() - t0, 4))
+                assert [r.id for r in replies] == list(range(100))
+            out.update(wall_s=walls[-1], wall_s_rounds=walls)
+    finally:
+        if kind == "streams":
+            await producer.redis.delete(name)
+            await producer.redis.aclose()
+    return out
+
+
+def rpc_child(args: argparse.Namespace) -> None:
+    kind = args.mode.removeprefix("rpc-")
+    res: dict[str, Any] = {"impl": f"dispytch-{kind}"}
+    try:
+        res.update(asyncio.run(asyncio.wait_for(run_rpc(kind, args.n), args.timeout)))
+    except Exception as exc:  # report, don't hang
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(res), flush=True)
+
+
+def rpc_main(args: argparse.Namespace) -> None:
+    impls = ("raw", "dispytch-pubsub", "dispytch-streams")
+    runs: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
+    for _ in range(args.reps):
+        for impl in impls:
+            if impl == "raw":
+                common = ["--impl", "raw", "--broker", "redis", "-n", str(args.n)]
+                seq = run_baseline("rpc_bench.py", *common, "--workload", "sequential")
+                conc = run_baseline("rpc_bench.py", *common, "--workload", "concurrent")
+                res = {
+                    "impl": "raw",
+                    "req_s": seq.get("req_s"),
+                    "p50_ms": seq.get("p50_ms"),
+                    "cpu_us_per_req": round(seq["client_cpu_s"] / seq["n"] * 1e6, 1)
+                    if seq.get("client_cpu_s") is not None
+                    else None,
+                    "wall_s": conc.get("wall_s"),
+                    **{
+                        k: v["error"]
+                        for k, v in (("error", seq), ("error_c", conc))
+                        if "error" in v
+                    },
+                }
+            else:
+                cmd = [sys.executable, __file__, "--child", "--mode", f"rpc-{impl[9:]}",
+                       "-n", str(args.n), "--timeout", str(args.timeout)]  # fmt: skip
+                res = run_json(cmd, args.timeout + 60, f"the {impl} run")
+            print(json.dumps(res), file=sys.stderr, flush=True)
+            runs[impl].append(res)
+
+    def median(impl: str, key: str) -> float | None:
+        vals = [r[key] for r in runs[impl] if r.get(key) is not None]
+        return round(statistics.median(vals), 4) if vals else None
+
+    import redis
+
+    out: dict[str, Any] = {"bench": "redis-rpc", "redis_py": redis.__version__, "n": args.n,
+                           "reps": args.reps}  # fmt: skip
+    for impl in impls:
+        for key in ("req_s", "p50_ms", "cpu_us_per_req", "wall_s"):
+            out[f"{impl}_{key}"] = median(impl, key)
+        errors = [r[k] for r in runs[impl] for k in ("error", "error_c") if k in r]
+        if errors:
+            out[f"{impl}_errors"] = errors
+    raw = out["raw_req_s"]
+    for kind in ("pubsub", "streams"):
+        mine = out[f"dispytch-{kind}_req_s"]
+        out[f"{kind}_sequential_vs_raw"] = round(mine / raw, 3) if mine and raw else None
+        pairs = [
+            round(d["req_s"] / r["req_s"], 3)
+            for d, r in zip(runs[f"dispytch-{kind}"], runs["raw"], strict=True)
+            if d.get("req_s") and r.get("req_s")
+        ]
+        out[f"{kind}_sequential_vs_raw_per_rep"] = pairs
+    print(json.dumps(out), flush=True)
+
+
 def dispytch_child(args: argparse.Namespace) -> None:
     res: dict[str, Any] = {
         "impl": "dispytch",
@@ -179,7 +341,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=20_000, help="events per run")
     p.add_argument("--reps", type=int, default=3, help="runs per implementation (interleaved)")
-    p.add_argument("--mode", choices=("both", "pubsub", "streams"), default="both")
+    p.add_argument(
+        "--mode",
+        choices=("both", "pubsub", "streams", "rpc", "rpc-pubsub", "rpc-streams"),
+        default="both",
+        help="rpc: request/reply beside rpc_bench.py (rpc-*: one child run)",
+    )
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -192,8 +359,14 @@ def main() -> None:
         "connection); pipeline: the same through redis-py's pipeline(transaction=False)",
     )
     args = p.parse_args()
+    if args.child and args.mode.startswith("rpc-"):
+        rpc_child(args)
+        return
     if args.child:
         dispytch_child(args)
+        return
+    if args.mode == "rpc":
+        rpc_main(args)
         return
 
     modes = ("pubsub", "streams") if args.mode == "both" else (args.mode,)

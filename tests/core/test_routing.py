@@ -19,6 +19,8 @@ from dispytch import (
 from dispytch.middleware import CallNext
 from pydantic import BaseModel
 
+from tests.seed_readme import User, UserCreatedEvent, UserEvent, UserRegistered
+
 if TYPE_CHECKING:
     from tests.core.conftest import Kit
 
@@ -124,25 +126,7 @@ async def test_a_lone_handler_still_goes_through_its_subscriptions_filter(kit: K
 # -- the older form of the seed README -----------------------------------------------------
 
 
-class User(BaseModel):
-    id: str
-    email: str
-    name: str
-
-
-class UserCreatedEvent(BaseModel):
-    user: User
-    timestamp: int
-
-
-class UserEvent(EventBase):
-    __topic__ = "user_events"
-
-
-class UserRegistered(UserEvent):
-    __event_type__ = "user_registered"
-    user: User
-    timestamp: int
+# Its models are the seed's (tests/seed_readme.py); one more event type on its topic.
 
 
 class UserDeleted(UserEvent):

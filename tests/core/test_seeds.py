@@ -10,102 +10,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import pytest
 from dispytch import (
     AsyncLock,
-    Dependency,
     EmitTimeoutError,
     Event,
     EventBase,
     EventDispatcher,
     EventEmitter,
-    HandlerGroup,
     OutgoingMessage,
     Router,
 )
 from dispytch.memory import MemoryEventRoute, MemoryProducer
 from pydantic import BaseModel
 
+from tests.seed_readme import SERVICE, example_emit, printed, user_events
+
 if TYPE_CHECKING:
     from tests.core.conftest import Kit
 
 
-# -- "from service import UserService, get_user_service" -----------------------------------
-
-
-class UserService:
-    def __init__(self) -> None:
-        self.done: list[str] = []
-
-    async def do_smth_with_the_user(self, user: User) -> None:
-        self.done.append(user.id)
-
-
-SERVICE = UserService()
-
-
-def get_user_service() -> UserService:
-    return SERVICE
-
-
-# -- seed 000: handler example (verbatim but for the service module) -----------------------
-
-
-class User(BaseModel):
-    id: str
-    email: str
-    name: str
-
-
-class UserCreatedEvent(BaseModel):
-    user: User
-    timestamp: int
-
-
-user_events = HandlerGroup()
-
-
-@user_events.handler(topic="user_events", event="user_registered")
-async def handle_user_registered(
-    event: Event[UserCreatedEvent],
-    user_service: Annotated[UserService, Dependency(get_user_service)],
-) -> None:
-    user = event.body.user
-    timestamp = event.body.timestamp
-
-    print(f"[User Registered] {user.id} - {user.email} at {timestamp}")
-
-    await user_service.do_smth_with_the_user(event.body.user)
-
-
-# -- seed 000: emitter example (verbatim) --------------------------------------------------
-
-
-class UserEvent(EventBase):
-    __topic__ = "user_events"
-
-
-class UserRegistered(UserEvent):
-    __event_type__ = "user_registered"
-
-    user: User
-    timestamp: int
-
-
-async def example_emit(emitter: EventEmitter) -> None:
-    await emitter.emit(
-        UserRegistered(
-            user=User(
-                id=str(uuid.uuid4()),
-                email="example@mail.com",
-                name="John Doe",
-            ),
-            timestamp=int(datetime.now().timestamp()),
-        )
-    )
+# -- seed 000: the README's handler and emitter examples (tests/seed_readme.py) -------------
 
 
 async def test_seed_readme_handler_and_emitter_examples(
@@ -120,8 +47,7 @@ async def test_seed_readme_handler_and_emitter_examples(
         await kit.until(lambda: SERVICE.done, "the seed handler")
     assert len(SERVICE.done) == 1
     assert str(uuid.UUID(SERVICE.done[0])) == SERVICE.done[0]
-    out = capsys.readouterr().out
-    assert f"[User Registered] {SERVICE.done[0]} - example@mail.com at " in out
+    assert printed(SERVICE.done[0]) in capsys.readouterr().out
     assert dispatcher.stats["handled"] == 1
 
 

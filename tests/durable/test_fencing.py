@@ -24,7 +24,7 @@ async def test_a_late_write_from_an_expired_lease_is_refused(journal_path: Path)
     resume_zombie = asyncio.Event()
     ran: list[str] = []
 
-    async def no_heartbeat(run_id: str, token: int) -> None:  # a stalled process
+    async def no_heartbeat(run_id: str, token: int, lease: object) -> None:  # a stalled process
         return None
 
     zombie._heartbeat = no_heartbeat  # type: ignore[method-assign]

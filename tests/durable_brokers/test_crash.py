@@ -1,7 +1,8 @@
 """SIGKILL a worker process in the middle of step 2 of 3; another worker process finishes
-the run from the journal. On Redis Streams (redelivery by XAUTOCLAIM) and RabbitMQ (the
-dead worker's channel closes, its unacked message is requeued); a SQLite journal file
-shared by the caller and both workers."""
+the run from the journal. On Redis Streams (redelivery by XAUTOCLAIM), RabbitMQ (the
+dead worker's channel closes, its unacked message is requeued) and Kafka on Tansu (the
+dead member's session times out, the partition's next owner reads from the last committed
+offset); a SQLite journal file shared by the caller and both workers."""
 
 from __future__ import annotations
 
@@ -22,20 +23,40 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 REDIS = "redis+streams://127.0.0.1:6379"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/"
+KAFKA = "kafka"  # kafka://<Tansu's address>, known once the broker runs
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(params=[REDIS, RABBITMQ], ids=["redis-streams", "rabbitmq"])
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await asyncio.wait_for(admin.create_topics([NewTopic(topic, 1, 1)]), 20)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=[REDIS, RABBITMQ, KAFKA], ids=["redis-streams", "rabbitmq", "kafka"])
 def crash_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex
+    url = request.param
+    if url == KAFKA:
+        pytest.importorskip("dispytch.kafka")
+        bootstrap = request.getfixturevalue("kafka_bootstrap")
+        url = f"kafka://{bootstrap}"
+        asyncio.run(_create_topic(bootstrap, f"durable-crash-{tag}"))
     env = {
         **os.environ,
         "CRASH_DIR": str(tmp_path),
-        "CRASH_URL": request.param,
+        "CRASH_URL": url,
         "CRASH_STREAM": f"durable-crash-{tag}",
         "CRASH_GROUP": f"durable-crash-{tag}",
     }
     yield env
+    if request.param == KAFKA:
+        return  # Tansu runs on memory storage for this session only
     if request.param == REDIS:
         import redis
 

@@ -74,8 +74,8 @@ class Counting:
         self.stops += 1
 
 
-#: How a later part (durable functions) plugs in: a component in the lifespan, a dependency.
-Jobs = dependency("dispytch_jobs", Counting)
+#: How any other part plugs in: a component in the lifespan, a dependency.
+Things = dependency("things", Counting)
 
 
 class CountingEmitter(EventEmitter):
@@ -94,18 +94,18 @@ class CountingEmitter(EventEmitter):
 async def test_lifespan_starts_and_stops_each_once() -> None:
     emitter = CountingEmitter.from_url("memory://fastapi-counting")
     bus = Counting()
-    app = FastAPI(lifespan=lifespan(emitter, components={"dispytch_jobs": bus}))
+    app = FastAPI(lifespan=lifespan(emitter, components={"things": bus}))
     seen: list[Any] = []
 
-    @app.get("/jobs")
-    async def get_jobs(b: Jobs) -> dict[str, bool]:
+    @app.get("/things")
+    async def get_things(b: Things) -> dict[str, bool]:
         seen.append(b)
         return {"ok": True}
 
     async with memory(emitter, start=False, clock=False):
         with TestClient(app) as client:
-            assert client.get("/jobs").json() == {"ok": True}
-            assert client.get("/jobs").json() == {"ok": True}
+            assert client.get("/things").json() == {"ok": True}
+            assert client.get("/things").json() == {"ok": True}
         # (Counted before the kit's own exit, which stops what is still started.)
         assert (CountingEmitter.starts, CountingEmitter.stops) == (1, 1)
     assert (bus.starts, bus.stops) == (1, 1)
@@ -169,6 +169,8 @@ def test_bad_lifespan_arguments() -> None:
         lifespan(service.dispatcher)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reserved name"):
         lifespan(components={"dispytch_emitter": object()})
+    with pytest.raises(ValueError, match="reserved name"):
+        lifespan(components={"dispytch_jobs": object()})
     with pytest.raises(TypeError, match="wraps the app's own lifespan"):
         Dispytch(FastAPI(), service.emitter, wrap=None)
 

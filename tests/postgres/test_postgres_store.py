@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from dispytch.backoff import Backoff
-from dispytch.durable import Durable, gather, journal_store_for_url
+from dispytch.durable import Durable, NewRun, gather, journal_store_for_url
 from dispytch.durable.errors import LeaseLostError
 from dispytch.errors import ConfigError
 from dispytch.postgres import PostgresJournalStore
@@ -31,6 +31,7 @@ def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _drop(store: PostgresJournalStore) -> None:
+    await store.open()  # a Durable's stop closes the store it was given
     for table in ("runs", "steps", "children"):
         await store.pool.execute(f"DROP TABLE IF EXISTS {store.prefix}{table}")
 
@@ -93,6 +94,103 @@ async def test_durable_runs_on_postgres(pg_store: PostgresJournalStore) -> None:
     assert calls == {"leaf": 20, "flaky": 2}
     record = await pg_store.get_run(handle.id)
     assert record is not None and record.status == "succeeded" and record.attempts == 1
+
+
+class _CountingStore(PostgresJournalStore):
+    """Counts the reads of a run's row: the result waiter must not poll."""
+
+    reads = 0
+
+    async def get_run(self, run_id: str) -> Any:
+        self.reads += 1
+        return await super().get_run(run_id)
+
+
+async def test_results_are_pushed_to_another_process_not_polled(
+    pg_store: PostgresJournalStore,
+) -> None:
+    transport = f"memory://pg-push-{uuid.uuid4().hex}"
+    worker = Durable(transport, store=pg_store)
+    # the reader: its own store (its own pool and listening connection), no worker
+    reader_store = _CountingStore(DSN, table_prefix=pg_store.prefix)
+    reader = Durable(transport, store=reader_store)
+    release = asyncio.Event()
+
+    @worker.function(name="push.slow")
+    async def slow(x: int) -> int:
+        await release.wait()
+        return x + 1
+
+    @reader.function(name="push.slow")
+    async def slow_there(x: int) -> int:
+        raise AssertionError("the reader runs nothing")
+
+    try:
+        await worker.start()
+        handle = await slow.dispatch(1)
+        waiting = asyncio.ensure_future(reader.handle(handle.id, slow_there).result(timeout=30))
+        await asyncio.sleep(1.0)  # a polling waiter would read the run many times by now
+        # one read at the start, one after asking for the notice (past a 50 ms grace)
+        assert not waiting.done() and reader_store.reads == 2
+        release.set()
+        assert await waiting == 2
+        assert reader_store.reads == 3  # and one when the notice came
+    finally:
+        await worker.stop()
+        await reader.stop()
+
+
+async def test_the_feed_listens_again_after_its_connection_is_killed(
+    pg_store: PostgresJournalStore,
+) -> None:
+    seen: list[str | None] = []
+    stop = await pg_store.watch_completions(seen.append)
+    try:
+        killed = await pg_store.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE query = $1 AND pid <> pg_backend_pid()",
+            f'LISTEN "{pg_store.channel}"',
+        )
+        assert killed == 1
+        async with asyncio.timeout(20):
+            while None not in seen:  # the feed says: notices may have been missed
+                await asyncio.sleep(0.05)
+        record, _ = await pg_store.create_run(NewRun("after-kill", "f", "{}", "h"))
+        await pg_store.watch_run(record.id)
+        token = await pg_store.acquire(record.id, 30.0)
+        assert token is not None
+        await pg_store.complete(record.id, token, "succeeded", "1")
+        async with asyncio.timeout(20):
+            while "after-kill" not in seen:
+                await asyncio.sleep(0.05)
+    finally:
+        await stop()
+
+
+def test_notify_option_in_the_url() -> None:
+    assert journal_store_for_url(f"{DSN}?notify=false").notify is False  # type: ignore[attr-defined]
+    assert journal_store_for_url(DSN).notify is True  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="notify=true or notify=false"):
+        journal_store_for_url(f"{DSN}?notify=maybe")
+
+
+async def test_only_watched_runs_are_notified(pg_store: PostgresJournalStore) -> None:
+    seen: list[str | None] = []
+    stop = await pg_store.watch_completions(seen.append)
+    try:
+        quiet, _ = await pg_store.create_run(NewRun(f"quiet-{uuid.uuid4().hex}", "f", "{}", "h"))
+        loud, _ = await pg_store.create_run(NewRun(f"loud-{uuid.uuid4().hex}", "f", "{}", "h"))
+        await pg_store.watch_run(loud.id)
+        for record in (quiet, loud):
+            token = await pg_store.acquire(record.id, 30.0)
+            assert token is not None
+            assert await pg_store.complete(record.id, token, "succeeded", "1")
+        async with asyncio.timeout(20):
+            while loud.id not in seen:
+                await asyncio.sleep(0.02)
+        assert quiet.id not in seen  # its notice came first had it been sent
+    finally:
+        await stop()
 
 
 async def test_load_and_acquire_is_load_then_acquire_in_one_statement(

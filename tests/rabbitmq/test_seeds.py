@@ -14,15 +14,15 @@ exchange *before* running the example code unmodified, and checks the event arri
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import aio_pika
 import pytest
-from dispytch import Dependency, Event, EventBase, EventEmitter, HandlerGroup
+from dispytch import EventBase, EventEmitter
 from dispytch.dispatcher import EventDispatcher
 from dispytch.rabbitmq import RabbitMQConsumer, RabbitMQEventRoute, RabbitMQProducer
-from pydantic import BaseModel
+
+from tests.seed_readme import SERVICE, example_emit, printed, user_events
 
 from .conftest import AMQP_URL, Names, wait_until
 
@@ -89,74 +89,10 @@ async def test_seed_002_rabbitmq_emitter_example(
         await conn.close()
 
 
-# --------------------------------------------------------------- seed 000, as written
-class User(BaseModel):
-    id: str
-    email: str
-    name: str
-
-
-class UserCreatedEvent(BaseModel):
-    user: User
-    timestamp: int
-
-
-class UserService:
-    def __init__(self) -> None:
-        self.users: list[User] = []
-
-    async def do_smth_with_the_user(self, user: User) -> None:
-        self.users.append(user)
-
-
-SERVICE = UserService()
-
-
-def get_user_service() -> UserService:
-    return SERVICE
-
-
-user_events = HandlerGroup()
-
-
-@user_events.handler(topic="user_events", event="user_registered")
-async def handle_user_registered(
-    event: Event[UserCreatedEvent],
-    user_service: Annotated[UserService, Dependency(get_user_service)],
+# ------------------------------- seed 000, as written (tests/seed_readme.py)
+async def test_seed_000_handler_and_emitter_examples(
+    names: Names, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    user = event.body.user
-    timestamp = event.body.timestamp
-
-    print(f"[User Registered] {user.id} - {user.email} at {timestamp}")
-
-    await user_service.do_smth_with_the_user(event.body.user)
-
-
-class UserEventBase(EventBase):
-    __topic__ = "user_events"
-
-
-class UserRegistered(UserEventBase):
-    __event_type__ = "user_registered"
-
-    user: User
-    timestamp: int
-
-
-async def example_emit(emitter: EventEmitter) -> None:
-    await emitter.emit(
-        UserRegistered(
-            user=User(
-                id=str(uuid.uuid4()),
-                email="example@mail.com",
-                name="John Doe",
-            ),
-            timestamp=int(datetime.now().timestamp()),
-        )
-    )
-
-
-async def test_seed_000_handler_and_emitter_examples(names: Names) -> None:
     """The handler group over ``RabbitMQConsumer(queue)`` and the emitter example over
     ``RabbitMQProducer([exchange])``, both on the user's own connection; topics go to
     ``amq.topic`` (the transport-neutral route)."""
@@ -166,13 +102,13 @@ async def test_seed_000_handler_and_emitter_examples(names: Names) -> None:
         topic = await channel.get_exchange("amq.topic")
         queue = await channel.declare_queue(names.queue("seed000"), durable=True)
         await queue.bind(topic, routing_key="user_events")
-        before = len(SERVICE.users)
+        user_id = str(uuid.uuid4())
         dispatcher = EventDispatcher(RabbitMQConsumer(queue))
         dispatcher.add_router(user_events)
         async with dispatcher:
-            await example_emit(EventEmitter(RabbitMQProducer([topic])))
-            await wait_until(lambda: len(SERVICE.users) > before, timeout=10)
-        assert SERVICE.users[-1].email == "example@mail.com"
+            await example_emit(EventEmitter(RabbitMQProducer([topic])), user_id)
+            await wait_until(lambda: user_id in SERVICE.done, timeout=10)
+        assert printed(user_id) in capsys.readouterr().out
         assert dispatcher.stats["handled"] == 1
     finally:
         await conn.close()

@@ -7,11 +7,17 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import socket
 import struct
+import subprocess
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aredis
 from dispytch.redis import (
     RedisConsumer,
@@ -273,6 +279,7 @@ class RedisStreamsHarness(_RedisHarness):
     capabilities = STREAMS_CAPABILITIES
     redelivery_timeout = 10.0
     redelivery_window = 2.5  # min_idle_time plus a claim interval
+    lease_seconds = 2.0  # min_idle_time in _options: entries idle this long are taken over
     # Header values travel in a JSON field: bytes that are not UTF-8 make the entry
     # malformed, and malformed entries go to the dead-letter stream.
     undecodable_headers = "reject"
@@ -348,3 +355,36 @@ class RedisStreamsHarness(_RedisHarness):
             if headers.get("dispytch-original-route") == name:
                 out.append(fields[b"payload"])
         return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_redis(tmp_path: Path, *args: str) -> Iterator[str]:
+    """A redis-server of the test's own on a free loopback port; stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:  # pragma: no cover - environment
+        pytest.fail("redis-server is not installed (tests needing a server of their own).")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+         "--save", "", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        else:  # pragma: no cover - environment
+            pytest.fail(f"the test's own redis-server on port {port} did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -7,11 +7,14 @@ import uuid
 
 import pytest
 import redis.asyncio as aredis
-from dispytch import Event, EventBase
+from dispytch import Event, EventBase, EventEmitter, QueryBase
+from dispytch.cqrs import RequestTimeoutError
 from dispytch.dispatcher import EventDispatcher
 from dispytch.redis import (
     RedisConsumer,
+    RedisEventRoute,
     RedisEventSubscription,
+    RedisProducer,
     RedisStreamConsumer,
     RedisStreamSubscription,
 )
@@ -90,6 +93,43 @@ async def test_stream_reader_reconnects_after_its_connection_is_killed(
             await client.xadd(stream, {"payload": Ping(n=2).model_dump_json()})
             await asyncio.wait_for(_until(lambda: got == [1, 2]), TIMEOUT)
         assert int((await client.xpending(stream, "g"))["pending"]) == 0
+    finally:
+        await owned.aclose()
+
+
+class Double(QueryBase[int]):
+    n: int
+
+
+async def test_reply_subscription_resubscribes_after_its_connection_is_killed(
+    client: aredis.Redis, names: Names
+) -> None:
+    """The requester's reply channel is read on a PubSub connection of its own: killed,
+    it is reconnected and resubscribed, and later requests get their replies."""
+    channel = names.channel()
+    name = f"dispytch-test-{uuid.uuid4().hex[:8]}"
+    owned = aredis.Redis.from_url(REDIS_URL, client_name=name)
+    dispatcher = EventDispatcher(RedisConsumer(client.pubsub()))
+
+    @dispatcher.query(Double, subscription=RedisEventSubscription(channel=channel))
+    async def double(q: Double) -> int:
+        return q.n * 2
+
+    route = RedisEventRoute(channel=channel)
+    try:
+        async with dispatcher, EventEmitter(RedisProducer(owned)) as emitter:
+            assert await emitter.request(Double(n=1), route=route, timeout=TIMEOUT) == 2
+            assert await kill_connections(client, name, "pubsub") == 1
+
+            async def answered_again() -> int:
+                for n in range(2, 200):  # bounded; each try waits at most 0.5 s
+                    try:
+                        return await emitter.request(Double(n=n), route=route, timeout=0.5)
+                    except RequestTimeoutError:
+                        continue  # sent while the reply channel was down: lost
+                raise AssertionError("no reply after the reply connection was killed")
+
+            assert await asyncio.wait_for(answered_again(), TIMEOUT) % 2 == 0
     finally:
         await owned.aclose()
 

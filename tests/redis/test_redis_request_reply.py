@@ -4,8 +4,11 @@ producer)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aredis
@@ -32,6 +35,7 @@ from tests.redis.redis_support import (
     STREAMS_URL,
     RedisPubSubHarness,
     RedisStreamsHarness,
+    own_redis,
 )
 
 pytestmark = pytest.mark.broker
@@ -87,7 +91,7 @@ def _ignore(_: Message) -> None:
 
 async def test_stream_with_no_group_is_not_appended_to() -> None:
     """Streams: a request to a stream that exists but has no consumer group fails at once
-    and appends nothing (XINFO GROUPS is checked before XADD)."""
+    and appends nothing (the group is checked in the script that appends)."""
     stream = f"rr.nogroup.{uuid.uuid4().hex[:10]}"
     producer = RedisStreamProducer.from_url(STREAMS_URL)
     await producer.start()
@@ -174,3 +178,62 @@ async def test_reply_to_a_gone_requester_is_best_effort(caplog: pytest.LogCaptur
         await unreachable.send_reply(gone, b"1", {})
     assert "will time out" in caplog.text
     await unreachable.redis.aclose()
+
+
+async def test_stream_requests_on_a_server_without_the_script_cached(tmp_path: Path) -> None:
+    """A stream request is one EVALSHA; a server that has not cached the script yet (a
+    new one, or after SCRIPT FLUSH) answers NOSCRIPT and the request goes once by EVAL:
+    appended exactly once, and the next one by EVALSHA."""
+    with own_redis(tmp_path) as url:
+        stream = "rr.fresh"
+        producer = RedisStreamProducer.from_url(url.replace("redis://", "redis+streams://"))
+        await producer.start()
+        admin = aredis.Redis.from_url(url)
+        try:
+            await producer.open_replies(_ignore)
+            missing = OutgoingMessage(RedisStreamRoute(stream="rr.missing"), b"{}", {})
+            with pytest.raises(NoRouteError, match="does not exist"):
+                await producer.send_request(missing)
+            await admin.script_flush()
+            await admin.xgroup_create(stream, "g", id="$", mkstream=True)
+            request = OutgoingMessage(RedisStreamRoute(stream=stream), b"{}", {"a": "b"})
+            await producer.send_request(request)
+            assert await admin.xlen(stream) == 1
+            await producer.send_request(request)
+            assert await admin.xlen(stream) == 2
+            [(_, fields)] = await admin.xrange(stream, count=1)
+            assert fields[b"payload"] == b"{}"
+        finally:
+            await producer.stop()
+            await admin.aclose()
+
+
+@pytest.mark.parametrize("yields", [1, 2, 3, 4, 6, 10])
+async def test_a_cancelled_replier_does_not_lose_replies(client: aredis.Redis, yields: int) -> None:
+    """The first replier flushes the queue itself; cancelled at any point once it
+    started (``yields`` steps in), what it had not finished goes out from a task (perhaps
+    twice: harmless), and the next reply is not held up."""
+    from dispytch.redis._replies import ReplyPublisher
+
+    channel = f"rr.replies.{uuid.uuid4().hex[:10]}"
+    ps = client.pubsub()
+    await ps.subscribe(channel)
+    publisher = ReplyPublisher(timeout=5.0)
+    request = Message(b"", route="r", headers={HEADER_REPLY_TO: channel})
+    try:
+        leader = asyncio.ensure_future(publisher.publish(client, request, b"first", {}))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        leader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leader
+        await asyncio.wait_for(publisher.publish(client, request, b"second", {}), 5)
+        got: list[bytes] = []
+        async with asyncio.timeout(5):
+            while b"second" not in got:
+                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    got.append(unpack(msg["data"])[0])
+        assert b"first" in got and set(got) == {b"first", b"second"}
+    finally:
+        await ps.aclose()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from dispytch import Dependency, Event, EventBase, EventDispatcher, EventEmitter, HandlerGroup
-from pydantic import BaseModel
+from dispytch import EventBase, EventDispatcher, EventEmitter
 
 from tests.redis.redis_support import REDIS_URL
+from tests.seed_readme import SERVICE, example_emit, printed, user_events
 
 pytestmark = pytest.mark.broker
 
@@ -46,7 +45,7 @@ async def until(check: Any, what: str) -> None:
 
 
 async def test_seed_002_redis_emitter_example(capsys: pytest.CaptureFixture[str]) -> None:
-    from dispytch import EventBase, EventEmitter
+    from dispytch import EventEmitter
     from dispytch.redis import RedisEventRoute, RedisProducer
 
     class SystemAlert(EventBase):
@@ -85,73 +84,7 @@ async def test_seed_002_redis_emitter_example(capsys: pytest.CaptureFixture[str]
         await listener.aclose()
 
 
-# -- seed 000: the README's handler and emitter examples, over Redis ------------------------
-
-
-class UserService:
-    def __init__(self) -> None:
-        self.done: list[str] = []
-
-    async def do_smth_with_the_user(self, user: User) -> None:
-        self.done.append(user.id)
-
-
-SERVICE = UserService()
-
-
-def get_user_service() -> UserService:
-    return SERVICE
-
-
-class User(BaseModel):
-    id: str
-    email: str
-    name: str
-
-
-class UserCreatedEvent(BaseModel):
-    user: User
-    timestamp: int
-
-
-user_events = HandlerGroup()
-
-
-@user_events.handler(topic="user_events", event="user_registered")
-async def handle_user_registered(
-    event: Event[UserCreatedEvent],
-    user_service: Annotated[UserService, Dependency(get_user_service)],
-) -> None:
-    user = event.body.user
-    timestamp = event.body.timestamp
-
-    print(f"[User Registered] {user.id} - {user.email} at {timestamp}")
-
-    await user_service.do_smth_with_the_user(event.body.user)
-
-
-class UserEvent(EventBase):
-    __topic__ = "user_events"
-
-
-class UserRegistered(UserEvent):
-    __event_type__ = "user_registered"
-
-    user: User
-    timestamp: int
-
-
-async def example_emit(emitter: EventEmitter, user_id: str) -> None:
-    await emitter.emit(
-        UserRegistered(
-            user=User(
-                id=user_id,  # seed: str(uuid.uuid4()); kept to find this test's event
-                email="example@mail.com",
-                name="John Doe",
-            ),
-            timestamp=int(datetime.now().timestamp()),
-        )
-    )
+# -- seed 000: the README's handler and emitter examples (tests/seed_readme.py), over Redis --
 
 
 async def test_seed_000_handler_and_emitter_examples_over_redis(
@@ -168,6 +101,6 @@ async def test_seed_000_handler_and_emitter_examples_over_redis(
         async with dispatcher:
             await example_emit(emitter, user_id)
             await until(lambda: user_id in SERVICE.done, "the seed handler")
-        assert f"[User Registered] {user_id} - example@mail.com at " in capsys.readouterr().out
+        assert printed(user_id) in capsys.readouterr().out
     finally:
         await redis.aclose()

@@ -1,4 +1,4 @@
-"""The ``dispytch`` command: list plugins, run a dispatcher.
+"""The ``dispytch`` command: list plugins, run a dispatcher, operate durable runs.
 
 ``dispytch plugins [--json]``
     Every plugin Dispytch found (core's own included) with its distribution, version, the
@@ -28,6 +28,23 @@
     app directory changes; it needs the ``watchfiles`` library
     (``pip install 'dispytch-core[reload]'``).
 
+``dispytch jobs list | show ID | retry ID | cancel ID [--app module:attr | --store URL] [--json]``
+    Operations on durable function runs (:mod:`dispytch.durable`) in a journal store: the
+    store of the Durable ``--app`` names (imported as ``run`` does; an object with a
+    ``.durable``, such as ``dispytch.fastapi.Dispytch``, or a factory returning one, is
+    welcome too), or the store ``--store`` names (default ``$DISPYTCH_DURABLE_STORE``,
+    else the embedded default ``sqlite:///.dispytch/journal.sqlite3``). ``list`` shows
+    runs newest first (``--status``, repeatable, ``--function``, ``--limit``) with the
+    error of each failed one; ``show`` a run's status, attempts, arguments, outcome, lease,
+    and each step and child with its result or error and traceback; ``retry`` starts a
+    failed, dead or cancelled run over; ``cancel`` cancels a run that is not over and its
+    unfinished children. ``retry`` and ``cancel`` send the run's message to the workers, so
+    with ``--store`` they take the workers' ``--transport`` (and ``--topic``); ``retry`` is
+    refused over the memory transport (it lives inside one process). ``--json`` prints one
+    JSON object. A bad source (module, attribute, URL, a SQLite file that does not exist, a
+    store that cannot be opened) exits with 2, a refused operation (no such run, a run that
+    is not retryable, or over already) with 1.
+
 Only the standard library's :mod:`argparse` is used: the command adds no dependency.
 """
 
@@ -36,13 +53,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import importlib
 import inspect
+import io
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -530,6 +550,388 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
 
 
+# -- dispytch jobs -----------------------------------------------------------------------
+
+#: Exit code of a jobs operation the journal refused (no such run, a run not retryable or
+#: over already): the source was fine, the request was not.
+EXIT_REFUSED = 1
+
+#: How many runs ``dispytch jobs list`` shows without ``--limit``.
+JOBS_LIST_LIMIT = 50
+
+
+class JobRefused(Exception):
+    """The journal refused a jobs operation; printed in one line, exit code 1."""
+
+
+def _as_durable(obj: Any) -> Any:
+    from dispytch.durable import Durable
+
+    if isinstance(obj, Durable):
+        return obj
+    inner = getattr(obj, "durable", None)  # e.g. dispytch.fastapi's Dispytch(app)
+    return inner if isinstance(inner, Durable) else None
+
+
+async def _resolve_durable(obj: Any, target: str) -> Any:
+    durable = _as_durable(obj)
+    if durable is not None:
+        return durable
+    if not callable(obj) or isinstance(obj, type):
+        raise CLIError(
+            f"{target} is a {type(obj).__name__}, not a dispytch.durable.Durable (or an "
+            "object with a .durable, or a factory returning one)."
+        )
+    made = obj()
+    if inspect.isawaitable(made):
+        made = await made
+    durable = _as_durable(made)
+    if durable is None:
+        raise CLIError(f"{target}() returned a {type(made).__name__}; it must return a Durable.")
+    return durable
+
+
+async def _jobs_source(args: argparse.Namespace) -> Any:
+    """The Durable the command works on: the app's, or one over ``--store``."""
+    from dispytch.durable import Durable
+    from dispytch.durable.engine import DEFAULT_STORE, DEFAULT_TOPIC
+    from dispytch.errors import ConfigError
+
+    if args.app is not None:
+        if "://" in args.app:
+            raise CLIError(
+                f"--app takes module:attribute; {args.app!r} is a URL. "
+                "Pass a journal store URL as --store."
+            )
+        if args.transport is not None or args.topic is not None:
+            raise CLIError(
+                "--transport and --topic go with --store; the app's Durable has its own."
+            )
+        durable = await _resolve_durable(import_from_string(args.app, args.app_dir), args.app)
+        where = f"the store of {args.app} ({durable.store!r})"
+    else:
+        url = args.store or os.environ.get("DISPYTCH_DURABLE_STORE") or DEFAULT_STORE
+        if "://" not in url:
+            raise CLIError(
+                f"--store takes a journal store URL (sqlite:///jobs.db, postgresql://...), "
+                f"not {url!r}. For an app's Durable pass --app module:attribute."
+            )
+        try:
+            durable = Durable(args.transport, store=url, topic=args.topic or DEFAULT_TOPIC)
+        except ConfigError as exc:
+            raise CLIError(str(exc).replace("\n", " ")) from None
+        given = (
+            "--store"
+            if args.store
+            else "DISPYTCH_DURABLE_STORE"
+            if os.environ.get("DISPYTCH_DURABLE_STORE")
+            else "the default store"
+        )
+        where = f"{url} ({given})"
+    store = durable.store
+    _check_journal_file(store, where)
+    try:
+        await store.open()
+    except Exception as exc:
+        raise CLIError(
+            f"Could not open the journal store {store!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    return durable
+
+
+def _check_journal_file(store: Any, where: str) -> None:
+    """A SQLite journal that does not exist is a wrong path (opening would create it)."""
+    from dispytch.durable import SQLiteJournalStore
+
+    if isinstance(store, SQLiteJournalStore) and not os.path.exists(store.path):
+        raise CLIError(
+            f"No journal at {os.path.abspath(store.path)}, {where}: the file does not "
+            "exist. Check the path (sqlite:///relative.db, sqlite:////absolute.db), or pass "
+            "the app with --app module:attribute."
+        )
+
+
+async def _reaches_workers(durable: Any) -> bool:
+    """Connect to the Durable's transport; whether what it sends reaches other processes."""
+    from dispytch.memory import MemoryProducer
+
+    try:
+        await durable.connect()
+    except Exception as exc:
+        raise CLIError(
+            f"Could not connect to the workers' transport {durable.transport}: "
+            f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        ) from None
+    return not isinstance(durable.emitter.producer, MemoryProducer)
+
+
+def _time(ts: float, *, text: bool) -> str | None:
+    if not ts:
+        return None
+    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if text else moment.isoformat()
+
+
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a store of someone else's: shown as it is
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    now = time.time()
+    data: dict[str, Any] = {
+        "id": run.id,
+        "function": run.function,
+        "status": run.status,
+        "attempts": run.attempts,
+        "args": _parsed(run.args),
+        "created": _time(run.created, text=False),
+        "updated": _time(run.updated, text=False),
+        "due": _time(run.due, text=False),
+        "lease": {
+            "token": run.lease_token,
+            "until": _time(run.lease_until, text=False),
+            "held": run.lease_until > now,
+        },
+        "parent": None,
+    }
+    if run.parent is not None:
+        parent_id, position, index, count = run.parent
+        data["parent"] = {"id": parent_id, "position": position, "index": index, "count": count}
+    if run.status == "succeeded":
+        data["result"] = _parsed(run.outcome)
+    elif run.outcome is not None:
+        data["error"] = _parsed(run.outcome)
+    return data
+
+
+def _outcome_dict(status: str, outcome: str) -> dict[str, Any]:
+    if status == "ok":
+        return {"result": _parsed(outcome)}
+    if status == "error":
+        return {"error": _parsed(outcome)}
+    return {"children": int(outcome) if outcome.isdigit() else outcome}
+
+
+def _journal_dict(journal: Any) -> dict[str, Any]:
+    steps = []
+    for position in sorted(journal.steps, key=_position_key):
+        step = journal.steps[position]
+        steps.append(
+            {
+                "position": position,
+                "function": step.function,
+                "status": step.status,
+                "args_hash": step.args_hash,
+                "created": _time(step.created, text=False),
+                **_outcome_dict(step.status, step.outcome),
+            }
+        )
+    children = {
+        position: [
+            {"index": index, "status": child.status, **_outcome_dict(child.status, child.outcome)}
+            for index, child in sorted(slot.items())
+        ]
+        for position, slot in sorted(journal.children.items(), key=lambda kv: _position_key(kv[0]))
+    }
+    return {"run": _run_dict(journal.run), "steps": steps, "children": children}
+
+
+def _position_key(position: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in position.split("."))
+
+
+def _error_line(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+    return str(error)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_runs(runs: list[Any], out: TextIO) -> None:
+    if not runs:
+        out.write("No runs.\n")
+        return
+    rows = [("ID", "FUNCTION", "STATUS", "ATTEMPTS", "CREATED", "UPDATED", "ERROR")]
+    for run in runs:
+        error = "" if run.status == "succeeded" or run.outcome is None else run.outcome
+        rows.append(
+            (
+                run.id,
+                run.function,
+                run.status,
+                str(run.attempts),
+                _time(run.created, text=True) or "-",
+                _time(run.updated, text=True) or "-",
+                _short(_error_line(_parsed(error))) if error else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write(("  ".join([*cells, row[-1]])).rstrip() + "\n")
+
+
+def _write_error(error: Any, out: TextIO, indent: str) -> None:
+    out.write(f"{_error_line(error)}")
+    if isinstance(error, dict):
+        out.write(f" (retryable: {'yes' if error.get('retryable') else 'no'})\n")
+        trace = str(error.get("traceback") or "").rstrip()
+        for line in trace.splitlines():
+            out.write(f"{indent}| {line}\n")
+    else:
+        out.write("\n")
+
+
+def _print_journal(journal: Any, out: TextIO) -> None:
+    run = journal.run
+    now = time.time()
+    out.write(f"run       {run.id}\n")
+    out.write(f"function  {run.function}\n")
+    out.write(f"status    {run.status}\n")
+    out.write(f"attempts  {run.attempts} failed so far\n")
+    out.write(f"args      {_short(run.args, 200)}\n")
+    out.write(f"created   {_time(run.created, text=True)}\n")
+    out.write(f"updated   {_time(run.updated, text=True)}\n")
+    if run.due and not run.final:
+        out.write(f"due       {_time(run.due, text=True)} (in {max(run.due - now, 0):.1f} s)\n")
+    if run.lease_until > now:
+        held = f"held until {_time(run.lease_until, text=True)} (token {run.lease_token})"
+        out.write(f"lease     {held}\n")
+    if run.parent is not None:
+        parent_id, position, index, count = run.parent
+        out.write(f"parent    {parent_id} (slot {position}, child {index} of {count})\n")
+    if run.status == "succeeded":
+        out.write(f"result    {_short(run.outcome or 'null', 200)}\n")
+    elif run.outcome is not None:
+        out.write("error     ")
+        _write_error(_parsed(run.outcome), out, "          ")
+    if not journal.steps:
+        out.write("steps     none journalled\n")
+    else:
+        out.write("steps\n")
+        for position in sorted(journal.steps, key=_position_key):
+            step = journal.steps[position]
+            when = _time(step.created, text=True) or "-"
+            head = f"  {position:<6} {step.function:<24} {step.status:<8} {when}  "
+            if step.status == "ok":
+                out.write(f"{head}{_short(step.outcome)}\n")
+            elif step.status == "error":
+                out.write(head)
+                _write_error(_parsed(step.outcome), out, "         ")
+            else:
+                slot = journal.children.get(position, {})
+                out.write(f"{head}{len(slot)} of {step.outcome} children done\n")
+    for position, slot in sorted(journal.children.items(), key=lambda kv: _position_key(kv[0])):
+        out.write(f"children of step {position}\n")
+        for index, child in sorted(slot.items()):
+            if child.status == "ok":
+                out.write(f"  {index:<4} ok     {_short(child.outcome)}\n")
+            else:
+                out.write(f"  {index:<4} {child.status:<6} ")
+                _write_error(_parsed(child.outcome), out, "       ")
+
+
+async def _jobs(args: argparse.Namespace) -> tuple[int, Any, str]:
+    """Run one jobs command; returns the exit code, the JSON value and the text."""
+    from dispytch.durable import RETRYABLE_STATUSES, STATUSES, DurableError
+
+    if args.jobs_command == "list":
+        unknown = sorted(set(args.status or ()) - STATUSES)
+        if unknown:
+            raise CLIError(
+                f"Unknown status {', '.join(map(repr, unknown))}. "
+                f"The statuses: {', '.join(sorted(STATUSES))}."
+            )
+    durable = await _jobs_source(args)
+    out = io.StringIO()
+    try:
+        if args.jobs_command == "list":
+            runs = await durable.list_runs(
+                status=set(args.status) if args.status else None,
+                function=args.function,
+                limit=args.limit,
+            )
+            _print_runs(runs, out)
+            return 0, {"runs": [_run_dict(r) for r in runs]}, out.getvalue()
+        if args.jobs_command == "show":
+            journal = await durable.show_run(args.id)
+            _print_journal(journal, out)
+            return 0, _journal_dict(journal), out.getvalue()
+        before = await durable.store.get_run(args.id)
+        if before is None:
+            raise JobRefused(f"No run {args.id!r} in {durable.store!r}.")
+        if args.jobs_command == "retry":
+            if before.status not in RETRYABLE_STATUSES:
+                raise JobRefused(
+                    f"Run {args.id} is {before.status}; only a failed, dead or cancelled run "
+                    "is retried."
+                )
+            if not await _reaches_workers(durable):
+                instead = (
+                    "Retry it from the app's process (await durable.retry(run_id))."
+                    if args.app
+                    else "Give the workers' transport: --transport URL (and --topic when "
+                    "they use another), or the app with --app module:attribute."
+                )
+                raise CLIError(
+                    f"jobs retry sends run {args.id}'s message to the workers, and "
+                    f"{durable.transport} is the memory transport, which lives inside one "
+                    f"process. {instead}"
+                )
+            record = await durable.retry(args.id)
+            # (A worker may have taken it already: the status read after is pending or later.)
+            text = (
+                f"Run {record.id} was {before.status}; it starts over (now {record.status}), "
+                "its message sent to the workers.\n"
+            )
+            return 0, {"run": _run_dict(record)}, text
+        # cancel
+        if before.final:
+            raise JobRefused(f"Run {args.id} is {before.status}: it is over, nothing to cancel.")
+        reaches = await _reaches_workers(durable)
+        ids = await durable.cancel(args.id, reason=args.reason)
+        lines = [f"Cancelled {len(ids)} run(s):", *(f"  {rid}" for rid in ids)]
+        if not reaches:
+            lines.append(
+                f"({durable.transport} is the memory transport: no message reached the "
+                "workers; they see the cancel when they next load the run.)"
+            )
+        return 0, {"cancelled": ids}, "\n".join(lines) + "\n"
+    except DurableError as exc:
+        raise JobRefused(str(exc).replace("\n", " ")) from None
+    finally:
+        await durable.stop()
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    if getattr(args, "jobs_command", None) is None:
+        raise CLIError("jobs needs a command: list, show ID, retry ID or cancel ID.")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code, data, text = asyncio.run(_jobs(args))
+    except JobRefused as exc:
+        if args.json:
+            json.dump({"error": str(exc)}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        sys.stderr.write(f"dispytch: error: {exc}\n")
+        return EXIT_REFUSED
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text)
+    return code
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -633,6 +1035,98 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs: pip install 'dispytch-core[reload]')",
     )
     p_run.set_defaults(func=_cmd_run)
+
+    p_jobs = sub.add_parser(
+        "jobs",
+        help="list, show, retry and cancel durable function runs",
+        description=(
+            "Operate on the runs of durable functions in a journal store: the store of a "
+            "Durable given as --app module:attribute, or a store URL given as --store."
+        ),
+    )
+    p_jobs.set_defaults(func=_cmd_jobs)
+    jobs_sub = p_jobs.add_subparsers(dest="jobs_command", metavar="COMMAND")
+    source = argparse.ArgumentParser(add_help=False)
+    which = source.add_mutually_exclusive_group()
+    which.add_argument(
+        "--app",
+        metavar="module:attribute",
+        help="a Durable (or an object with a .durable, or a factory returning one), "
+        "imported as dispytch run does",
+    )
+    which.add_argument(
+        "--store",
+        metavar="URL",
+        help="a journal store URL (default: $DISPYTCH_DURABLE_STORE, else "
+        "sqlite:///.dispytch/journal.sqlite3, the embedded default)",
+    )
+    source.add_argument(
+        "--app-dir",
+        default=None,
+        help="with --app: directory to put first on sys.path (default: the current directory)",
+    )
+    source.add_argument(
+        "--transport",
+        metavar="URL",
+        default=None,
+        help="with --store, for retry and cancel: the workers' transport (default: "
+        "$DISPYTCH_DURABLE_TRANSPORT)",
+    )
+    source.add_argument(
+        "--topic", default=None, help="with --store: the workers' topic, when not the default"
+    )
+    source.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p_list = jobs_sub.add_parser(
+        "list", parents=[source], help="runs, newest first", description="Runs, newest first."
+    )
+    p_list.add_argument(
+        "--status",
+        action="append",
+        metavar="STATUS",
+        help="only runs in this status (repeatable): pending, running, waiting, sleeping, "
+        "retrying, limited, succeeded, failed, dead, cancelled",
+    )
+    p_list.add_argument("--function", metavar="NAME", help="only runs of this function")
+    p_list.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=JOBS_LIST_LIMIT,
+        metavar="N",
+        help=f"at most N runs (default: {JOBS_LIST_LIMIT})",
+    )
+    p_show = jobs_sub.add_parser(
+        "show",
+        parents=[source],
+        help="a run with its steps and errors",
+        description="A run: status, attempts, arguments, outcome, each step and child.",
+    )
+    p_show.add_argument("id", metavar="ID")
+    p_retry = jobs_sub.add_parser(
+        "retry",
+        parents=[source],
+        help="start a failed, dead or cancelled run over",
+        description=(
+            "Start a failed, dead or cancelled run over with a new attempt budget: its "
+            "failed steps run again, its finished steps do not. Sends the run's message to "
+            "the workers."
+        ),
+    )
+    p_retry.add_argument("id", metavar="ID")
+    p_cancel = jobs_sub.add_parser(
+        "cancel",
+        parents=[source],
+        help="cancel a run that is not over, and its unfinished children",
+        description=(
+            "Cancel a run that is not over and its unfinished children; a running run stops "
+            "at its next step boundary."
+        ),
+    )
+    p_cancel.add_argument("id", metavar="ID")
+    p_cancel.add_argument(
+        "--reason",
+        default="cancelled with dispytch jobs cancel",
+        help="stored in the run's error (RunCancelledError)",
+    )
     return parser
 
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from dispytch.backoff import Backoff
 from dispytch.context import HandlerContext, MessageState, Middleware, MiddlewareLike, Outcome
-from dispytch.cqrs.serve import build_responder
+from dispytch.cqrs.serve import build_responder, unhandled_replier
 from dispytch.dispatch.routing import HandlerEntry, RouteTable
 from dispytch.dispatch.scheduler import LaneScheduler, default_lane_cap
 from dispytch.dispatch.settle import AFTER, BEFORE, MANUAL, AckPolicy, Settler, settle_failed
@@ -145,7 +145,8 @@ class EventDispatcher:
         self.router = Router()
         #: Counters: handled, filtered, dead_lettered, rejected, requeued, skipped,
         #: unknown_route, invalid_payload, failed_handlers, held_unsettled; for commands
-        #: and queries also requests_answered, requests_failed, requests_expired.
+        #: and queries also requests_answered, requests_failed, requests_expired,
+        #: requests_unhandled (a request no handler takes, answered "no-handler").
         self.stats: Counter[str] = Counter()
         self.decoders = DecoderCache(serializer_for, _served_content_types)
         self._decode = self.decoders.decode
@@ -171,6 +172,7 @@ class EventDispatcher:
             ),
             max_unsettled=self.max_unsettled,
             wake=self._scheduler.wake,
+            refuse=unhandled_replier(self.consumer, self.name, self.stats),
         )
 
     # -- construction from a URL ------------------------------------------------------

@@ -51,10 +51,13 @@ class NoRouteError(DispytchError):
 
 
 class NoHandlerError(NoRouteError, LookupError):
-    """A ``Bus`` holds no handler for this command or query type.
+    """No handler takes this command or query type: a ``Bus`` holds none, or, over a
+    broker, the dispatcher that received the request holds none for its type (it replied
+    at once instead of letting the caller wait for its timeout).
 
     Register one with ``@router.command(X)`` / ``@router.query(X)`` and add the router to
-    the bus before ``start()``.
+    the bus or dispatcher before ``start()`` (over a broker: in the service that consumes
+    the request's topic).
     """
 
 

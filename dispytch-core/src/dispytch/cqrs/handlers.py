@@ -20,6 +20,7 @@ from pydantic import BaseModel, RootModel, TypeAdapter
 
 from dispytch.context import CallNext, HandlerContext
 from dispytch.cqrs.errors import (
+    NoHandlerError,
     RemoteError,
     RequestExpiredError,
     RequestTimeoutError,
@@ -32,6 +33,7 @@ from dispytch.cqrs.wire import (
     HEADER_REPLY_STATUS,
     STATUS_ERROR,
     STATUS_EXPIRED,
+    STATUS_NO_HANDLER,
     STATUS_OK,
     ReplySender,
     RequestSender,
@@ -489,6 +491,12 @@ class Requester:
             )
         etype = hdrs.get(HEADER_ERROR_TYPE) or "Exception"
         text = hdrs.get(HEADER_ERROR_MESSAGE) or ""
+        if status == STATUS_NO_HANDLER:
+            raise NoHandlerError(
+                f"{text or f'No handler takes {type(message).__name__}.'}\nRegister one with "
+                f"@router.command/@router.query({type(message).__name__}) in the service "
+                "that consumes its topic, or send it to the topic its handler serves."
+            )
         for cls in errors:
             if cls.__name__ == etype:
                 raise cls(text)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from dispytch.context import CallNext, Middleware
 from dispytch.cqrs.handlers import Responder
-from dispytch.cqrs.wire import ReplySender
+from dispytch.cqrs.wire import (
+    HEADER_CORRELATION_ID,
+    HEADER_ERROR_RETRYABLE,
+    HEADER_REPLY_STATUS,
+    STATUS_NO_HANDLER,
+    ReplySender,
+)
 from dispytch.errors import HandlerRegistrationError
+from dispytch.message import HEADER_ERROR_MESSAGE, HEADER_ERROR_TYPE, HEADER_EVENT_TYPE, Message
 from dispytch.plugins import serializer_for
 from dispytch.router import HandlerSpec, check_unique
 
@@ -71,3 +78,49 @@ def build_responder(
         return responder.around(spec.request, spec.name, chain)
 
     return around
+
+
+def unhandled_replier(
+    consumer: object, dispatcher: str, stats: Counter[str]
+) -> Callable[[Message], Awaitable[bool]] | None:
+    """What answers a request no handler of the dispatcher takes, or ``None`` when its
+    consumer cannot reply.
+
+    The answer is a ``no-handler`` reply, sent at once, that makes the caller's
+    ``request`` raise :class:`~dispytch.cqrs.NoHandlerError` instead of waiting for its
+    timeout (counted in ``stats["requests_unhandled"]``). It returns ``True`` when
+    ``message`` was such a request and was answered (the dispatcher then acknowledges it:
+    answered requests are never redelivered), ``False`` for anything else: a message
+    without a correlation id or a reply address, or a reply that could not be sent.
+    """
+    if not isinstance(consumer, ReplySender):
+        return None
+    replier: ReplySender = consumer
+
+    async def refuse(message: Message) -> bool:
+        headers = message.headers
+        correlation = headers.get(HEADER_CORRELATION_ID)
+        if correlation is None or replier.reply_address(message) is None:
+            return False
+        kind = headers.get(HEADER_EVENT_TYPE)
+        text = f"No handler takes {kind!r} on route {message.route!r} at dispatcher {dispatcher!r}."
+        try:
+            await replier.send_reply(
+                message,
+                b"",
+                {
+                    HEADER_CORRELATION_ID: correlation,
+                    HEADER_REPLY_STATUS: STATUS_NO_HANDLER,
+                    HEADER_ERROR_TYPE: "NoHandlerError",
+                    HEADER_ERROR_MESSAGE: text,
+                    HEADER_ERROR_RETRYABLE: "false",
+                },
+            )
+        except Exception:
+            log.exception("Request %s: could not send the no-handler reply.", correlation)
+            return False
+        stats["requests_unhandled"] += 1
+        log.warning("Request %s: %s Replied 'no-handler'.", correlation, text)
+        return True
+
+    return refuse

@@ -8,9 +8,12 @@ serialised like an event, its type in ``dispytch-event-type``) with two more hea
   that receives the request later does not run it, counts it and replies ``expired``.
 
 A reply carries ``dispytch-correlation-id``, ``dispytch-reply-status`` (``ok``, ``error``,
-``expired``) and, for ``ok``, the reply serialised with the responder's serializer (its
-``dispytch-content-type``); for ``error``, ``dispytch-error-type``,
-``dispytch-error-message`` and ``dispytch-error-retryable`` with an empty payload.
+``expired``, ``no-handler``) and, for ``ok``, the reply serialised with the responder's
+serializer (its ``dispytch-content-type``); for ``error`` and ``no-handler`` (the
+responder's dispatcher holds no handler for the request's type),
+``dispytch-error-type``, ``dispytch-error-message`` and ``dispytch-error-retryable`` with
+an empty payload (a requester that does not know ``no-handler`` raises it as a
+``RemoteError`` of type ``NoHandlerError``).
 
 Transports opt in with two protocols: the producer is a :class:`RequestSender` (one reply
 address per process, opened once; requests that nothing can receive fail fast with
@@ -37,6 +40,7 @@ HEADER_REPLY_TO = "dispytch-reply-to"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_EXPIRED = "expired"
+STATUS_NO_HANDLER = "no-handler"
 
 #: Called by a transport for each reply that reaches this process's reply address.
 ReplyHandler = Callable[[Message], None]

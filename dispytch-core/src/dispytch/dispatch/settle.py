@@ -14,6 +14,10 @@
   A message no handler body saw (unknown route, skipped, filtered) is settled as under
   ``AFTER``, since nothing else could.
 
+A request (a command or query with a correlation id and a reply address) that no handler
+takes is answered ``no-handler`` at once, so its caller raises ``NoHandlerError`` instead of
+waiting for its timeout, and is acknowledged: answered requests are never redelivered.
+
 Every message read is in :attr:`Settler.inflight` until it is settled; on stop, what is
 left there is handed back with ``nack(requeue=True)``.
 """
@@ -24,7 +28,7 @@ import asyncio
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dispytch.backoff import Backoff
@@ -76,6 +80,9 @@ class Settler:
         requeue_backoff: The wait before a requeue, by delivery attempt.
         max_unsettled: ``MANUAL``: messages held unsettled before reading waits.
         wake: Called when a held message is settled (the reader may go on).
+        refuse: Answers a request that no handler takes (a ``no-handler`` reply to its
+            caller); ``True`` when ``message`` was one and was answered. ``None``: the
+            consumer cannot reply.
 
     Attributes:
         inflight: Messages read and not yet settled.
@@ -92,6 +99,7 @@ class Settler:
         requeue_backoff: Backoff,
         max_unsettled: int,
         wake: Callable[[], None] = lambda: None,
+        refuse: Callable[[Message], Awaitable[bool]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.policy = policy
@@ -100,6 +108,7 @@ class Settler:
         self.requeue_backoff = requeue_backoff
         self.max_unsettled = max_unsettled
         self.wake = wake
+        self.refuse = refuse
         self.inflight: set[Message] = set()
         self.unsettled: set[Message] = set()
         self._acks: dict[Message, Acknowledger] = {}
@@ -192,6 +201,11 @@ class Settler:
         )
         if self.policy is BEFORE:
             self.inflight.discard(msg)
+            if self.refuse is not None:
+                await self.refuse(msg)
+        elif self.refuse is not None and await self.refuse(msg):
+            # A request, answered "no-handler": answered requests are not redelivered.
+            await self.settle(msg, self.consumer.ack)
         else:
             msg.error = UnknownRouteError(f"No handler takes the route {msg.route!r}.")
             await self.settle(msg, self.consumer.nack, requeue=False)
@@ -239,6 +253,8 @@ class Settler:
                 msg.headers.get(HEADER_EVENT_TYPE),
                 msg.route,
             )
+            if self.refuse is not None:
+                await self.refuse(msg)  # a request: its caller hears at once
             if policy is MANUAL:
                 await self.settle(msg, consumer.ack)  # no handler could settle it
                 return

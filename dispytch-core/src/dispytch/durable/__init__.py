@@ -35,6 +35,7 @@ from dispytch.durable.engine import (
     default_transient,
     gather,
     race,
+    sleep,
 )
 from dispytch.durable.errors import (
     AnyFailedError,
@@ -42,11 +43,16 @@ from dispytch.durable.errors import (
     IdempotencyConflictError,
     LeaseLostError,
     NonDeterminismError,
+    RunCancelledError,
     RunFailedError,
     UnencodableError,
 )
 from dispytch.durable.store import (
+    FINAL_STATUSES,
+    RETRYABLE_STATUSES,
+    STATUSES,
     ChildOutcome,
+    CompletionFeed,
     Journal,
     JournalStore,
     NewRun,
@@ -59,9 +65,13 @@ from dispytch.durable.stores import journal_store_for_url
 any = any_success  # dispatch-py's name; shadows the builtin only here
 
 __all__ = [
+    "FINAL_STATUSES",
+    "RETRYABLE_STATUSES",
+    "STATUSES",
     "AnyFailedError",
     "Call",
     "ChildOutcome",
+    "CompletionFeed",
     "Durable",
     "DurableError",
     "DurableFunction",
@@ -72,6 +82,7 @@ __all__ = [
     "LeaseLostError",
     "NewRun",
     "NonDeterminismError",
+    "RunCancelledError",
     "RunFailedError",
     "RunHandle",
     "RunRecord",
@@ -87,6 +98,7 @@ __all__ = [
     "journal_store_for_url",
     "race",
     "run",
+    "sleep",
 ]
 
 P = ParamSpec("P")
@@ -113,7 +125,7 @@ def function(func: Callable[P, R]) -> DurableFunction[P, R]: ...
 
 @overload
 def function(
-    *, name: str | None = None, max_attempts: int | None = None
+    *, name: str | None = None, max_attempts: int | None = None, concurrency: int | None = None
 ) -> Callable[[Callable[..., Any]], DurableFunction[..., Any]]: ...
 
 
@@ -122,9 +134,10 @@ def function(
     *,
     name: str | None = None,
     max_attempts: int | None = None,
+    concurrency: int | None = None,
 ) -> Any:
     """Register a function on the default Durable (see :meth:`Durable.function`)."""
-    register = default().function(name=name, max_attempts=max_attempts)
+    register = default().function(name=name, max_attempts=max_attempts, concurrency=concurrency)
     return register if func is None else register(func)
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "IdempotencyConflictError",
     "LeaseLostError",
     "NonDeterminismError",
+    "RunCancelledError",
     "RunFailedError",
     "UnencodableError",
 ]
@@ -47,6 +48,12 @@ class LeaseLostError(DurableError):
 
     A worker presumed dead by the others may not write to the run's journal any more.
     """
+
+
+class RunCancelledError(DurableError):
+    """The run was cancelled (``Durable.cancel``, ``dispytch jobs cancel``, or it lost an
+    ``any``/``race``): ``await call.result()`` raises it, and so does a ``gather`` that
+    had it as a child."""
 
 
 class RunFailedError(DurableError):

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -25,7 +25,10 @@ from dispytch.errors import ConfigError
 
 __all__ = [
     "FINAL_STATUSES",
+    "RETRYABLE_STATUSES",
+    "STATUSES",
     "ChildOutcome",
+    "CompletionFeed",
     "Journal",
     "JournalStore",
     "NewRun",
@@ -36,8 +39,21 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: A run in one of these is over: its outcome is stored and never changes.
-FINAL_STATUSES = frozenset({"succeeded", "failed", "dead"})
+#: A run in one of these is over: its outcome is stored and changes only by an operator's
+#: retry (``retry_run``).
+FINAL_STATUSES = frozenset({"succeeded", "failed", "dead", "cancelled"})
+
+#: The final statuses ``retry_run`` starts over from.
+RETRYABLE_STATUSES = frozenset({"failed", "dead", "cancelled"})
+
+#: Every status a run can have. ``pending``: waiting for a worker; ``running``: a worker
+#: took its lease (``lease_until`` tells whether it is still alive); ``waiting``: on
+#: ``gather``/``any``/``race`` children; ``sleeping``: until ``due`` (a durable sleep);
+#: ``retrying``: until ``due`` (backoff); ``limited``: over its function's concurrency
+#: limit; then the final ones.
+STATUSES = frozenset(
+    {"pending", "running", "waiting", "sleeping", "retrying", "limited", *FINAL_STATUSES}
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,11 @@ class NewRun:
 class RunRecord:
     """A run as stored.
 
-    ``status`` is ``pending``, ``waiting`` (on children), ``retrying``, or one of
-    :data:`FINAL_STATUSES`. ``outcome`` is the result's JSON text (succeeded) or the
-    error's (failed, dead).
+    ``status`` is one of :data:`STATUSES`. ``outcome`` is the result's JSON text
+    (succeeded) or the error's (failed, dead, cancelled). ``attempts`` counts failed
+    attempts so far; ``due`` is when a retrying or sleeping run may go on; ``created`` and
+    ``updated`` are epoch seconds. A child of ``gather``/``any``/``race`` has an id
+    ``<parent id>/<slot>.<index>``, so a run's descendants are the ids under ``<id>/``.
     """
 
     id: str
@@ -86,13 +104,18 @@ class RunRecord:
 @dataclass(frozen=True)
 class StepRecord:
     """A journalled step: ``ok`` with its result's JSON text, ``error`` with the error's,
-    or ``waiting`` (a ``gather`` slot whose children run; ``outcome`` is their number)."""
+    or ``waiting`` (a ``gather`` slot whose children run; ``outcome`` is their number).
+
+    ``created`` is when the store journalled it (epoch seconds; set by the store, 0.0 on a
+    record not stored yet, and not part of equality).
+    """
 
     position: str
     function: str
     args_hash: str
     status: str
     outcome: str
+    created: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,14 +155,25 @@ class JournalStore(Protocol):
     async def load(self, run_id: str) -> Journal | None:
         """The run with its steps and children, in one read, or None."""
 
-    async def acquire(self, run_id: str, ttl: float) -> int | None:
-        """Take the run's lease when free or expired: the new fencing token, else None."""
+    async def acquire(
+        self, run_id: str, ttl: float, *, concurrency: int | None = None
+    ) -> int | None:
+        """Take the run's lease when free or expired and the run not final: status
+        ``running`` and the new fencing token, else None.
+
+        With ``concurrency``, only while fewer than that many *other* runs of the same
+        function hold an unexpired lease (counted and taken atomically, across every
+        process of the store): that is the cluster-wide concurrency limit.
+        """
 
     async def renew(self, run_id: str, token: int, ttl: float) -> bool:
         """Extend the lease if ``token`` still holds it."""
 
-    async def release(self, run_id: str, token: int, status: str | None = None) -> None:
-        """Give the lease up (and set a non-final status) if ``token`` holds it."""
+    async def release(
+        self, run_id: str, token: int, status: str | None = None, *, due: float | None = None
+    ) -> None:
+        """Give the lease up if ``token`` holds it and the run is not final: status
+        ``status`` (default ``pending``), and ``due`` when given (a durable sleep)."""
 
     async def put_step(self, run_id: str, token: int, step: StepRecord) -> bool:
         """Journal a step (first write wins: False when the position was taken).
@@ -173,6 +207,61 @@ class JournalStore(Protocol):
             Whether this write recorded it, and how many children of the slot are done.
         """
 
+    # -- operations -----------------------------------------------------------------
+    async def list_runs(
+        self,
+        *,
+        status: Collection[str] | None = None,
+        function: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest first (``created`` descending, then ``id``), at most ``limit``;
+        only those whose status is in ``status`` and whose function is ``function`` when
+        given."""
+
+    async def retry_run(self, run_id: str) -> bool:
+        """Start a run over from a final status in :data:`RETRYABLE_STATUSES`.
+
+        The run and each of its descendants (ids under ``<run_id>/``) in such a status go
+        back to ``pending`` with ``attempts`` 0, ``due`` 0 and no outcome; their ``error``
+        steps and ``error`` children are deleted (so the failed step runs again); ``ok``
+        steps are kept (never redone). False when the run is missing or not retryable.
+        """
+
+    async def cancel_run(self, run_id: str, outcome: str) -> list[str]:
+        """Cancel the run and each of its non-final descendants (ids under
+        ``<run_id>/``): status ``cancelled``, ``outcome`` stored, lease fenced (the token
+        moves on, so a running worker's next write raises
+        :class:`~dispytch.durable.errors.LeaseLostError`).
+
+        Returns:
+            The ids cancelled (empty when the run is missing or final).
+        """
+
+
+@runtime_checkable
+class CompletionFeed(Protocol):
+    """Optional: a store that pushes completions (PostgreSQL's LISTEN/NOTIFY).
+
+    A Durable whose store implements it waits for results on the feed instead of reading
+    the run again and again.
+    """
+
+    async def watch_completions(
+        self, callback: Callable[[str | None], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``callback(run_id)`` on this loop when a *watched* run of the store reaches
+        a final status in any process, ``callback(None)`` when notices may have been
+        missed (the feed reconnected: every waiter reads again). Returns an async
+        ``stop()``.
+        """
+
+    async def watch_run(self, run_id: str) -> None:
+        """Mark the run as waited for: its completion (or cancellation) is notified from
+        now on. Runs nobody watches send no notice (a notice costs the store a
+        serialising lock per commit). A store may notify every run and make this a no-op.
+        """
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dispytch_runs (
@@ -200,6 +289,7 @@ CREATE TABLE IF NOT EXISTS dispytch_steps (
     args_hash TEXT NOT NULL,
     status TEXT NOT NULL,
     outcome TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, position)
 );
 CREATE TABLE IF NOT EXISTS dispytch_children (
@@ -210,7 +300,20 @@ CREATE TABLE IF NOT EXISTS dispytch_children (
     outcome TEXT NOT NULL,
     PRIMARY KEY (run_id, position, idx)
 );
+CREATE INDEX IF NOT EXISTS dispytch_runs_created ON dispytch_runs (created);
+CREATE INDEX IF NOT EXISTS dispytch_runs_leased ON dispytch_runs (function)
+    WHERE lease_until > 0;
 """
+
+_FINAL = "('succeeded', 'failed', 'dead', 'cancelled')"
+_RETRYABLE = "('failed', 'dead', 'cancelled')"
+
+
+def _subtree(run_id: str) -> tuple[str, str, str]:
+    """``(id, low, high)``: the run's id and the bounds of its descendants' ids
+    (``low <= id < high``, byte order: ``"0"`` follows ``"/"``)."""
+    return run_id, run_id + "/", run_id + "0"
+
 
 _RUN_COLUMNS = (
     "id, function, args, args_hash, status, attempts, due, lease_token, lease_until, "
@@ -308,6 +411,15 @@ class SQLiteJournalStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.executescript(_SCHEMA)  # CREATE ... IF NOT EXISTS: safe to race
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(dispytch_steps)")}
+            if "created" not in columns:  # a journal of an earlier version
+                try:
+                    conn.execute(
+                        "ALTER TABLE dispytch_steps ADD COLUMN created REAL NOT NULL DEFAULT 0"
+                    )
+                except sqlite3.OperationalError as exc:  # another process added it
+                    if "duplicate column" not in str(exc):
+                        raise
             return conn
 
         loop = asyncio.get_running_loop()
@@ -363,12 +475,12 @@ class SQLiteJournalStore:
                 if row is None:
                     return None
                 journal = Journal(_run(row))
-                for pos, fn, h, status, outcome in conn.execute(
-                    "SELECT position, function, args_hash, status, outcome "
+                for pos, fn, h, status, outcome, at in conn.execute(
+                    "SELECT position, function, args_hash, status, outcome, created "
                     "FROM dispytch_steps WHERE run_id = ?",
                     (run_id,),
                 ):
-                    journal.steps[pos] = StepRecord(pos, fn, h, status, outcome)
+                    journal.steps[pos] = StepRecord(pos, fn, h, status, outcome, float(at))
                 for pos, idx, status, outcome in conn.execute(
                     "SELECT position, idx, status, outcome FROM dispytch_children WHERE run_id = ?",
                     (run_id,),
@@ -380,17 +492,38 @@ class SQLiteJournalStore:
 
         return await self._call(q)
 
-    async def acquire(self, run_id: str, ttl: float) -> int | None:
+    async def acquire(
+        self, run_id: str, ttl: float, *, concurrency: int | None = None
+    ) -> int | None:
         def tx(conn: sqlite3.Connection) -> int | None:
             now = time.time()
+            if concurrency is not None:
+                # Under BEGIN IMMEDIATE: the count and the take are one atomic step for
+                # every process on the file.
+                (busy,) = conn.execute(
+                    "SELECT COUNT(*) FROM dispytch_runs WHERE lease_until > 0 AND function = "
+                    "(SELECT function FROM dispytch_runs WHERE id = ?) AND lease_until >= ? "
+                    "AND id <> ?",
+                    (run_id, now, run_id),
+                ).fetchone()
+                if int(busy) >= concurrency:
+                    conn.execute(
+                        "UPDATE dispytch_runs SET status = 'limited', updated = ? WHERE id = ? "
+                        f"AND lease_until < ? AND status NOT IN {_FINAL} "
+                        "AND status <> 'limited'",
+                        (now, run_id, now),
+                    )
+                    return None
             row = conn.execute(
                 "UPDATE dispytch_runs SET lease_token = lease_token + 1, lease_until = ?, "
-                "updated = ? WHERE id = ? AND lease_until < ? "
-                "AND status NOT IN ('succeeded', 'failed', 'dead') RETURNING lease_token",
+                "status = 'running', updated = ? WHERE id = ? AND lease_until < ? "
+                f"AND status NOT IN {_FINAL} RETURNING lease_token",
                 (now + ttl, now, run_id, now),
             ).fetchone()
             return None if row is None else int(row[0])
 
+        if concurrency is not None:
+            return await self._call(self._write(tx))
         return await self._call(tx)
 
     async def renew(self, run_id: str, token: int, ttl: float) -> bool:
@@ -405,13 +538,15 @@ class SQLiteJournalStore:
 
         return await self._call(tx)
 
-    async def release(self, run_id: str, token: int, status: str | None = None) -> None:
+    async def release(
+        self, run_id: str, token: int, status: str | None = None, *, due: float | None = None
+    ) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE dispytch_runs SET lease_until = 0, status = COALESCE(?, status), "
+                "UPDATE dispytch_runs SET lease_until = 0, status = ?, due = COALESCE(?, due), "
                 "updated = ? WHERE id = ? AND lease_token = ? "
-                "AND status NOT IN ('succeeded', 'failed', 'dead')",
-                (status, time.time(), run_id, token),
+                f"AND status NOT IN {_FINAL}",
+                (status or "pending", due, time.time(), run_id, token),
             )
 
         await self._call(tx)
@@ -446,8 +581,16 @@ class SQLiteJournalStore:
             self._fenced(conn, run_id, token)
             cur = conn.execute(
                 "INSERT INTO dispytch_steps (run_id, position, function, args_hash, status, "
-                "outcome) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (run_id, step.position, step.function, step.args_hash, step.status, step.outcome),
+                "outcome, created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    run_id,
+                    step.position,
+                    step.function,
+                    step.args_hash,
+                    step.status,
+                    step.outcome,
+                    time.time(),
+                ),
             )
             return cur.rowcount == 1
 
@@ -472,7 +615,7 @@ class SQLiteJournalStore:
             self._fenced(conn, run_id, token)
             cur = conn.execute(
                 "UPDATE dispytch_runs SET status = ?, outcome = ?, lease_until = 0, "
-                "updated = ? WHERE id = ? AND status NOT IN ('succeeded', 'failed', 'dead')",
+                f"updated = ? WHERE id = ? AND status NOT IN {_FINAL}",
                 (status, outcome, time.time(), run_id),
             )
             return cur.rowcount == 1
@@ -493,5 +636,87 @@ class SQLiteJournalStore:
                 (parent_id, position),
             ).fetchone()
             return cur.rowcount == 1, int(count)
+
+        return await self._call(self._write(body))
+
+    # -- operations -----------------------------------------------------------------
+    async def list_runs(
+        self,
+        *,
+        status: Collection[str] | None = None,
+        function: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            if not statuses:
+                return []
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if function is not None:
+            where.append("function = ?")
+            params.append(function)
+        sql = f"SELECT {_RUN_COLUMNS} FROM dispytch_runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, id LIMIT ?"
+        params.append(max(0, int(limit)))
+
+        def q(conn: sqlite3.Connection) -> list[RunRecord]:
+            return [_run(row) for row in conn.execute(sql, params)]
+
+        return await self._call(q)
+
+    async def retry_run(self, run_id: str) -> bool:
+
+        def body(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT status FROM dispytch_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None or row[0] not in RETRYABLE_STATUSES:
+                return False
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM dispytch_runs WHERE (id = ? OR (id >= ? AND id < ?)) "
+                    f"AND status IN {_RETRYABLE}",
+                    _subtree(run_id),
+                )
+            ]
+            now = time.time()
+            for rid in ids:
+                conn.execute(
+                    "UPDATE dispytch_runs SET status = 'pending', attempts = 0, due = 0, "
+                    "outcome = NULL, lease_until = 0, updated = ? WHERE id = ?",
+                    (now, rid),
+                )
+                conn.execute(
+                    "DELETE FROM dispytch_steps WHERE run_id = ? AND status = 'error'", (rid,)
+                )
+                conn.execute(
+                    "DELETE FROM dispytch_children WHERE run_id = ? AND status = 'error'", (rid,)
+                )
+            return True
+
+        return await self._call(self._write(body))
+
+    async def cancel_run(self, run_id: str, outcome: str) -> list[str]:
+
+        def body(conn: sqlite3.Connection) -> list[str]:
+            row = conn.execute(
+                "SELECT status FROM dispytch_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None or row[0] in FINAL_STATUSES:
+                return []
+            rows = conn.execute(
+                "UPDATE dispytch_runs SET status = 'cancelled', outcome = ?, "
+                "lease_token = lease_token + 1, lease_until = 0, updated = ? "
+                "WHERE (id = ? OR (id >= ? AND id < ?)) "
+                f"AND status NOT IN {_FINAL} RETURNING id",
+                (outcome, time.time(), *_subtree(run_id)),
+            ).fetchall()
+            return sorted(r[0] for r in rows)
 
         return await self._call(self._write(body))

@@ -29,6 +29,7 @@ def journal_store_for_url(url: str) -> JournalStore:
     served = ", ".join(f"{s}://" for s in ["sqlite", *journal_store_schemes()])
     raise ConfigError(
         f"No journal store serves {scheme or url!r} URLs (served: {served}).\n"
-        "Install the store's plugin (dispytch-postgres for postgresql://) or pass a "
+        "Install the store's plugin (dispytch-postgres for postgresql://, dispytch-redis "
+        "for redis://) or pass a "
         "JournalStore object."
     )

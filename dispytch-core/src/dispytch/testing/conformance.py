@@ -45,6 +45,7 @@ import inspect
 import logging
 import random
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -52,6 +53,7 @@ from typing import Any
 
 import pytest
 
+from dispytch.context import MiddlewareLike
 from dispytch.dispatcher import AckPolicy, EventDispatcher
 from dispytch.emitter import EventEmitter
 from dispytch.errors import EmitTimeoutError, NotStartedError, RequeueMessage
@@ -120,6 +122,50 @@ def _raw_headers(message: OutgoingMessage) -> dict[str, bytes]:
     return {k: v.encode() for k, v in message.headers.items()}
 
 
+def collect(into: list[int], *, pause: float = 0.0) -> _Register:
+    """What to register for a handler of :class:`Placed` events that appends each one's
+    ``order_id`` to ``into`` (after sleeping ``pause`` seconds, for a slow handler)."""
+
+    def register(d: EventDispatcher, sub: Any) -> None:
+        @d.handler(sub)
+        async def on_placed(event: Event[Placed]) -> None:
+            if pause:
+                await asyncio.sleep(pause)
+            into.append(event.body.order_id)
+
+    return register
+
+
+def failing(
+    record: Callable[[Event[Placed]], object],
+    error: type[Exception],
+    text: str,
+    middlewares: Sequence[MiddlewareLike] = (),
+) -> _Register:
+    """What to register for a handler of :class:`Placed` events that calls
+    ``record(event)`` and then raises ``error(text)``, every time, under ``middlewares``."""
+
+    def register(d: EventDispatcher, sub: Any) -> None:
+        @d.handler(sub, middlewares=middlewares)
+        async def on_placed(event: Event[Placed]) -> None:
+            record(event)
+            raise error(text)
+
+    return register
+
+
+def collect_messages(into: list[Message]) -> _Register:
+    """What to register for a handler of every message on the subscription, whatever it
+    holds, that appends it to ``into`` (dead-letter routes, rejected routes)."""
+
+    def register(d: EventDispatcher, sub: Any) -> None:
+        @d.handler(sub)
+        async def on_any(message: Message) -> None:
+            into.append(message)
+
+    return register
+
+
 class TransportConformance:
     """Cases every transport must pass. Subclass and provide a ``harness`` fixture.
 
@@ -132,6 +178,10 @@ class TransportConformance:
             three times as many messages and never settles them in its handler.
         restart_events: Events of the stop-and-restart case.
         slow_seconds: How long a "slow" handler takes per event.
+        requeue_delay: The delay of the delayed-requeue cases (the direct one waits
+            longer than ``harness.lease_seconds`` where there is one).
+        stop_margin: How long after its ``timeout`` a ``stop`` may still return (a
+            generous bound: the cases check that a stop with a hanging handler ends).
     """
 
     timeout = 20.0
@@ -140,6 +190,8 @@ class TransportConformance:
     manual_bound = 8
     restart_events = 40
     slow_seconds = 0.01
+    requeue_delay = 1.0
+    stop_margin = 5.0
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -212,6 +264,17 @@ class TransportConformance:
         finally:
             await emitter.stop()
 
+    async def stops_within(self, dispatcher: EventDispatcher, timeout: float) -> None:
+        """``dispatcher.stop(timeout=timeout)``, failing the case unless it returns within
+        ``timeout`` plus :attr:`stop_margin` (the stop deadline is a deadline)."""
+        try:
+            async with asyncio.timeout(timeout + self.stop_margin):
+                await dispatcher.stop(timeout=timeout)
+        except TimeoutError:
+            pytest.fail(
+                f"stop(timeout={timeout}) still running after {timeout + self.stop_margin}s"
+            )
+
     async def publish_raw(self, harness: TransportHarness, name: str, raw: RawInput) -> None:
         """``harness.publish_raw``, skipping the case when the harness has none."""
         try:
@@ -251,22 +314,49 @@ class TransportConformance:
         # Dropped by design: a new consumer of the group must not get them again. A marker
         # published afterwards shows the new consumer is receiving; then it is watched for
         # the transport's redelivery window.
-        seen: list[bytes] = []
-
-        def watch(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_any(message: Message) -> None:
-                seen.append(message.payload)
-
-        async with self.running(harness, name, watch, group=group), self.emitter(harness) as em:
+        seen: list[Message] = []
+        async with (
+            self.running(harness, name, collect_messages(seen), group=group),
+            self.emitter(harness) as em,
+        ):
             marker = em.build(placed(999_999, user="marker"), route=harness.route(name))
             await em.producer.send(marker)
             await eventually(
-                lambda: marker.payload in seen, self.timeout, "a marker on the rejected route"
+                lambda: any(m.payload == marker.payload for m in seen),
+                self.timeout,
+                "a marker on the rejected route",
             )
             await asyncio.sleep(harness.redelivery_window)
-        again = [p for p in seen if p in expected]
+        again = [m.payload for m in seen if m.payload in expected]
         assert not again, f"{len(again)} rejected message(s) were delivered again"
+
+    async def bad_then_valid(
+        self,
+        harness: TransportHarness,
+        name: str,
+        group: str,
+        bad: Callable[[EventEmitter], OutgoingMessage],
+        counter: str,
+        *,
+        consumer: Consumer | None = None,
+    ) -> tuple[EventDispatcher, OutgoingMessage]:
+        """Send the message ``bad(emitter)`` to a dispatcher handling :class:`Placed` on
+        ``name``, wait until ``dispatcher.stats[counter]`` counts it, then emit a valid
+        event: it must be handled, alone, and the dispatcher still be running. Returns the
+        (stopped) dispatcher and the bad message."""
+        got: list[int] = []
+        async with (
+            self.running(harness, name, collect(got), group=group, consumer=consumer) as d,
+            self.emitter(harness) as em,
+        ):
+            message = bad(em)
+            await em.producer.send(message)
+            await eventually(lambda: d.stats[counter] >= 1, self.timeout, f"{counter} counted")
+            await em.emit(placed(7), route=harness.route(name))
+            await eventually(lambda: 7 in got, self.timeout, "a valid event after it")
+            assert d.running
+        assert got == [7]
+        return d, message
 
     @staticmethod
     def assert_logged(
@@ -311,12 +401,7 @@ class TransportConformance:
         name = harness.unique_name()
         got: list[int] = []
 
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                got.append(event.body.order_id)
-
-        async with self.running(harness, name, register), self.emitter(harness) as em:
+        async with self.running(harness, name, collect(got)), self.emitter(harness) as em:
             await em.producer.send_batch(
                 [em.build(placed(i), route=harness.route(name)) for i in range(50)]
             )
@@ -356,14 +441,9 @@ class TransportConformance:
         name = harness.unique_name()
         got: list[int] = []
 
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                got.append(event.body.order_id)
-
         producer = await harness.ready_producer()
         try:
-            async with self.running(harness, name, register):
+            async with self.running(harness, name, collect(got)):
                 emitter = EventEmitter(producer)  # never started
                 await emitter.emit(placed(1), route=harness.route(name))
                 await emitter.producer.send_batch(
@@ -450,6 +530,37 @@ class TransportConformance:
         assert sorted(placed_ids) == [1, 3]
         assert cancelled_ids == [2]
 
+    async def test_event_type_no_handler_takes_is_skipped(self, harness: TransportHarness) -> None:
+        """An event of a type no handler takes, on a route handlers take: counted as
+        skipped and acknowledged (not rejected, not delivered again); the loop goes on."""
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        got: list[int] = []
+        # The handler takes Placed ("order_placed") only: a Cancelled is of no handler's type.
+        async with (
+            self.running(harness, name, collect(got), group=group) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            other = em.build(
+                Cancelled(order_id=2, reason="changed mind"), route=harness.route(name)
+            )
+            await em.producer.send(other)
+            await eventually(lambda: dispatcher.stats["skipped"] >= 1, self.timeout, "skipped")
+            await em.emit(placed(3), route=harness.route(name))
+            await eventually(lambda: 3 in got, self.timeout, "an event after it")
+            assert dispatcher.running
+        assert got == [3]
+        assert dispatcher.stats["skipped"] == 1
+        assert dispatcher.stats["rejected"] == 0
+        rejected = await harness.rejected(name, group=group)
+        assert rejected is None or other.payload not in rejected
+        if harness.at_least_once:
+            # Acknowledged: the next consumer of the group does not get it again.
+            seen: list[Message] = []
+            async with self.running(harness, name, collect_messages(seen), group=group):
+                await asyncio.sleep(harness.redelivery_window)
+            assert other.payload not in [m.payload for m in seen]
+
     async def test_route_params_from_pattern(self, harness: TransportHarness) -> None:
         if not harness.supports_patterns:
             pytest.skip(f"{harness.name} does not support subscription patterns")
@@ -479,28 +590,16 @@ class TransportConformance:
         name = harness.unique_name()
         stray = f"{name}.stray"
         group = f"g-{uuid.uuid4().hex[:8]}"
-        got: list[int] = []
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                got.append(event.body.order_id)
-
         # The consumer is also subscribed to `stray`, which no handler takes.
         consumer = await self.probed(harness, [name], group, extra=[stray])
-        async with (
-            self.running(harness, name, register, group=group, consumer=consumer) as dispatcher,
-            self.emitter(harness) as em,
-        ):
-            lost = em.build(placed(1), route=harness.route(stray))
-            await em.producer.send(lost)
-            await eventually(
-                lambda: dispatcher.stats["unknown_route"] >= 1, self.timeout, "unknown route"
-            )
-            await em.emit(placed(2), route=harness.route(name))
-            await eventually(lambda: 2 in got, self.timeout, "a valid event after it")
-            assert dispatcher.running
-        assert got == [2]
+        dispatcher, lost = await self.bad_then_valid(
+            harness,
+            name,
+            group,
+            lambda em: em.build(placed(1), route=harness.route(stray)),
+            "unknown_route",
+            consumer=consumer,
+        )
         assert dispatcher.stats["unknown_route"] == 1
         self.assert_logged(caplog, logging.WARNING, stray, len(lost.payload), "an unknown route")
         await self.assert_ended_rejected(harness, stray, group, [lost.payload])
@@ -512,30 +611,15 @@ class TransportConformance:
         caplog.set_level(logging.WARNING)
         name = harness.unique_name()
         group = f"g-{uuid.uuid4().hex[:8]}"
-        got: list[int] = []
 
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                got.append(event.body.order_id)
-
-        async with (
-            self.running(harness, name, register, group=group) as dispatcher,
-            self.emitter(harness) as em,
-        ):
-            route = harness.route(name)
-            bad = em.build(placed(0), route=route)
+        def truncated(em: EventEmitter) -> OutgoingMessage:
+            bad = em.build(placed(0), route=harness.route(name))
             bad.payload = b'{"order_id": "not a number"'
-            await em.producer.send(bad)
-            await em.emit(placed(7), route=route)
-            await eventually(lambda: 7 in got, self.timeout, "valid event after bad one")
-            await eventually(
-                lambda: dispatcher.stats["invalid_payload"] >= 1,
-                self.timeout,
-                "invalid payload counted",
-            )
-            assert dispatcher.running
-        assert got == [7]
+            return bad
+
+        dispatcher, bad = await self.bad_then_valid(
+            harness, name, group, truncated, "invalid_payload"
+        )
         assert dispatcher.stats["rejected"] == 1
         self.assert_logged(caplog, logging.ERROR, name, len(bad.payload), "an invalid payload")
         await self.assert_ended_rejected(harness, name, group, [bad.payload])
@@ -547,13 +631,7 @@ class TransportConformance:
         name = harness.unique_name()
         group = f"g-{uuid.uuid4().hex[:8]}"
         calls: list[int] = []
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                calls.append(event.body.order_id)
-                raise RuntimeError("handler bug")
-
+        register = failing(lambda e: calls.append(e.body.order_id), RuntimeError, "handler bug")
         async with (
             self.running(harness, name, register, group=group) as dispatcher,
             self.emitter(harness) as em,
@@ -589,40 +667,55 @@ class TransportConformance:
         assert len(attempts) == 3
         assert dispatcher.stats["rejected"] == 0
 
-    async def test_dead_letter(self, harness: TransportHarness) -> None:
-        name = harness.unique_name()
+    @contextlib.asynccontextmanager
+    async def dead_lettering(
+        self,
+        harness: TransportHarness,
+        name: str,
+        handle: Callable[[Event[Placed]], Awaitable[None]],
+        *,
+        attempts: int,
+        group: str | None = None,
+    ) -> AsyncIterator[tuple[EventEmitter, EventDispatcher, list[Message]]]:
+        """A dispatcher over ``name`` whose handler ``handle`` runs under
+        ``DeadLetter(emitter, route=<a fresh dead-letter route>)`` and ``Retry(attempts)``,
+        and a watcher of that dead-letter route: yields the emitter, the dispatcher and the
+        messages the watcher saw arrive."""
         dlq_name = harness.unique_name("dlq")
-        group = f"g-{uuid.uuid4().hex[:8]}"
         dead: list[Message] = []
-
         async with self.emitter(harness) as em:
 
             def register(d: EventDispatcher, sub: Any) -> None:
-                @d.handler(
-                    sub,
-                    middlewares=[
-                        DeadLetter(em, route=harness.route(dlq_name)),
-                        Retry(attempts=2, delay=0.001),
-                    ],
-                )
-                async def on_placed(event: Event[Placed]) -> None:
-                    raise ValueError("cannot process order")
+                dead_letter = DeadLetter(em, route=harness.route(dlq_name))
 
-            def watch(d: EventDispatcher, sub: Any) -> None:
-                @d.handler(sub)
-                async def on_dead(message: Message) -> None:
-                    dead.append(message)
+                @d.handler(sub, middlewares=[dead_letter, Retry(attempts=attempts, delay=0.001)])
+                async def on_placed(event: Event[Placed]) -> None:
+                    await handle(event)
 
             async with (
-                self.running(harness, dlq_name, watch),
+                self.running(harness, dlq_name, collect_messages(dead)),
                 self.running(harness, name, register, group=group) as dispatcher,
             ):
-                original = em.build(placed(4), route=harness.route(name))
-                await em.producer.send(original)
-                await eventually(lambda: bool(dead), self.timeout, "dead-lettered copy")
-                await eventually(
-                    lambda: dispatcher.stats["dead_lettered"] >= 1, self.timeout, "counted"
-                )
+                yield em, dispatcher, dead
+
+    async def test_dead_letter(self, harness: TransportHarness) -> None:
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+
+        async def fails(event: Event[Placed]) -> None:
+            raise ValueError("cannot process order")
+
+        async with self.dead_lettering(harness, name, fails, attempts=2, group=group) as (
+            em,
+            dispatcher,
+            dead,
+        ):
+            original = em.build(placed(4), route=harness.route(name))
+            await em.producer.send(original)
+            await eventually(lambda: bool(dead), self.timeout, "dead-lettered copy")
+            await eventually(
+                lambda: dispatcher.stats["dead_lettered"] >= 1, self.timeout, "counted"
+            )
         assert len(dead) == 1
         msg = dead[0]
         assert msg.payload == original.payload
@@ -640,40 +733,24 @@ class TransportConformance:
         """With a ``DeadLetter`` middleware an invalid payload arrives in the dead-letter
         route, with the error, and is not retried."""
         name = harness.unique_name()
-        dlq_name = harness.unique_name("dlq")
-        dead: list[Message] = []
         calls: list[int] = []
         bad_payload = b'{"order_id": "seven"}'
 
-        async with self.emitter(harness) as em:
+        async def record(event: Event[Placed]) -> None:
+            calls.append(event.body.order_id)
 
-            def register(d: EventDispatcher, sub: Any) -> None:
-                @d.handler(
-                    sub,
-                    middlewares=[
-                        DeadLetter(em, route=harness.route(dlq_name)),
-                        Retry(attempts=3, delay=0.001),
-                    ],
-                )
-                async def on_placed(event: Event[Placed]) -> None:
-                    calls.append(event.body.order_id)
-
-            def watch(d: EventDispatcher, sub: Any) -> None:
-                @d.handler(sub)
-                async def on_dead(message: Message) -> None:
-                    dead.append(message)
-
-            async with (
-                self.running(harness, dlq_name, watch),
-                self.running(harness, name, register) as dispatcher,
-            ):
-                bad = em.build(placed(5), route=harness.route(name))
-                bad.payload = bad_payload
-                await em.producer.send(bad)
-                await em.emit(placed(6), route=harness.route(name))
-                await eventually(lambda: bool(dead), self.timeout, "dead-lettered copy")
-                await eventually(lambda: 6 in calls, self.timeout, "the valid event after it")
-                assert dispatcher.running
+        async with self.dead_lettering(harness, name, record, attempts=3) as (
+            em,
+            dispatcher,
+            dead,
+        ):
+            bad = em.build(placed(5), route=harness.route(name))
+            bad.payload = bad_payload
+            await em.producer.send(bad)
+            await em.emit(placed(6), route=harness.route(name))
+            await eventually(lambda: bool(dead), self.timeout, "dead-lettered copy")
+            await eventually(lambda: 6 in calls, self.timeout, "the valid event after it")
+            assert dispatcher.running
         assert [m.payload for m in dead] == [bad_payload]
         assert "PayloadError" in dead[0].headers[HEADER_ERROR_TYPE]
         assert dead[0].headers["dispytch-error-attempts"] == "1"  # invalid: never retried
@@ -686,13 +763,9 @@ class TransportConformance:
         self.require_redelivery(harness)
         name = harness.unique_name()
         seen: list[int] = []
-
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub, middlewares=[DeadLetter(_Failing())])
-            async def on_placed(event: Event[Placed]) -> None:
-                seen.append(event.attempt)
-                raise ValueError("always fails")
-
+        register = failing(
+            lambda e: seen.append(e.attempt), ValueError, "always fails", [DeadLetter(_Failing())]
+        )
         async with self.running(harness, name, register) as dispatcher:
             async with self.emitter(harness) as em:
                 await em.emit(placed(1), route=harness.route(name))
@@ -704,6 +777,37 @@ class TransportConformance:
             assert dispatcher.stats["dead_lettered"] == 0
             assert dispatcher.stats["requeued"] >= 1
         assert seen[:2] == [1, 2]
+
+    async def test_dead_letter_outage_ends_after_max_deliveries(
+        self, harness: TransportHarness
+    ) -> None:
+        """While the dead-letter target stays down the original is requeued, but only up
+        to ``DeadLetter(max_deliveries=...)``: at that delivery it is rejected through the
+        transport (ending where rejected messages end), never redelivered for ever."""
+        self.require_redelivery(harness)
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        seen: list[int] = []
+        dead_letter = DeadLetter(_Failing(), publish_attempts=1, max_deliveries=2)
+        register = failing(
+            lambda e: seen.append(e.attempt), ValueError, "always fails", [dead_letter]
+        )
+        async with (
+            self.running(harness, name, register, group=group) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            original = em.build(placed(1), route=harness.route(name))
+            await em.producer.send(original)
+            await eventually(
+                lambda: dispatcher.stats["rejected"] >= 1,
+                2 * harness.redelivery_timeout + self.timeout,
+                "the original rejected at its last delivery",
+            )
+            assert dispatcher.running
+        assert seen == [1, 2], f"attempts seen: {seen}"
+        assert dispatcher.stats["requeued"] == 1
+        assert dispatcher.stats["dead_lettered"] == 0
+        await self.assert_ended_rejected(harness, name, group, [original.payload])
 
     # -- redelivery ----------------------------------------------------------------------
     async def test_redelivery_of_unacknowledged(self, harness: TransportHarness) -> None:
@@ -779,11 +883,6 @@ class TransportConformance:
                 started.set()
                 await asyncio.sleep(3600)
 
-        def finish(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                second.append(event.body.order_id)
-
         await harness.prepare(name, group=group)
         first = EventDispatcher(harness.consumer(group=group))
         hang(first, harness.subscription(name, group=group))
@@ -793,13 +892,151 @@ class TransportConformance:
                 await em.emit(placed(9), route=harness.route(name))
             await asyncio.wait_for(started.wait(), self.timeout)
         finally:
-            await first.stop(timeout=0.2)
-        async with self.running(harness, name, finish, group=group):
+            await self.stops_within(first, 0.2)
+        async with self.running(harness, name, collect(second), group=group):
             await eventually(
                 lambda: 9 in second,
                 harness.redelivery_timeout + self.timeout,
                 "redelivery to the next consumer",
             )
+
+    # -- delayed requeue and leases ------------------------------------------------------
+    def require_delayed_requeue(self, harness: TransportHarness) -> None:
+        """Skip unless the transport redelivers and declares ``delayed_requeue``."""
+        self.require_redelivery(harness)
+        self.require(harness, "delayed_requeue")
+
+    async def test_delayed_requeue_through_the_dispatcher(self, harness: TransportHarness) -> None:
+        """The dispatcher's requeue path (``RequeueMessage`` with ``requeue_delay``) over a
+        consumer that declares ``delayed_requeue``: the message comes back no sooner than
+        the delay, with a higher attempt, once; and no slot is held meanwhile (with
+        ``max_in_flight=1`` another lane's event is handled during the delay)."""
+        self.require_delayed_requeue(harness)
+        delay = self.requeue_delay
+        name = harness.unique_name()
+        first, other = await harness.lanes(name, 2)
+        seen: list[tuple[int, int, float]] = []  # (order id, attempt, when)
+
+        def register(d: EventDispatcher, sub: Any) -> None:
+            @d.handler(sub)
+            async def on_placed(event: Event[Placed]) -> None:
+                seen.append((event.body.order_id, event.attempt, time.monotonic()))
+                if event.body.order_id == 1 and event.attempt == 1:
+                    raise RequeueMessage("later")
+
+        async with (
+            self.running(
+                harness,
+                [first.name, other.name],
+                register,
+                max_in_flight=1,
+                requeue_delay=delay,
+                max_requeue_delay=delay,
+            ) as dispatcher,
+            self.emitter(harness) as em,
+        ):
+            await em.emit(placed(1), route=first.route, key=first.key)
+            await eventually(lambda: bool(seen), self.timeout, "the first delivery")
+            await em.emit(placed(2), route=other.route, key=other.key)
+            await eventually(
+                lambda: any(i == 1 and a == 2 for i, a, _ in seen),
+                delay + harness.redelivery_timeout + self.timeout,
+                "the delayed redelivery",
+            )
+            await asyncio.sleep(harness.redelivery_window)
+        ones = [(a, t) for i, a, t in seen if i == 1]
+        assert [a for a, _ in ones] == [1, 2], f"attempts of the requeued event: {ones}"
+        waited = ones[1][1] - ones[0][1]
+        assert waited >= delay, f"redelivered after {waited:.3f}s, sooner than {delay}s"
+        twos = [t for i, _, t in seen if i == 2]
+        assert len(twos) == 1
+        assert twos[0] < ones[1][1], "the requeue delay held the only slot"
+        assert dispatcher.stats["requeued"] == 1
+        assert dispatcher.stats["handled"] == 2
+
+    async def test_nack_with_delay_redelivers_no_sooner(self, harness: TransportHarness) -> None:
+        """``consumer.nack(message, requeue=True, delay=d)`` straight on the consumer: the
+        message is yielded again no sooner than ``d`` later, attempt 2, nothing lost. The
+        delay is longer than the harness's lease where it has one (a delay the consumer
+        must hold across lease periods, not only one the broker counts down)."""
+        self.require_delayed_requeue(harness)
+        lease = harness.lease_seconds
+        delay = max(self.requeue_delay, 1.5 * lease) if lease is not None else self.requeue_delay
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        await harness.prepare(name, group=group)
+        consumer = harness.consumer(group=group)
+        consumer.subscribe([harness.subscription(name, group=group)])
+        await consumer.start()
+        messages = consumer.listen()
+        try:
+            async with self.emitter(harness) as em:
+                sent = em.build(placed(1), route=harness.route(name))
+                await em.producer.send(sent)
+            async with asyncio.timeout(self.timeout):
+                message = await anext(messages)
+            assert message.payload == sent.payload
+            assert message.attempt == 1
+            nacked = time.monotonic()
+            nack: Callable[..., Awaitable[None]] = consumer.nack
+            await nack(message, requeue=True, delay=delay)
+            async with asyncio.timeout(delay + harness.redelivery_timeout + self.timeout):
+                again = await anext(messages)
+            waited = time.monotonic() - nacked
+            assert again.payload == sent.payload
+            assert again.attempt == 2, f"attempt {again.attempt} on the redelivery"
+            assert waited >= delay, f"redelivered after {waited:.3f}s, sooner than {delay}s"
+            await consumer.ack(again)
+        finally:
+            aclose = getattr(messages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await consumer.stop()
+            await consumer.close()
+
+    async def test_long_handler_keeps_its_lease(self, harness: TransportHarness) -> None:
+        """A handler running about three leases long (``harness.lease_seconds``), with
+        other consumers of the same group running beside it: handled exactly once, never
+        redelivered to another consumer, on a consumer that declares
+        ``lease_extension``."""
+        self.require_redelivery(harness)
+        self.require(harness, "lease_extension")
+        if harness.lease_seconds is None:
+            pytest.skip(f"the {harness.name} harness has no lease_seconds (no lease to outlive)")
+        hold = 3 * harness.lease_seconds
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        calls: list[tuple[str, int]] = []
+        done: list[str] = []
+
+        def register_as(tag: str) -> _Register:
+            def register(d: EventDispatcher, sub: Any) -> None:
+                @d.handler(sub)
+                async def on_placed(event: Event[Placed]) -> None:
+                    calls.append((tag, event.attempt))
+                    await asyncio.sleep(hold)
+                    done.append(tag)
+
+            return register
+
+        async with contextlib.AsyncExitStack() as stack:
+            # Three members of the group: where a broker hands an expired entry to whoever
+            # asks first, the holder itself asking too, more members make a lapse show.
+            dispatchers = [
+                await stack.enter_async_context(
+                    self.running(harness, name, register_as(tag), group=group)
+                )
+                for tag in "abc"
+            ]
+            em = await stack.enter_async_context(self.emitter(harness))
+            await em.emit(placed(1), route=harness.route(name))
+            await eventually(lambda: bool(done), hold + self.timeout, "the long handler")
+            # Long enough for an expired lease to be taken over by another consumer.
+            await asyncio.sleep(harness.redelivery_window)
+            assert all(d.running for d in dispatchers)
+        assert len(calls) == 1, f"handled {len(calls)} times (consumer, attempt): {calls}"
+        assert calls[0][1] == 1
+        assert sum(d.stats["handled"] for d in dispatchers) == 1
 
     # -- lifecycle -----------------------------------------------------------------------
     async def test_graceful_stop_finishes_in_flight_work(self, harness: TransportHarness) -> None:
@@ -828,12 +1065,10 @@ class TransportConformance:
         assert dispatcher.stats["handled"] == 1
         if harness.at_least_once:
             # It was acknowledged: the next consumer of the group does not get it again.
-            def again(d: EventDispatcher, sub: Any) -> None:
-                @d.handler(sub)
-                async def on_placed(event: Event[Placed]) -> None:
-                    later.append(event.body.order_id)
-
-            async with self.running(harness, name, again, group=group), self.emitter(harness) as em:
+            async with (
+                self.running(harness, name, collect(later), group=group),
+                self.emitter(harness) as em,
+            ):
                 await em.emit(placed(6), route=harness.route(name))
                 await eventually(lambda: 6 in later, self.timeout, "next event")
             assert later == [6]
@@ -941,18 +1176,12 @@ class TransportConformance:
         lanes = await harness.lanes(name, 2)
         got: list[int] = []
 
-        def register(d: EventDispatcher, sub: Any) -> None:
-            @d.handler(sub)
-            async def on_placed(event: Event[Placed]) -> None:
-                await asyncio.sleep(self.slow_seconds * 2)
-                got.append(event.body.order_id)
-
         consumer = await self.probed(harness, [lane.name for lane in lanes], group)
         async with (
             self.running(
                 harness,
                 [lane.name for lane in lanes],
-                register,
+                collect(got, pause=self.slow_seconds * 2),
                 group=group,
                 consumer=consumer,
                 max_in_flight=max_in_flight,

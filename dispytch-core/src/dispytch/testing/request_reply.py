@@ -6,10 +6,12 @@ returning a :class:`~dispytch.testing.TransportHarness` whose transport declares
 naming the capability. Needs ``pytest`` and ``pytest-asyncio``.
 
 What is checked: a typed round trip; a handler's error reaches the caller as an error
-reply, well before the timeout; a request whose deadline passed while it waited is not
-run, is counted and is answered ``expired``; a request nothing can receive fails at
-once; 100 concurrent requests to a slow handler are handled side by side over the one
-reply address, not one after another.
+reply, well before the timeout, and the request is not delivered again; a request whose
+deadline passed while it waited is not run, is counted and is answered ``expired``; a
+request nothing can receive fails at once; a request of a type no handler takes, sent
+where a responder listens, is answered at once and raises ``NoHandlerError``; 100
+concurrent requests to a slow handler are handled side by side over the one reply
+address, not one after another.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel
 
 from dispytch.cqrs import (
     CommandBase,
+    NoHandlerError,
     NoRouteError,
     QueryBase,
     RemoteError,
@@ -60,6 +63,13 @@ class Reserve(CommandBase[int]):
     __topic__ = "conformance.reserve"
     sku: str
     fail: str = ""
+
+
+class GetStock(QueryBase[int]):
+    """A query no handler of the cases takes (sent where ``GetQuote`` is served)."""
+
+    __topic__ = "conformance.stock"
+    sku: str
 
 
 class OutOfStock(Exception):
@@ -148,6 +158,9 @@ class RequestReplyConformance:
                 await em.request(
                     Reserve(sku="q9", fail="stock"), route=route, timeout=LONG, errors=[OutOfStock]
                 )
+            # Answered requests are acknowledged, failed ones too: none comes back (watched
+            # for as long as this transport would take to hand an unsettled one back).
+            await asyncio.sleep(harness.redelivery_window)
             failed = d.stats["requests_failed"]
         assert info.value.type == "ValueError"
         assert info.value.message == "no such sku zz"
@@ -265,6 +278,30 @@ class RequestReplyConformance:
             with pytest.raises(NoRouteError):
                 await em.request(GetQuote(sku="x"), route=harness.route(nowhere), timeout=LONG)
             assert em._requester is not None and em._requester.pending == 0
+
+    async def test_request_no_handler_takes_fails_fast(self, harness: TransportHarness) -> None:
+        """A request whose type no handler takes, on a topic a responder serves: answered
+        ``no-handler`` at once (the caller raises ``NoHandlerError``, a ``NoRouteError``,
+        as ``Bus.ask`` does in process), counted, and the responder serves on."""
+        name = harness.unique_name("rr")
+
+        def register(d: EventDispatcher, sub: Any) -> None:
+            @d.query(GetQuote, subscription=sub)
+            async def quote(query: GetQuote) -> Quote:
+                return Quote(sku=query.sku, cents=5, tags=[])
+
+        route = harness.route(name)
+        async with self.serving(harness, name, register) as d, self.requester(harness) as em:
+            # With a 60 s timeout, only the responder's answer makes this end soon.
+            with pytest.raises(NoHandlerError, match=r"'GetStock'(?s:.*)\(GetStock\)"):
+                await em.request(GetStock(sku="x"), route=route, timeout=LONG)
+            assert em._requester is not None and em._requester.pending == 0
+            assert (await em.request(GetQuote(sku="y"), route=route, timeout=LONG)).sku == "y"
+            assert d.running
+        # Read once the dispatcher stopped: a reply may reach the caller before the
+        # responder counted it.
+        assert d.stats["requests_unhandled"] == 1
+        assert d.stats["requests_answered"] == 1
 
     async def test_concurrent_requests_overlap(self, harness: TransportHarness) -> None:
         name = harness.unique_name("rr")

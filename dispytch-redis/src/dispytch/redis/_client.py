@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from hiredis import pack_command
+
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub as AsyncPubSub
+from redis.exceptions import ResponseError
 
 
 def check_async_client(client: object, owner: str) -> aredis.Redis:
@@ -85,3 +92,32 @@ def where(client: aredis.Redis) -> str:
     if "path" in kw:
         return f"unix:{kw['path']}"
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+
+
+async def packed_round_trip(client: aredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Write ``commands`` at once on one pooled connection and read one reply each.
+
+    Packed by hiredis and written with the connection's public ``send_packed_command`` /
+    ``read_response``: what a non-transactional pipeline sends, without redis-py's
+    pipeline object (which costs more than the round trip on loopback). Error replies
+    come back as :class:`ResponseError` values. No timer per read: bound the call with
+    ``asyncio.timeout``. A round trip that fails or is cancelled half-way drops the
+    connection (its state is unknown); the caller decides what to send again.
+    """
+    packed = b"".join([pack_command(command) for command in commands])
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(packed, check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response(timeout=math.inf))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)

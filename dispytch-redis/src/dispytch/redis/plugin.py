@@ -6,6 +6,9 @@ The URL scheme chooses the delivery model:
 * ``redis+streams://`` / ``rediss+streams://`` -> Streams with consumer groups
   (at-least-once). ``TopicRoute`` -> stream.
 
+The ``redis://`` / ``rediss://`` journal store for durable functions
+(:class:`~dispytch.redis.journal.RedisJournalStore`) is registered here too.
+
 Both producers publish ``RedisEventRoute`` to channels and ``RedisStreamRoute`` to
 streams, whatever the scheme. This module does not import ``redis``: the factories do,
 when called.
@@ -16,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from dispytch.plugins.hookspecs import hookimpl
-from dispytch.plugins.records import TransportSpec
+from dispytch.plugins.records import JournalStoreSpec, TransportSpec
 from dispytch.transport import Capabilities
 
 #: What the Pub/Sub consumer offers: nothing is kept, so nothing can be redelivered.
@@ -102,4 +105,26 @@ def dispytch_transports() -> list[TransportSpec]:
             capabilities=STREAMS_CAPABILITIES,
             options_model=RedisStreamOptions,
         ),
+    ]
+
+
+def journal_store(url: str) -> Any:
+    """``RedisJournalStore.from_url`` (imports redis; does not connect)."""
+    from dispytch.redis.journal import RedisJournalStore
+
+    return RedisJournalStore.from_url(url)
+
+
+@hookimpl
+def dispytch_journal_stores() -> list[JournalStoreSpec]:
+    return [
+        JournalStoreSpec(
+            name="redis",
+            schemes=("redis", "rediss"),
+            factory=journal_store,
+            description=(
+                "Redis journal for durable functions (Lua-scripted conditional writes; "
+                "refuses a server without AOF unless allow_volatile=true)"
+            ),
+        )
     ]

@@ -16,6 +16,7 @@ re-emitting is the caller's decision.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import math
@@ -44,7 +45,7 @@ from hiredis import pack_command
 
 import redis.asyncio as aredis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ PIPELINE_SIZE = 1000
 REQUEST_CONNECTIONS = 16
 #: Seconds between two "no receivers" warnings for one channel (the rest are counted).
 WARN_INTERVAL = 5.0
+#: A stream request in one round trip: ``XADD`` only when the stream exists and has a
+#: consumer group (-1: no such stream, -2: no group; nothing appended then).
+_STREAM_REQUEST = (
+    b"if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end "
+    b"if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 0 then return -2 end "
+    b"return redis.call('XADD', KEYS[1], unpack(ARGV))"
+)
+_STREAM_REQUEST_SHA = hashlib.sha1(_STREAM_REQUEST).hexdigest().encode()
 #: Error replies that say "try again later" rather than "this command is wrong".
 _TRANSIENT_REPLIES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
 
@@ -198,6 +207,7 @@ class RedisProducer:
         self._reply_reader: asyncio.Task[None] | None = None
         self._reply_lock: asyncio.Lock | None = None
         self._request_slots: asyncio.Semaphore | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     #: The options model ``from_url`` reads (with :data:`PRODUCER_FIELDS` taken from it).
     options_model: type[TransportOptions] = RedisOptions
@@ -359,11 +369,12 @@ class RedisProducer:
 
         A Pub/Sub request (``PUBLISH``) that reached no subscriber raises
         :class:`~dispytch.cqrs.errors.NoRouteError`. ``XADD`` cannot tell whether anyone
-        reads a stream, so a stream request is preceded by ``XINFO GROUPS``: a stream
-        that does not exist or has no consumer group raises ``NoRouteError`` (nothing is
-        appended). A group means a service created it, not that a consumer of it is
-        running now: such a request waits in the stream and its caller times out; a
-        consumer that reads it after its deadline answers ``expired``.
+        reads a stream, so a stream request is a small Lua script (``EVALSHA``, one round
+        trip) that appends only to a stream with a consumer group: a stream that does not
+        exist or has no group raises ``NoRouteError`` (nothing is appended). A group means
+        a service created it, not that a consumer of it is running now: such a request
+        waits in the stream and its caller times out; a consumer that reads it after its
+        deadline answers ``expired``.
 
         Raises:
             NoRouteError: Nothing can receive the request; raised at once.
@@ -380,53 +391,63 @@ class RedisProducer:
         request = OutgoingMessage(message.route, message.payload, headers, message.key)
         # The send runs in a task of its own: cancelling the caller is local (the
         # request still goes out, whole), and never interrupts a round trip half-way.
-        sending = asyncio.ensure_future(self._send_in_turn(client, request))
-        try:
-            await asyncio.shield(sending)
-        except asyncio.CancelledError:
-            sending.add_done_callback(_retrieved)
-            raise
+        # The task hands its outcome to ``sent`` itself (one wake-up less than shield()).
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+        task = loop.create_task(self._send_in_turn(client, request, sent))
+        self._sending.add(task)  # a strong reference until it ends (the loop keeps weak)
+        task.add_done_callback(self._sending.discard)
+        await sent  # cancelling this cancels only ``sent``, never the task
 
-    async def _send_in_turn(self, client: aredis.Redis, request: OutgoingMessage) -> None:
+    async def _send_in_turn(
+        self, client: aredis.Redis, request: OutgoingMessage, sent: asyncio.Future[None]
+    ) -> None:
         if self._request_slots is None:
             self._request_slots = asyncio.Semaphore(REQUEST_CONNECTIONS)
-        async with self._request_slots:
-            await self._send_request(client, request)
+        try:
+            async with self._request_slots:
+                await self._send_request(client, request)
+        except asyncio.CancelledError:  # the loop is shutting down
+            sent.cancel()
+            raise
+        except BaseException as exc:
+            if sent.done():  # its caller was cancelled: nobody to tell but the log
+                log.debug("A request whose caller was cancelled failed to send: %s", exc)
+            else:
+                sent.set_exception(exc)
+            return
+        if not sent.done():
+            sent.set_result(None)
 
     async def _send_request(self, client: aredis.Redis, request: OutgoingMessage) -> None:
         command = self._command(request)
-        if command[0] == b"XADD":
-            await self._check_groups(client, request, command[1])
+        stream = command[0] == b"XADD"
+        if stream:
+            # EVALSHA stream_request 1 <stream> <XADD arguments after the key>
+            command = (b"EVALSHA", _STREAM_REQUEST_SHA, b"1", *command[1:])
         try:
             (reply,) = await self._round_trip(client, [command])
+            if stream and isinstance(reply, NoScriptError):
+                # Not cached on this server yet (or flushed): EVAL sends it and caches it.
+                command = (b"EVAL", _STREAM_REQUEST, *command[2:])
+                (reply,) = await self._round_trip(client, [command])
         except _RoundTripFailed as failed:
             raise self._partial(failed, [request], 0, 1, 0) from failed.cause
         if isinstance(reply, ResponseError):
             raise self._refused(request, reply)
+        if stream and reply in (-1, -2):
+            name = command[3].decode("utf-8", "replace")
+            raise NoRouteError(
+                f"Redis stream {name!r} "
+                + ("does not exist" if reply == -1 else "has no consumer group")
+                + ", so the request cannot be received.\nStart a dispatcher with a "
+                "handler for it (its consumer group on that stream) first."
+            )
         if command[0] == b"PUBLISH" and not reply:
             raise NoRouteError(
                 f"No client is subscribed to Redis channel {command[1].decode()!r}, so the "
                 "request cannot be received.\nStart a dispatcher with a handler for it "
                 "(subscribed to that channel) first."
-            )
-
-    async def _check_groups(
-        self, client: aredis.Redis, request: OutgoingMessage, stream: bytes
-    ) -> None:
-        """Raise NoRouteError when ``stream`` has no consumer group (or does not exist)."""
-        try:
-            (groups,) = await self._round_trip(client, [(b"XINFO", b"GROUPS", stream)])
-        except _RoundTripFailed as failed:
-            raise self._partial(failed, [request], 0, 1, 0) from failed.cause
-        missing = isinstance(groups, ResponseError) and "no such key" in str(groups).lower()
-        if isinstance(groups, ResponseError) and not missing:
-            raise self._refused(request, groups)
-        if missing or not groups:
-            raise NoRouteError(
-                f"Redis stream {stream.decode()!r} "
-                + ("does not exist" if missing else "has no consumer group")
-                + ", so the request cannot be received.\nStart a dispatcher with a "
-                "handler for it (its consumer group on that stream) first."
             )
 
     async def _ensure_replies(self) -> None:
@@ -473,8 +494,21 @@ class RedisProducer:
         """Hand every reply on the reply channel to the requester until stopped."""
         backoff = Backoff(initial=0.1, cap=5.0, jitter=0.2)
         while True:
+            conn = ps.connection
             try:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                # As the Pub/Sub consumer reads: the connection's public read_response
+                # while it is up (no get_message timer and retry wrapper per reply),
+                # PubSub.parse_response (which reconnects and resubscribes) otherwise.
+                if conn is not None and conn.is_connected and not conn.health_check_interval:
+                    try:
+                        response = await conn.read_response(
+                            timeout=math.inf, disconnect_on_error=False, push_request=True
+                        )
+                    except (RedisError, OSError):
+                        await conn.disconnect()
+                        raise
+                else:
+                    response = await ps.parse_response(block=True)
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
                 log.warning(
@@ -487,10 +521,15 @@ class RedisProducer:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            if msg is None or msg.get("type") != "message" or type(msg["data"]) is not bytes:
-                continue
+            if (
+                not isinstance(response, list)  # RESP3 push frames are a list subclass
+                or len(response) < 3
+                or response[0] != b"message"
+                or type(response[2]) is not bytes
+            ):
+                continue  # (un)subscribe confirmations, pongs, other push frames
             try:
-                payload, headers, _ = unpack(msg["data"])
+                payload, headers, _ = unpack(response[2])
             except ValueError as exc:
                 log.error("Dropped a malformed reply on %r: %s", self._reply_channel, exc)
                 continue
@@ -709,12 +748,6 @@ class RedisProducer:
             "Call `await emitter.start()` (or use `async with emitter:`) first, or build a "
             "new producer."
         )
-
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Mark the outcome of a request whose caller was cancelled as seen (logged)."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.debug("A request whose caller was cancelled failed to send: %s", exc)
 
 
 def _reader_failed(task: asyncio.Task[None]) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dispytch.backoff import Backoff
+from dispytch.redis._client import packed_round_trip
 from dispytch.redis.envelope import FIELD_HEADERS, FIELD_KEY, FIELD_PAYLOAD, encode_headers
 from dispytch.transport import (
     HEADER_DEAD_LETTERED_AT,
@@ -29,9 +30,12 @@ from dispytch.transport import (
     HEADER_ORIGINAL_ROUTE,
 )
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger("dispytch.redis")
+
+#: Seconds one XACK round trip may take before it counts as failed (and is retried).
+ACK_TIMEOUT = 10.0
 
 #: (stream, group, entry id, member)
 Token = tuple[str, str, bytes, str]
@@ -69,12 +73,20 @@ class AckBatcher:
                 backoff = Backoff(initial=0.05, cap=1.0)
                 for attempt in range(1, 4):
                     try:
-                        pipe = self._r.pipeline(transaction=False)
-                        for (stream, group), ids in batch.items():
-                            pipe.xack(stream, group, *ids)
-                        await pipe.execute()
+                        # One packed round trip (not redis-py's pipeline object).
+                        async with asyncio.timeout(ACK_TIMEOUT):
+                            replies = await packed_round_trip(
+                                self._r,
+                                [
+                                    (b"XACK", stream.encode(), group.encode(), *ids)
+                                    for (stream, group), ids in batch.items()
+                                ],
+                            )
+                        for reply in replies:
+                            if isinstance(reply, ResponseError):
+                                raise reply
                         break
-                    except (RedisError, OSError) as exc:
+                    except (RedisError, OSError, TimeoutError) as exc:
                         if attempt < 3:
                             await backoff.sleep()
                             continue
