@@ -331,7 +331,13 @@ def bench(session: nox.Session) -> None:
         "orjson",
         "msgspec",
         "faststream[kafka,rabbit,redis]==0.7.8",
+        # bench_durable: the PostgreSQL journal store, and DBOS (dbos_bench.py's version)
+        OTHERS["postgres"][0],
+        "dbos==3.4.0",
+        "psycopg[binary]",
     )
-    which = session.posargs or ["inprocess", "kafka", "rabbitmq", "redis", "formats", "cqrs"]
+    which = session.posargs or [
+        "inprocess", "kafka", "rabbitmq", "redis", "formats", "cqrs", "durable",
+    ]  # fmt: skip
     for name in which:
         session.run("python", f"benchmarks/bench_{name}.py", env={"PYTHONUNBUFFERED": "1"})

@@ -13,10 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_bench() -> Path:
-    """The reference workload and baselines (``shared/bench`` beside the checkout)."""
+    """The reference workload and baselines (``shared/bench`` beside the checkout, or
+    beside a folder above it, as for a worktree)."""
     env = os.environ.get("DISPYTCH_SHARED_BENCH")
     candidates = [Path(env)] if env else []
-    candidates += [REPO.parent / "shared" / "bench", REPO / "shared" / "bench"]
+    candidates += [REPO / "shared" / "bench", *(p / "shared" / "bench" for p in REPO.parents)]
     for c in candidates:
         if (c / "common.py").exists():
             return c

@@ -40,6 +40,51 @@ async def test_dispatch_and_result(durable: Durable) -> None:
         assert record.status == "succeeded"
 
 
+async def test_a_run_finished_here_wakes_its_waiter_with_the_outcome(durable: Durable) -> None:
+    # A worker of this process hands the stored outcome to the waiter: no read of the run
+    # while it executes here (the one read is the check before the worker took it), and
+    # the value, or the error, comes back as its type.
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @durable.function
+    async def slow(x: int) -> tuple[int, str]:
+        started.set()
+        await release.wait()
+        if x < 0:
+            raise ValueError("negative")
+        return x, "done"
+
+    reads = 0
+    store = durable.store
+    real_get_run = store.get_run
+
+    async def counting_get_run(run_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_get_run(run_id)
+
+    async with durable:
+        store.get_run = counting_get_run  # type: ignore[method-assign]
+        for x, expected in ((3, (3, "done")), (-1, None)):
+            started.clear()
+            release.clear()
+            reads = 0
+            call = await slow.dispatch(x)
+            await asyncio.wait_for(started.wait(), 10)
+            waiter = asyncio.create_task(call.result(timeout=10))
+            await asyncio.sleep(0.3)  # many poll intervals (2 ms and up) while it runs here
+            assert reads == 0
+            release.set()
+            if expected is None:
+                with pytest.raises(RunFailedError, match="negative"):
+                    await waiter
+            else:
+                assert await waiter == expected
+            assert reads == 0
+        assert durable._finals == {} and durable._local == {} and durable._waiters == {}
+
+
 async def test_result_read_from_the_store_by_another_durable(
     make_durable: Any, journal_path: Path
 ) -> None:

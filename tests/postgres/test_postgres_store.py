@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from dispytch.backoff import Backoff
 from dispytch.durable import Durable, NewRun, gather, journal_store_for_url
+from dispytch.durable.errors import LeaseLostError
 from dispytch.errors import ConfigError
 from dispytch.postgres import PostgresJournalStore
 from dispytch.testing.journal import JournalStoreConformance
@@ -190,3 +191,33 @@ async def test_only_watched_runs_are_notified(pg_store: PostgresJournalStore) ->
         assert quiet.id not in seen  # its notice came first had it been sent
     finally:
         await stop()
+
+
+async def test_load_and_acquire_is_load_then_acquire_in_one_statement(
+    pg_store: PostgresJournalStore,
+) -> None:
+    import time
+
+    from dispytch.durable.store import NewRun, StepRecord
+
+    assert await pg_store.load_and_acquire("missing", 30, time.time()) == (None, None)
+    await pg_store.create_run(NewRun("r1", "f", "[]", "h"))
+    journal, token = await pg_store.load_and_acquire("r1", 30, time.time())
+    assert journal is not None and token == 1
+    assert journal.run.status == "pending" and journal.steps == {}
+    step = StepRecord("1", "g", "h1", "ok", "5")
+    assert await pg_store.put_step("r1", token, step)
+    # Leased: the journal (with the step) and no token.
+    journal, again = await pg_store.load_and_acquire("r1", 30, time.time())
+    assert journal is not None and again is None and journal.steps == {"1": step}
+    await pg_store.set_retry("r1", token, 1, time.time() + 60)
+    # Released but not due yet (the caller's clock): no token either.
+    journal, later = await pg_store.load_and_acquire("r1", 30, time.time())
+    assert journal is not None and later is None and journal.run.attempts == 1
+    journal, due = await pg_store.load_and_acquire("r1", 30, time.time() + 61)
+    assert journal is not None and due == 2
+    assert await pg_store.complete("r1", due, "succeeded", "10")
+    journal, final = await pg_store.load_and_acquire("r1", 30, time.time() + 61)
+    assert journal is not None and journal.run.final and final is None
+    with pytest.raises(LeaseLostError):
+        await pg_store.put_step("r1", token, StepRecord("2", "g", "h2", "ok", "6"))

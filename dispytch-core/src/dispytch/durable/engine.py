@@ -308,12 +308,14 @@ class DurableFunction(Generic[P, R]):
 class RunHandle(Generic[R]):
     """A run, by id: usable from any process that opens the same journal store."""
 
-    __slots__ = ("durable", "function", "id")
+    __slots__ = ("_fresh", "durable", "function", "id")
 
     def __init__(self, durable: Durable, run_id: str, function: DurableFunction[..., R]):
         self.durable = durable
         self.id = run_id
         self.function = function
+        #: Created by this handle's dispatch just now: the first wait need not read first.
+        self._fresh = False
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r}, {self.function.name})"
@@ -352,14 +354,28 @@ class RunHandle(Generic[R]):
             event = asyncio.Event()
             waiters = durable._waiters.setdefault(self.id, set())
             waiters.add(event)
+            # A run its dispatch created a moment ago is not over yet: no read first.
+            fresh, self._fresh = self._fresh, False
             try:
                 while True:
                     event.clear()
-                    record = await durable.store.get_run(self.id)
-                    if record is None:
-                        raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
-                    if record.final:
-                        return durable._outcome(record, self.function)  # type: ignore[no-any-return]
+                    final = durable._finals.get(self.id)
+                    if final is not None:  # this process's worker stored it: no read back
+                        return durable._final_value(self.id, final, self.function)  # type: ignore[no-any-return]
+                    if self.id in durable._local:
+                        # This process's worker runs it and wakes this wait when it lets
+                        # the tick go: no read, no watch meanwhile.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(event.wait(), durable.settings.lease_ttl)
+                        continue
+                    if fresh:
+                        fresh = False
+                    else:
+                        record = await durable.store.get_run(self.id)
+                        if record is None:
+                            raise DurableError(f"No run {self.id!r} in {durable.store!r}.")
+                        if record.final:
+                            return durable._outcome(record, self.function)  # type: ignore[no-any-return]
                     if pushed:
                         if not watching:
                             # This process's worker may finish it soon: that wake needs
@@ -367,7 +383,7 @@ class RunHandle(Generic[R]):
                             # again (it may have finished before the watch).
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(event.wait(), _WATCH_GRACE)
-                            if not event.is_set():
+                            if not event.is_set() and self.id not in durable._local:
                                 assert durable._feed is not None
                                 await durable._feed.watch_run(self.id)
                                 watching = True
@@ -380,6 +396,7 @@ class RunHandle(Generic[R]):
                 waiters.discard(event)
                 if not waiters and durable._waiters.get(self.id) is waiters:
                     del durable._waiters[self.id]
+                    durable._finals.pop(self.id, None)
 
 
 @dataclass
@@ -480,6 +497,10 @@ class Durable:
         self._connected = False
         self._emitter_started = False
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        #: Outcomes (``ok``/``error``, JSON text) of runs finished here that a waiter awaits.
+        self._finals: dict[str, tuple[str, str]] = {}
+        #: Runs a worker of this process is handling now (how many ticks of each).
+        self._local: dict[str, int] = {}
         self._feed: CompletionFeed | None = None
         self._feed_stop: Callable[[], Awaitable[None]] | None = None
         self._parked: set[asyncio.Task[None]] = set()
@@ -791,10 +812,20 @@ class Durable:
             )
         if created or not record.final:
             await self._send_tick(rid)
-        return RunHandle(self, rid, call.function)
+        handle = RunHandle(self, rid, call.function)
+        handle._fresh = created
+        return handle
 
     async def _send_tick(self, run_id: str) -> None:
         await self.emitter.emit(RunTick(run=run_id), route=self._route, key=run_id)
+
+    def _final_value(
+        self, run_id: str, final: tuple[str, str], function: DurableFunction[..., Any]
+    ) -> Any:
+        status, outcome = final
+        if status == "ok":
+            return function.codec.decode_result(outcome)
+        raise decode_error(run_id, outcome, self.settings.registered)
 
     def _outcome(self, record: RunRecord, function: DurableFunction[..., Any]) -> Any:
         if record.status == "succeeded":
@@ -803,15 +834,24 @@ class Durable:
 
     # -- the worker -----------------------------------------------------------------
     async def _on_tick(self, event: Event[RunTick], ack: Acknowledger, message: Message) -> None:
+        run_id = event.body.run
+        local = self._local
+        local[run_id] = local.get(run_id, 0) + 1
         try:
-            await self._execute(event.body.run, ack, message)
+            await self._execute(run_id, ack, message)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The store or the broker failed: hand the tick back; the journal has the rest.
-            log.exception("Run %s: the tick could not be handled; handing it back.", event.body.run)
-            if not await self._later(ack, message, 1.0, event.body.run) and ack.claim():
+            log.exception("Run %s: the tick could not be handled; handing it back.", run_id)
+            if not await self._later(ack, message, 1.0, run_id) and ack.claim():
                 await self.dispatcher.consumer.nack(message, requeue=True)
+        finally:
+            left = local.pop(run_id) - 1
+            if left:
+                local[run_id] = left
+            else:
+                self._wake(run_id)  # a waiter that did not read meanwhile reads now
 
     async def _later(self, ack: Acknowledger, message: Message, delay: float, run_id: str) -> bool:
         """Have the tick come back after ``delay``, without holding a worker slot where
@@ -859,8 +899,16 @@ class Durable:
 
     async def _execute(self, run_id: str, ack: Acknowledger, message: Message) -> None:
         contention = Backoff(initial=0.01, factor=2.0, cap=min(1.0, self.settings.lease_ttl))
+        # A store may read the journal and take the lease in one statement (no limits).
+        fused = getattr(self.store, "load_and_acquire", None)
+        if fused is not None and any(f.concurrency for f in self._functions.values()):
+            fused = None
         while True:
-            journal = await self.store.load(run_id)
+            token: int | None = None
+            if fused is not None:
+                journal, token = await fused(run_id, self.settings.lease_ttl, _now())
+            else:
+                journal = await self.store.load(run_id)
             if journal is None:
                 log.warning("A tick for run %s, which the journal does not have: dropped.", run_id)
                 await ack.ack()
@@ -876,10 +924,12 @@ class Durable:
             fn = self._functions.get(run.function)
             now = _now()
             wait = run.due - now
-            token: int | None = None
-            if wait <= 0:
+            if token is None and wait <= 0:
                 limit = fn.concurrency if fn is not None else None
-                token = await self.store.acquire(run_id, self.settings.lease_ttl, concurrency=limit)
+                if fused is None:
+                    token = await self.store.acquire(
+                        run_id, self.settings.lease_ttl, concurrency=limit
+                    )
                 if token is None:
                     if limit is not None and run.lease_until < time.time():
                         # over the function's limit: wait, backing off per run
@@ -901,10 +951,9 @@ class Durable:
                     f"No durable function {run.function!r} is registered on this worker.\n"
                     "Register it (same name) on every worker of this topic."
                 )
-                await self.store.complete(
-                    run_id, token, "failed", encode_error(error, retryable=False)
-                )
-                await self._finished(run, "error", encode_error(error, retryable=False))
+                text = encode_error(error, retryable=False)
+                if await self.store.complete(run_id, token, "failed", text):
+                    await self._finished(run, "error", text)
                 await ack.ack()
                 return
             try:
@@ -996,8 +1045,9 @@ class Durable:
                 )
                 return
 
-    def _wake(self, run_id: str | None) -> None:
-        """Wake the waiters of a run (None: every waiter, to read again)."""
+    def _wake(self, run_id: str | None, final: tuple[str, str] | None = None) -> None:
+        """Wake the waiters of a run (None: every waiter, to read again); ``final``: the
+        outcome this process stored, handed to them so that they need not read it."""
         if run_id is None:
             for every in self._waiters.values():
                 for event in every:
@@ -1005,11 +1055,13 @@ class Durable:
             return
         waiters = self._waiters.get(run_id)
         if waiters:
+            if final is not None:
+                self._finals[run_id] = final
             for event in waiters:
                 event.set()
 
     async def _finished(self, run: RunRecord, status: str, outcome: str) -> None:
-        self._wake(run.id)
+        self._wake(run.id, (status, outcome))
         if run.parent is not None:
             await self._complete_child(run.parent, ChildOutcome(status, outcome))
 

@@ -2,8 +2,9 @@
 
 Same tables and semantics as core's SQLite store (see :mod:`dispytch.durable.store`).
 Leases use the server's clock (``clock_timestamp()``), so workers on several machines
-agree on when one expired. One statement per verb: resuming a run is one read (the run
-with its steps and children aggregated as JSON, one snapshot); a step is the fencing check
+agree on when one expired. One statement per verb: resuming a run is one statement (the
+run with its steps and children aggregated as JSON, one snapshot, and the lease taken in
+the same statement: :meth:`PostgresJournalStore.load_and_acquire`); a step is the fencing check
 (the run's row locked ``FOR SHARE``, so a concurrent takeover waits for it) and the
 first-write-wins insert in one round trip; a completion or a retry is one UPDATE whose
 WHERE holds the fence (a second read only when it changed nothing).
@@ -112,6 +113,16 @@ def _run(row: Any) -> RunRecord:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset between two uses of a connection: nothing to send.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
+    on every release, one more round trip per statement. This store leaves no session
+    state behind (no LISTEN, no SET, no cursors; its advisory locks are transaction-scoped),
+    and asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 class PostgresJournalStore:
     """A journal in PostgreSQL tables (``dispytch_runs``, ``_steps``, ``_children``).
 
@@ -186,7 +197,9 @@ class PostgresJournalStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
-        pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
+        pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size, reset=_keep_session
+        )
         async with pool.acquire() as conn, conn.transaction():
             # Concurrent CREATE TABLE IF NOT EXISTS can collide: one at a time.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.prefix)
@@ -251,8 +264,10 @@ class PostgresJournalStore:
             ),
             run_id,
         )
-        if row is None:
-            return None
+        return None if row is None else self._journal(row)
+
+    @staticmethod
+    def _journal(row: Any) -> Journal:
         journal = Journal(_run(row))
         for position, function, args_hash, status, outcome, at in json.loads(row["steps_json"]):
             journal.steps[position] = StepRecord(
@@ -261,6 +276,38 @@ class PostgresJournalStore:
         for position, idx, status, outcome in json.loads(row["children_json"]):
             journal.children.setdefault(position, {})[int(idx)] = ChildOutcome(status, outcome)
         return journal
+
+    async def load_and_acquire(
+        self, run_id: str, ttl: float, now: float
+    ) -> tuple[Journal | None, int | None]:
+        """:meth:`load` and :meth:`acquire` (no concurrency limit) in one statement: the
+        journal (as it was before the lease was taken) and the new fencing token, or None
+        when the run is final, not due yet (``due`` above ``now``, the caller's clock, as
+        the engine compares it) or leased by another worker. The engine uses it when a
+        store has it and the run's function has no concurrency limit."""
+        pool = await self._ensure()
+        row = await pool.fetchrow(
+            self._sql(
+                "WITH acq AS (UPDATE {p}runs SET lease_token = lease_token + 1, "
+                f"lease_until = {_NOW} + $2, status = 'running', updated = {_NOW} "
+                f"WHERE id = $1 AND lease_until < {_NOW} AND status NOT IN {_FINAL} "
+                f"AND due <= $3 RETURNING lease_token) SELECT {_COLUMNS}, "
+                "(SELECT lease_token FROM acq) AS acquired, "
+                "(SELECT coalesce(json_agg(json_build_array(position, function, args_hash, "
+                "status, outcome, created)), '[]') FROM {p}steps WHERE run_id = $1) "
+                "AS steps_json, "
+                "(SELECT coalesce(json_agg(json_build_array(position, idx, status, outcome)), "
+                "'[]') FROM {p}children WHERE run_id = $1) AS children_json "
+                "FROM {p}runs WHERE id = $1"
+            ),
+            run_id,
+            ttl,
+            now,
+        )
+        if row is None:
+            return None, None
+        token = row["acquired"]
+        return self._journal(row), None if token is None else int(token)
 
     _ACQUIRE = (
         f"UPDATE {{p}}runs SET lease_token = lease_token + 1, lease_until = {_NOW} + $2, "
