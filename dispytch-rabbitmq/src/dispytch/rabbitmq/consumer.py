@@ -763,7 +763,7 @@ class RabbitMQConsumer:
             not requeue
             and error is not None
             and not token.settled
-            and await self._dead_letter_with_error(token, error)
+            and await self._dead_letter_with_error(message, error)
         ):
             return
         await _settle(token, requeue=requeue)
@@ -864,13 +864,18 @@ class RabbitMQConsumer:
                 return str(exchange), None if key is None else str(key)
         return None
 
-    async def _dead_letter_with_error(self, token: _Token, error: BaseException) -> bool:
+    async def _dead_letter_with_error(self, message: Message, error: BaseException) -> bool:
+        token: _Token = message.token
         target = self._dead_letter_target(token.queue)
         if target is None:
             return False
         exchange, key = target
         delivered = token.delivered
-        routing_key = key if key is not None else (delivered.routing_key or token.queue)
+        # The route it was first published with: a delivery back from a delay queue came
+        # through the default exchange under the queue's name (Message.route undoes that).
+        route = message.route
+        origin = str(message.metadata.get("exchange") or "")
+        routing_key = key if key is not None else (route or token.queue)
         # One publish at a time on the dead-letter channel, each waiting for its confirm.
         # When the broker closes the channel (the exchange is missing), aiormq sends
         # channel.close-ok before it marks the channel closed; a second publish written
@@ -890,9 +895,9 @@ class RabbitMQConsumer:
                         properties=_codec.dead_letter_properties(
                             delivered.header.properties,
                             error,
-                            route=delivered.routing_key or "",
+                            route=route,
                             queue=token.queue,
-                            exchange=delivered.exchange or "",
+                            exchange=origin,
                         ),
                         mandatory=True,
                     )
