@@ -32,7 +32,7 @@ from dispytch.redis import (
 from dispytch.redis.envelope import MAGIC
 from dispytch.redis.plugin import PUBSUB_CAPABILITIES, STREAMS_CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
-from dispytch.testing.harness import Mode, TransportHarness
+from dispytch.testing.harness import Mode, SeverableConsumer, TransportHarness
 from dispytch.transport import Consumer, Producer
 from redis.exceptions import ResponseError
 
@@ -205,6 +205,26 @@ class _RedisHarness(TransportHarness):
     def producer_over(self, client: aredis.Redis, **options: Any) -> Producer:
         return RedisProducer(client, **options)
 
+    async def severable_consumer(self, *, group: str) -> SeverableConsumer | None:
+        """The group's consumer through a proxy that ``sever`` kills (every connection
+        dropped, none accepted): client mode over the user's client of the proxy, url
+        mode from the proxy's URL."""
+        proxy = await Proxy().start()
+        self.proxies.append(proxy)
+        if self.mode == "client":
+            client = aredis.Redis.from_url(proxy.url, socket_connect_timeout=1, retry=None)
+            self.clients.append(client)
+            return SeverableConsumer(self.consumer_over(client, group=group), proxy.kill)
+        return SeverableConsumer(self.consumer_from(proxy.url, group=group), proxy.kill)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        """A consumer of ``group`` around the user's ``client``."""
+        raise NotImplementedError
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        """A consumer of ``group`` from the ``redis://`` ``url``."""
+        raise NotImplementedError
+
     async def cleanup(self) -> None:
         for proxy in self.proxies:
             await proxy.kill()
@@ -246,8 +266,14 @@ class RedisPubSubHarness(_RedisHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return RedisConsumer(self.client().pubsub(), ordered=True)
-        return RedisConsumer.from_url(REDIS_URL, ordered=True)
+            return self.consumer_over(self.client(), group=group)
+        return self.consumer_from(REDIS_URL, group=group)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        return RedisConsumer(client.pubsub(), ordered=True)
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        return RedisConsumer.from_url(url, ordered=True)
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":
@@ -328,8 +354,15 @@ class RedisStreamsHarness(_RedisHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return RedisStreamConsumer(self.client(), **self._options(group))
-        return RedisStreamConsumer.from_url(STREAMS_URL, **self._options(group))
+            return self.consumer_over(self.client(), group=group)
+        return self.consumer_from(REDIS_URL, group=group)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        return RedisStreamConsumer(client, **self._options(group))
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        streams = url.replace("redis://", "redis+streams://", 1)
+        return RedisStreamConsumer.from_url(streams, **self._options(group))
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":

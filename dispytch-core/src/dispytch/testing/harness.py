@@ -10,7 +10,7 @@ The suite knows the guarantees and checks them the same way on every transport.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +42,34 @@ class Lane:
     name: str
     route: EventRoute
     key: str | None = None
+
+
+@dataclass(frozen=True)
+class SeverableConsumer:
+    """A consumer whose broker connection a case can cut, from
+    :meth:`TransportHarness.severable_consumer`.
+
+    Attributes:
+        consumer: A new, unstarted consumer of the group, built the harness's way for its
+            mode (from a URL, or around the user's own client), whose connection to the
+            broker goes through something the harness can cut: a proxy it kills or
+            freezes, or a broker of its own that it kills.
+        sever: Cuts that connection, for good: from its return the consumer reaches no
+            broker (nothing listening, or nothing answering).
+        producer: A new producer (as :meth:`TransportHarness.producer` builds them) to
+            the broker the consumer reads, or ``None``: the harness's
+            :meth:`~TransportHarness.producer` reaches it.
+        shared: Whether the consumer reads the harness's own broker (through a proxy):
+            then a new consumer of the group from :meth:`TransportHarness.consumer` sees
+            what the cut one took and did not settle, and the case checks that nothing
+            was lost. ``False`` for a broker of the harness's own that :attr:`sever`
+            killed (and its messages with it).
+    """
+
+    consumer: Consumer
+    sever: Callable[[], Awaitable[None]]
+    producer: Producer | None = None
+    shared: bool = True
 
 
 class TransportHarness:
@@ -186,6 +214,18 @@ class TransportHarness:
         and never answers): ``emit`` must raise :class:`~dispytch.errors.EmitTimeoutError`
         or call the emitter's ``on_timeout`` callbacks. ``None`` (the default): the case
         is skipped, naming this method."""
+        return None
+
+    async def severable_consumer(self, *, group: str) -> SeverableConsumer | None:
+        """A new, unstarted consumer of ``group`` whose broker connection the returned
+        :attr:`SeverableConsumer.sever` cuts (see :class:`SeverableConsumer`): the bounded
+        stop case checks that ``stop(timeout=...)`` returns within its timeout even then.
+
+        Called after :meth:`prepare` for every name the consumer will receive, as
+        :meth:`consumer` is; :meth:`cleanup` closes whatever it made (the proxy, the
+        broker, the user's client). ``None`` (the default): the case is skipped, naming
+        this method.
+        """
         return None
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
