@@ -24,7 +24,7 @@ from dispytch.kafka import KafkaConsumer, KafkaEventRoute, KafkaEventSubscriptio
 from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
-from dispytch.testing.harness import Mode, SeverableConsumer
+from dispytch.testing.harness import Mode, Outage, SeverableConsumer
 from dispytch.transport import Consumer, OutgoingMessage, Producer
 
 try:  # the conformance suite's lanes (newer dispytch.testing)
@@ -219,12 +219,16 @@ class KafkaHarness(TransportHarness):
         os.kill(proc.pid, signal.SIGSTOP)
         return producer
 
-    async def severable_consumer(self, *, group: str) -> SeverableConsumer | None:
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
         """The group's consumer on a Tansu of its own (the topics prepared for the group
-        created there too), which ``sever`` kills. A proxy in front of the shared broker
-        would not do: Tansu advertises its own address, and clients connect to that.
-        What the consumer took dies with that broker, so nothing-lost is not checked
-        here (``shared=False``); the producer returned reaches that broker."""
+        created there too), which ``sever`` kills, or freezes with ``SIGSTOP`` (its
+        connections stay open, nothing answers; ``release`` then kills it). A proxy in
+        front of the shared broker would not do: Tansu advertises its own address, and
+        clients connect to that. What the consumer took dies with that broker, so
+        nothing-lost is not checked here (``shared=False``); the producer returned
+        reaches that broker."""
         port = free_port()
         proc = await asyncio.to_thread(start_tansu, port)
         self._own.append(proc)
@@ -259,11 +263,17 @@ class KafkaHarness(TransportHarness):
             await raw_producer.start()
             producer = KafkaProducer(raw_producer)
 
-        async def sever() -> None:
-            proc.kill()
+        async def kill() -> None:
+            proc.kill()  # SIGKILL ends a stopped process too
             await asyncio.to_thread(proc.wait, 10)
 
-        return SeverableConsumer(consumer, sever, producer=producer, shared=False)
+        if outage == "killed":
+            return SeverableConsumer(consumer, kill, producer=producer, shared=False)
+
+        async def freeze() -> None:
+            os.kill(proc.pid, signal.SIGSTOP)
+
+        return SeverableConsumer(consumer, freeze, producer=producer, shared=False, release=kill)
 
     async def lanes(self, name: str, count: int) -> list[Lane]:
         """One topic of ``count`` partitions, and for each a key that Kafka's default
@@ -325,6 +335,10 @@ class KafkaHarness(TransportHarness):
             proc.kill()  # SIGKILL ends a stopped process too
             proc.wait(10)
         self._frozen.clear()
+        for proc in self._own:
+            proc.kill()
+            proc.wait(10)
+        self._own.clear()
         for raw in self._own_raw:
             # Their broker is gone: aiokafka's consumer stop() then lets the
             # CancelledError of its own fetch task out (not a cancellation of ours).
@@ -337,10 +351,6 @@ class KafkaHarness(TransportHarness):
             except Exception:
                 pass
         self._own_raw.clear()
-        for proc in self._own:
-            proc.kill()
-            proc.wait(10)
-        self._own.clear()
         for raw in self._raw:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(raw.stop(), 10)

@@ -31,7 +31,7 @@ from dispytch.rabbitmq.consumer import capabilities
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
 from dispytch.testing.conformance import TransportConformance
-from dispytch.testing.harness import Lane, Mode, SeverableConsumer
+from dispytch.testing.harness import Lane, Mode, Outage, SeverableConsumer
 from dispytch.transport import HEADER_ORIGINAL_ROUTE, Consumer, Producer
 from yarl import URL
 
@@ -210,9 +210,12 @@ class RabbitMQHarness(TransportHarness):
         proxy.frozen.set()
         return producer
 
-    async def severable_consumer(self, *, group: str) -> SeverableConsumer | None:
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
         """The group's consumer through a loopback proxy (reconnecting every 0.5 s) that
-        ``sever`` kills: every socket closed, nothing listening. The broker sees the
+        ``sever`` kills (every socket closed, nothing listening) or freezes (sockets
+        open, nothing forwarded; ``release`` then kills it). The broker sees the
         connection go and requeues what it held, so nothing is lost. Client mode: the
         user's robust connection through the proxy, its queues declared on a channel of
         it (as :meth:`prepare` declares them)."""
@@ -237,7 +240,13 @@ class RabbitMQHarness(TransportHarness):
             if not queues:
                 raise RuntimeError(f"prepare(group={group!r}) first: client mode wraps its queues")
             consumer = RabbitMQConsumer(*queues, ordered=self.ordered)
-        return SeverableConsumer(consumer, proxy.kill)
+        if outage == "killed":
+            return SeverableConsumer(consumer, proxy.kill)
+
+        async def freeze() -> None:
+            proxy.frozen.set()
+
+        return SeverableConsumer(consumer, freeze, release=proxy.kill)
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "url":

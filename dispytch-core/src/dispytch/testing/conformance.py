@@ -60,7 +60,7 @@ from dispytch.errors import EmitTimeoutError, NotStartedError, RequeueMessage
 from dispytch.event import Event, EventBase
 from dispytch.middleware import DeadLetter, Retry
 from dispytch.testing.events import Address, Cancelled, Placed, placed
-from dispytch.testing.harness import TransportHarness
+from dispytch.testing.harness import Outage, TransportHarness
 from dispytch.testing.hostile import RawInput, expected_event, hostile_inputs, named_inputs
 from dispytch.testing.probe import ConsumerProbe, probe
 from dispytch.transport import (
@@ -900,21 +900,23 @@ class TransportConformance:
                 "redelivery to the next consumer",
             )
 
+    @pytest.mark.parametrize("outage", ["killed", "frozen"])
     async def test_stop_is_bounded_with_the_broker_unreachable(
-        self, harness: TransportHarness
+        self, harness: TransportHarness, outage: Outage
     ) -> None:
         """``stop(timeout=T)`` returns within ``T`` + 1 s when the broker connection was
-        cut under a handler stuck in a long sleep with more messages taken (a liveness
-        bound, not a speed figure), and the dispatcher is no longer running. Where the
-        consumer read the harness's broker through what was cut and the transport
-        redelivers, a new consumer of the group then gets every message sent."""
+        cut (``outage``: killed, or frozen) under a handler stuck in a long sleep with
+        more messages taken (a liveness bound, not a speed figure), and the dispatcher is
+        no longer running. Where the consumer read the harness's broker through what was
+        cut and the transport redelivers, a new consumer of the group then gets every
+        message sent."""
         name = harness.unique_name()
         group = f"g-{uuid.uuid4().hex[:8]}"
         await harness.prepare(name, group=group)
-        severable = await harness.severable_consumer(group=group)
+        severable = await harness.severable_consumer(group=group, outage=outage)
         if severable is None:
             pytest.skip(
-                f"the {harness.name} harness gives no severable_consumer() "
+                f"the {harness.name} harness gives no severable_consumer(outage={outage!r}) "
                 "(a consumer whose broker connection can be cut)"
             )
         stop_timeout = 3.0
@@ -963,6 +965,8 @@ class TransportConformance:
             if dispatcher.running:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(dispatcher.stop(timeout=0.1), self.timeout)
+            if severable.release is not None:
+                await asyncio.wait_for(severable.release(), self.timeout)
         if not severable.shared or not harness.at_least_once:
             return
         if harness.capabilities.delivery != "at-least-once":

@@ -25,6 +25,11 @@ from dispytch.transport import Capabilities, Consumer, Producer, capabilities_of
 #: the way the seed documents use Dispytch (``KafkaProducer(AIOKafkaProducer(...))``).
 Mode = Literal["url", "client"]
 
+#: How :meth:`TransportHarness.severable_consumer` cuts a consumer off its broker:
+#: ``"killed"`` (every socket closed, nothing listening: the broker or a proxy died) or
+#: ``"frozen"`` (sockets left open, nothing ever answers: an unreachable network).
+Outage = Literal["killed", "frozen"]
+
 
 @dataclass(frozen=True)
 class Lane:
@@ -54,8 +59,13 @@ class SeverableConsumer:
             mode (from a URL, or around the user's own client), whose connection to the
             broker goes through something the harness can cut: a proxy it kills or
             freezes, or a broker of its own that it kills.
-        sever: Cuts that connection, for good: from its return the consumer reaches no
-            broker (nothing listening, or nothing answering).
+        sever: Cuts that connection the way the outage asked for, for good: from its
+            return the consumer reaches no broker (nothing listening, or nothing
+            answering).
+        release: Called after the consumer stopped, before the case looks for what it
+            took: ends what is left of the cut connection at the broker's end (e.g. kills
+            a frozen proxy), so that the broker hands back what the consumer held.
+            ``None``: nothing to do.
         producer: A new producer (as :meth:`TransportHarness.producer` builds them) to
             the broker the consumer reads, or ``None``: the harness's
             :meth:`~TransportHarness.producer` reaches it.
@@ -70,6 +80,7 @@ class SeverableConsumer:
     sever: Callable[[], Awaitable[None]]
     producer: Producer | None = None
     shared: bool = True
+    release: Callable[[], Awaitable[None]] | None = None
 
 
 class TransportHarness:
@@ -216,15 +227,18 @@ class TransportHarness:
         is skipped, naming this method."""
         return None
 
-    async def severable_consumer(self, *, group: str) -> SeverableConsumer | None:
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
         """A new, unstarted consumer of ``group`` whose broker connection the returned
-        :attr:`SeverableConsumer.sever` cuts (see :class:`SeverableConsumer`): the bounded
-        stop case checks that ``stop(timeout=...)`` returns within its timeout even then.
+        :attr:`SeverableConsumer.sever` cuts as ``outage`` says (see :data:`Outage` and
+        :class:`SeverableConsumer`): the bounded stop case checks that
+        ``stop(timeout=...)`` returns within its timeout even then, for each outage.
 
         Called after :meth:`prepare` for every name the consumer will receive, as
         :meth:`consumer` is; :meth:`cleanup` closes whatever it made (the proxy, the
-        broker, the user's client). ``None`` (the default): the case is skipped, naming
-        this method.
+        broker, the user's client). ``None`` (the default, or for an outage the harness
+        cannot stage): the case is skipped, naming this method and the outage.
         """
         return None
 
