@@ -24,7 +24,7 @@ from dispytch.kafka import KafkaConsumer, KafkaEventRoute, KafkaEventSubscriptio
 from dispytch.kafka.config import CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
-from dispytch.testing.harness import Mode
+from dispytch.testing.harness import Mode, Outage, SeverableConsumer
 from dispytch.transport import Consumer, OutgoingMessage, Producer
 
 try:  # the conformance suite's lanes (newer dispytch.testing)
@@ -94,6 +94,9 @@ class KafkaHarness(TransportHarness):
         self._stopping: list[asyncio.Future[None]] = []
         self._frozen: list[subprocess.Popen[bytes]] = []  # Tansus frozen by SIGSTOP
         self._publisher: AIOKafkaProducer | None = None  # publish_raw's plain client
+        self._own: list[subprocess.Popen[bytes]] = []  # Tansus of severable_consumer
+        self._prepared: dict[str, set[str]] = {}  # group -> the names prepared for it
+        self._own_raw: list[Any] = []  # the user's clients of those Tansus (client mode)
 
     async def setup(self) -> None:
         """Start the producers :meth:`producer` hands out (client mode)."""
@@ -116,6 +119,7 @@ class KafkaHarness(TransportHarness):
             except TopicAlreadyExistsError:
                 pass
             self._created.add(name)
+        self._prepared.setdefault(group, set()).add(name)
         await self._refill()
         self._retire(group)
         await self._retired()
@@ -215,6 +219,62 @@ class KafkaHarness(TransportHarness):
         os.kill(proc.pid, signal.SIGSTOP)
         return producer
 
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
+        """The group's consumer on a Tansu of its own (the topics prepared for the group
+        created there too), which ``sever`` kills, or freezes with ``SIGSTOP`` (its
+        connections stay open, nothing answers; ``release`` then kills it). A proxy in
+        front of the shared broker would not do: Tansu advertises its own address, and
+        clients connect to that. What the consumer took dies with that broker, so
+        nothing-lost is not checked here (``shared=False``); the producer returned
+        reaches that broker."""
+        port = free_port()
+        proc = await asyncio.to_thread(start_tansu, port)
+        self._own.append(proc)
+        bootstrap = f"{HOST}:{port}"
+        for name in sorted(self._prepared.get(group, ())):
+            await create_topic(bootstrap, name, self.partitions)
+        consumer: KafkaConsumer
+        producer: KafkaProducer
+        if self.mode == "url":
+            consumer = KafkaConsumer.from_url(
+                f"kafka://{bootstrap}",
+                group_id=group,
+                commit_interval=0.05,
+                ordered=self.ordered,
+                **FAST_GROUP,
+                **LEASE,
+            )
+            producer = KafkaProducer.from_url(f"kafka://{bootstrap}")
+        else:
+            raw = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **FAST_GROUP,
+                **LEASE,
+            )
+            self._own_raw.append(raw)
+            consumer = KafkaConsumer(raw, commit_interval=0.05, ordered=self.ordered)
+            raw_producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+            self._own_raw.append(raw_producer)
+            await raw_producer.start()
+            producer = KafkaProducer(raw_producer)
+
+        async def kill() -> None:
+            proc.kill()  # SIGKILL ends a stopped process too
+            await asyncio.to_thread(proc.wait, 10)
+
+        if outage == "killed":
+            return SeverableConsumer(consumer, kill, producer=producer, shared=False)
+
+        async def freeze() -> None:
+            os.kill(proc.pid, signal.SIGSTOP)
+
+        return SeverableConsumer(consumer, freeze, producer=producer, shared=False, release=kill)
+
     async def lanes(self, name: str, count: int) -> list[Lane]:
         """One topic of ``count`` partitions, and for each a key that Kafka's default
         partitioner puts on it: lanes are partitions, as in production."""
@@ -275,6 +335,22 @@ class KafkaHarness(TransportHarness):
             proc.kill()  # SIGKILL ends a stopped process too
             proc.wait(10)
         self._frozen.clear()
+        for proc in self._own:
+            proc.kill()
+            proc.wait(10)
+        self._own.clear()
+        for raw in self._own_raw:
+            # Their broker is gone: aiokafka's consumer stop() then lets the
+            # CancelledError of its own fetch task out (not a cancellation of ours).
+            try:
+                await asyncio.wait_for(raw.stop(), 10)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
+                pass
+        self._own_raw.clear()
         for raw in self._raw:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(raw.stop(), 10)

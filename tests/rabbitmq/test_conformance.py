@@ -31,7 +31,7 @@ from dispytch.rabbitmq.consumer import capabilities
 from dispytch.routes import EventRoute, EventSubscription
 from dispytch.testing import TransportHarness
 from dispytch.testing.conformance import TransportConformance
-from dispytch.testing.harness import Lane, Mode
+from dispytch.testing.harness import Lane, Mode, Outage, SeverableConsumer
 from dispytch.transport import HEADER_ORIGINAL_ROUTE, Consumer, Producer
 from yarl import URL
 
@@ -79,6 +79,7 @@ class RabbitMQHarness(TransportHarness):
         self._dead: dict[str, list[tuple[str | None, bytes]]] = {}
         self._proxy: Proxy | None = None
         self._proxied: AbstractRobustConnection | None = None
+        self._severable: list[tuple[Proxy, AbstractRobustConnection | None]] = []
 
     def queue_name(self, group: str) -> str:
         name = f"conf.{group}.{self.exchange[-10:]}"
@@ -209,6 +210,44 @@ class RabbitMQHarness(TransportHarness):
         proxy.frozen.set()
         return producer
 
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
+        """The group's consumer through a loopback proxy (reconnecting every 0.5 s) that
+        ``sever`` kills (every socket closed, nothing listening) or freezes (sockets
+        open, nothing forwarded; ``release`` then kills it). The broker sees the
+        connection go and requeues what it held, so nothing is lost. Client mode: the
+        user's robust connection through the proxy, its queues declared on a channel of
+        it (as :meth:`prepare` declares them)."""
+        proxy = Proxy()
+        await proxy.__aenter__()
+        if self.mode == "url":
+            self._severable.append((proxy, None))
+            consumer: Consumer = RabbitMQConsumer.from_url(
+                proxy.url,
+                queue=self.queue_name(group),
+                ordered=self.ordered,
+                queue_arguments=self._arguments(group),
+            )
+        else:
+            conn = await aio_pika.connect_robust(proxy.url)
+            self._severable.append((proxy, conn))
+            channel = await conn.channel()
+            queues = [
+                await channel.declare_queue(q, durable=True, arguments=self._arguments(group))
+                for q in self._user_queues.get(group, {})
+            ]
+            if not queues:
+                raise RuntimeError(f"prepare(group={group!r}) first: client mode wraps its queues")
+            consumer = RabbitMQConsumer(*queues, ordered=self.ordered)
+        if outage == "killed":
+            return SeverableConsumer(consumer, proxy.kill)
+
+        async def freeze() -> None:
+            proxy.frozen.set()
+
+        return SeverableConsumer(consumer, freeze, release=proxy.kill)
+
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "url":
             return self.consumer(group=group)
@@ -261,6 +300,11 @@ class RabbitMQHarness(TransportHarness):
         if self._proxied is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._proxied.close(), 5)
+        for proxy, proxied in self._severable:
+            await proxy.kill()
+            if proxied is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proxied.close(), 5)
         for ch in self._channels:
             if not ch.is_closed:
                 await ch.close()

@@ -32,7 +32,7 @@ from dispytch.redis import (
 from dispytch.redis.envelope import MAGIC
 from dispytch.redis.plugin import PUBSUB_CAPABILITIES, STREAMS_CAPABILITIES
 from dispytch.routes import EventRoute, EventSubscription
-from dispytch.testing.harness import Mode, TransportHarness
+from dispytch.testing.harness import Mode, Outage, SeverableConsumer, TransportHarness
 from dispytch.transport import Consumer, Producer
 from redis.exceptions import ResponseError
 
@@ -205,6 +205,38 @@ class _RedisHarness(TransportHarness):
     def producer_over(self, client: aredis.Redis, **options: Any) -> Producer:
         return RedisProducer(client, **options)
 
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
+        """The group's consumer through a proxy that ``sever`` kills (every connection
+        dropped, none accepted) or stalls (bytes read and dropped: Redis looks connected
+        and never answers; ``release`` then kills it): client mode over the user's client
+        of the proxy, url mode from the proxy's URL."""
+        proxy = await Proxy().start()
+        self.proxies.append(proxy)
+        consumer: Consumer
+        if self.mode == "client":
+            client = aredis.Redis.from_url(proxy.url, socket_connect_timeout=1, retry=None)
+            self.clients.append(client)
+            consumer = self.consumer_over(client, group=group)
+        else:
+            consumer = self.consumer_from(proxy.url, group=group)
+        if outage == "killed":
+            return SeverableConsumer(consumer, proxy.kill)
+
+        async def stall() -> None:
+            proxy.stalled = True
+
+        return SeverableConsumer(consumer, stall, release=proxy.kill)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        """A consumer of ``group`` around the user's ``client``."""
+        raise NotImplementedError
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        """A consumer of ``group`` from the ``redis://`` ``url``."""
+        raise NotImplementedError
+
     async def cleanup(self) -> None:
         for proxy in self.proxies:
             await proxy.kill()
@@ -246,8 +278,14 @@ class RedisPubSubHarness(_RedisHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return RedisConsumer(self.client().pubsub(), ordered=True)
-        return RedisConsumer.from_url(REDIS_URL, ordered=True)
+            return self.consumer_over(self.client(), group=group)
+        return self.consumer_from(REDIS_URL, group=group)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        return RedisConsumer(client.pubsub(), ordered=True)
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        return RedisConsumer.from_url(url, ordered=True)
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":
@@ -328,8 +366,30 @@ class RedisStreamsHarness(_RedisHarness):
 
     def consumer(self, *, group: str) -> Consumer:
         if self.mode == "client":
-            return RedisStreamConsumer(self.client(), **self._options(group))
-        return RedisStreamConsumer.from_url(STREAMS_URL, **self._options(group))
+            return self.consumer_over(self.client(), group=group)
+        return self.consumer_from(REDIS_URL, group=group)
+
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
+        if outage == "frozen":
+            # A bug this case found, not a limit of the harness: with Redis connected and
+            # silent, the dispatcher's stop hands back what its stuck handler held
+            # (EventDispatcher.stop -> RedisStreamConsumer.nack -> settle.hand_back's
+            # XCLAIM pipeline), and that command waits for a reply with no bound, past
+            # stop's deadline. Remove this once the hand-back is bounded.
+            pytest.xfail(
+                "Redis Streams: stop(timeout) with Redis frozen waits unbounded on the "
+                "hand-back XCLAIM (streams/settle.py hand_back, via consumer.nack)"
+            )
+        return await super().severable_consumer(group=group, outage=outage)
+
+    def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
+        return RedisStreamConsumer(client, **self._options(group))
+
+    def consumer_from(self, url: str, *, group: str) -> Consumer:
+        streams = url.replace("redis://", "redis+streams://", 1)
+        return RedisStreamConsumer.from_url(streams, **self._options(group))
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
         if self.mode == "client":

@@ -60,7 +60,7 @@ from dispytch.errors import EmitTimeoutError, NotStartedError, RequeueMessage
 from dispytch.event import Event, EventBase
 from dispytch.middleware import DeadLetter, Retry
 from dispytch.testing.events import Address, Cancelled, Placed, placed
-from dispytch.testing.harness import TransportHarness
+from dispytch.testing.harness import Outage, TransportHarness
 from dispytch.testing.hostile import RawInput, expected_event, hostile_inputs, named_inputs
 from dispytch.testing.probe import ConsumerProbe, probe
 from dispytch.transport import (
@@ -898,6 +898,85 @@ class TransportConformance:
                 lambda: 9 in second,
                 harness.redelivery_timeout + self.timeout,
                 "redelivery to the next consumer",
+            )
+
+    @pytest.mark.parametrize("outage", ["killed", "frozen"])
+    async def test_stop_is_bounded_with_the_broker_unreachable(
+        self, harness: TransportHarness, outage: Outage
+    ) -> None:
+        """``stop(timeout=T)`` returns within ``T`` + 1 s when the broker connection was
+        cut (``outage``: killed, or frozen) under a handler stuck in a long sleep with
+        more messages taken (a liveness bound, not a speed figure), and the dispatcher is
+        no longer running. Where the consumer read the harness's broker through what was
+        cut and the transport redelivers, a new consumer of the group then gets every
+        message sent."""
+        name = harness.unique_name()
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        await harness.prepare(name, group=group)
+        severable = await harness.severable_consumer(group=group, outage=outage)
+        if severable is None:
+            pytest.skip(
+                f"the {harness.name} harness gives no severable_consumer(outage={outage!r}) "
+                "(a consumer whose broker connection can be cut)"
+            )
+        stop_timeout = 3.0
+        started = asyncio.Event()
+        sent: list[int] = []
+        dispatcher = EventDispatcher(severable.consumer, max_in_flight=4)
+
+        @dispatcher.handler(harness.subscription(name, group=group))
+        async def stuck(event: Event[Placed]) -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        await dispatcher.start()
+        try:
+            emitter = EventEmitter(severable.producer or harness.producer())
+            await emitter.start()
+            try:
+                # Until a handler runs (an at-most-once transport drops what was sent
+                # before its subscription is live), then a few more to be taken.
+                loop = asyncio.get_running_loop()
+                end = loop.time() + self.timeout
+                while not started.is_set():
+                    if loop.time() > end:
+                        pytest.fail(f"no handler ran within {self.timeout}s of sending")
+                    await emitter.emit(placed(len(sent)), route=harness.route(name))
+                    sent.append(len(sent))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(started.wait(), 0.1)
+                for _ in range(3):
+                    await emitter.emit(placed(len(sent)), route=harness.route(name))
+                    sent.append(len(sent))
+                await asyncio.sleep(0.2)
+            finally:
+                await asyncio.wait_for(emitter.stop(), self.timeout)
+            await asyncio.wait_for(severable.sever(), self.timeout)
+            await asyncio.sleep(0.3)  # the consumer now finds no broker
+            try:
+                await asyncio.wait_for(dispatcher.stop(timeout=stop_timeout), stop_timeout + 1)
+            except TimeoutError:
+                pytest.fail(
+                    f"stop(timeout={stop_timeout}) with the broker unreachable still "
+                    f"running after {stop_timeout + 1}s"
+                )
+            assert not dispatcher.running
+        finally:
+            if dispatcher.running:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(dispatcher.stop(timeout=0.1), self.timeout)
+            if severable.release is not None:
+                await asyncio.wait_for(severable.release(), self.timeout)
+        if not severable.shared or not harness.at_least_once:
+            return
+        if harness.capabilities.delivery != "at-least-once":
+            return
+        got: list[int] = []
+        async with self.running(harness, name, collect(got), group=group):
+            await eventually(
+                lambda: set(sent) <= set(got),
+                harness.redelivery_timeout + self.timeout,
+                f"all {len(sent)} message(s) sent, for a new consumer of the group",
             )
 
     # -- delayed requeue and leases ------------------------------------------------------

@@ -10,7 +10,7 @@ The suite knows the guarantees and checks them the same way on every transport.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +24,11 @@ from dispytch.transport import Capabilities, Consumer, Producer, capabilities_of
 #: and connects them), ``"client"`` around a client the test built and connected itself,
 #: the way the seed documents use Dispytch (``KafkaProducer(AIOKafkaProducer(...))``).
 Mode = Literal["url", "client"]
+
+#: How :meth:`TransportHarness.severable_consumer` cuts a consumer off its broker:
+#: ``"killed"`` (every socket closed, nothing listening: the broker or a proxy died) or
+#: ``"frozen"`` (sockets left open, nothing ever answers: an unreachable network).
+Outage = Literal["killed", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,40 @@ class Lane:
     name: str
     route: EventRoute
     key: str | None = None
+
+
+@dataclass(frozen=True)
+class SeverableConsumer:
+    """A consumer whose broker connection a case can cut, from
+    :meth:`TransportHarness.severable_consumer`.
+
+    Attributes:
+        consumer: A new, unstarted consumer of the group, built the harness's way for its
+            mode (from a URL, or around the user's own client), whose connection to the
+            broker goes through something the harness can cut: a proxy it kills or
+            freezes, or a broker of its own that it kills.
+        sever: Cuts that connection the way the outage asked for, for good: from its
+            return the consumer reaches no broker (nothing listening, or nothing
+            answering).
+        release: Called after the consumer stopped, before the case looks for what it
+            took: ends what is left of the cut connection at the broker's end (e.g. kills
+            a frozen proxy), so that the broker hands back what the consumer held.
+            ``None``: nothing to do.
+        producer: A new producer (as :meth:`TransportHarness.producer` builds them) to
+            the broker the consumer reads, or ``None``: the harness's
+            :meth:`~TransportHarness.producer` reaches it.
+        shared: Whether the consumer reads the harness's own broker (through a proxy):
+            then a new consumer of the group from :meth:`TransportHarness.consumer` sees
+            what the cut one took and did not settle, and the case checks that nothing
+            was lost. ``False`` for a broker of the harness's own that :attr:`sever`
+            killed (and its messages with it).
+    """
+
+    consumer: Consumer
+    sever: Callable[[], Awaitable[None]]
+    producer: Producer | None = None
+    shared: bool = True
+    release: Callable[[], Awaitable[None]] | None = None
 
 
 class TransportHarness:
@@ -186,6 +225,21 @@ class TransportHarness:
         and never answers): ``emit`` must raise :class:`~dispytch.errors.EmitTimeoutError`
         or call the emitter's ``on_timeout`` callbacks. ``None`` (the default): the case
         is skipped, naming this method."""
+        return None
+
+    async def severable_consumer(
+        self, *, group: str, outage: Outage = "killed"
+    ) -> SeverableConsumer | None:
+        """A new, unstarted consumer of ``group`` whose broker connection the returned
+        :attr:`SeverableConsumer.sever` cuts as ``outage`` says (see :data:`Outage` and
+        :class:`SeverableConsumer`): the bounded stop case checks that
+        ``stop(timeout=...)`` returns within its timeout even then, for each outage.
+
+        Called after :meth:`prepare` for every name the consumer will receive, as
+        :meth:`consumer` is; :meth:`cleanup` closes whatever it made (the proxy, the
+        broker, the user's client). ``None`` (the default, or for an outage the harness
+        cannot stage): the case is skipped, naming this method and the outage.
+        """
         return None
 
     def consumer_again(self, consumer: Consumer, *, group: str) -> Consumer:
