@@ -369,21 +369,6 @@ class RedisStreamsHarness(_RedisHarness):
             return self.consumer_over(self.client(), group=group)
         return self.consumer_from(REDIS_URL, group=group)
 
-    async def severable_consumer(
-        self, *, group: str, outage: Outage = "killed"
-    ) -> SeverableConsumer | None:
-        if outage == "frozen":
-            # A bug this case found, not a limit of the harness: with Redis connected and
-            # silent, the dispatcher's stop hands back what its stuck handler held
-            # (EventDispatcher.stop -> RedisStreamConsumer.nack -> settle.hand_back's
-            # XCLAIM pipeline), and that command waits for a reply with no bound, past
-            # stop's deadline. Remove this once the hand-back is bounded.
-            pytest.xfail(
-                "Redis Streams: stop(timeout) with Redis frozen waits unbounded on the "
-                "hand-back XCLAIM (streams/settle.py hand_back, via consumer.nack)"
-            )
-        return await super().severable_consumer(group=group, outage=outage)
-
     def consumer_over(self, client: aredis.Redis, *, group: str) -> Consumer:
         return RedisStreamConsumer(client, **self._options(group))
 

@@ -57,6 +57,9 @@ log = logging.getLogger("dispytch.dispatcher")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEAD_LETTERED, _FILTERED = Outcome.DEAD_LETTERED, Outcome.FILTERED
+#: Seconds past stop()'s deadline that handing back and closing may each still take (a
+#: broker that answers does both in milliseconds; a silent one is not waited for).
+_STOP_TAIL = 0.4
 
 
 def _served_content_types() -> list[str]:
@@ -390,9 +393,26 @@ class EventDispatcher:
                 deadline,
             )
         scheduler.resume_all()
-        await self._settler.hand_back()
+        # Handing back and closing talk to the broker, so they are bounded too: stop()
+        # keeps its deadline while the broker does not answer. What is not handed back
+        # stays unsettled at the broker, which delivers it again (Kafka: not committed;
+        # RabbitMQ: when the connection goes; Redis Streams: after min_idle_time).
         try:
-            await self.consumer.close()
+            await asyncio.wait_for(
+                self._settler.hand_back(), max(0.0, t_end - loop.time()) + _STOP_TAIL
+            )
+        except TimeoutError:
+            log.warning(
+                "Dispatcher %r: the broker did not take unfinished messages back in time; "
+                "they stay unsettled there and are delivered again.",
+                self.name,
+            )
+        try:
+            await asyncio.wait_for(
+                self.consumer.close(), max(0.0, t_end - loop.time()) + _STOP_TAIL
+            )
+        except TimeoutError:
+            log.warning("Consumer of %r did not close in time; left to the broker.", self.name)
         except Exception:
             log.exception("Consumer of %r failed to close", self.name)
         self._running = False
