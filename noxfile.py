@@ -331,6 +331,8 @@ def bench(session: nox.Session) -> None:
         "orjson",
         "msgspec",
         "faststream[kafka,rabbit,redis]==0.7.8",
+        # bench_formats: the Protobuf schema compiled at run time
+        "grpcio-tools",
         # bench_durable: the PostgreSQL journal store, and DBOS (dbos_bench.py's version)
         OTHERS["postgres"][0],
         "dbos==3.4.0",
