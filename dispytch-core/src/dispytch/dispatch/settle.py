@@ -142,19 +142,24 @@ class Settler:
         Returns how many were handed back.
         """
         count = 0
-        for msg in list(self.inflight):
-            self.inflight.discard(msg)
-            ack = self._acks.pop(msg, None)
-            # Claim it from a late Acknowledger (whose ack would now be a second settlement).
-            if ack is not None and not ack.claim():
-                continue
-            count += 1
-            try:
-                await self.consumer.nack(msg, requeue=True)
-            except Exception:
-                log.exception("Could not hand %r back to the broker", msg)
-        self.unsettled.clear()
-        self._acks.clear()
+        try:
+            for msg in list(self.inflight):
+                self.inflight.discard(msg)
+                ack = self._acks.pop(msg, None)
+                # Claim it from a late Acknowledger (whose ack would be a second settlement).
+                if ack is not None and not ack.claim():
+                    continue
+                count += 1
+                try:
+                    await self.consumer.nack(msg, requeue=True)
+                except Exception:
+                    log.exception("Could not hand %r back to the broker", msg)
+        finally:
+            # Also when a stop's deadline cut the hand-back short: what was not handed
+            # back stays with the broker, and nothing of it is counted here any more.
+            self.inflight.clear()
+            self.unsettled.clear()
+            self._acks.clear()
         return count
 
     # -- outcomes ----------------------------------------------------------------------------
