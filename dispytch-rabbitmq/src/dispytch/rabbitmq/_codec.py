@@ -108,19 +108,7 @@ def dead_letter_properties(
     headers[HEADER_ERROR_MESSAGE] = str(error)[:ERROR_MESSAGE_LIMIT]
     headers[HEADER_ORIGINAL_ROUTE] = route
     headers[HEADER_DEAD_LETTERED_AT] = datetime.now(UTC).isoformat()
-    return Basic.Properties(
-        content_type=original.content_type,
-        content_encoding=original.content_encoding,
-        headers=headers,
-        delivery_mode=original.delivery_mode or PERSISTENT,
-        priority=original.priority,
-        correlation_id=original.correlation_id,
-        reply_to=original.reply_to,
-        message_id=original.message_id,
-        timestamp=original.timestamp,
-        message_type=original.message_type,
-        app_id=original.app_id,
-    )
+    return _copy(original, headers, original.delivery_mode or PERSISTENT)
 
 
 def delayed_properties(
@@ -139,11 +127,19 @@ def delayed_properties(
     headers[HEADER_ATTEMPT] = attempt
     headers.setdefault(HEADER_REQUEUED_EXCHANGE, exchange)
     headers.setdefault(HEADER_REQUEUED_ROUTING_KEY, routing_key)
+    return _copy(original, headers, original.delivery_mode)
+
+
+def _copy(
+    original: Basic.Properties, headers: dict[str, Any], delivery_mode: int | None
+) -> Basic.Properties:
+    """``original``'s properties for a copy this consumer publishes, with ``headers`` and
+    ``delivery_mode``; ``expiration`` and ``user_id`` are not carried over."""
     return Basic.Properties(
         content_type=original.content_type,
         content_encoding=original.content_encoding,
         headers=headers,
-        delivery_mode=original.delivery_mode,
+        delivery_mode=delivery_mode,
         priority=original.priority,
         correlation_id=original.correlation_id,
         reply_to=original.reply_to,
